@@ -1,0 +1,42 @@
+# minissl: the two commands of the quick start, and a few more.
+#   make demo   pretrain SimCLR on the digits, probe it with few labels, print the table
+#   make test   build the Cython kernels and run the test suite
+# Both create their own virtual environment in .venv (override with VENV=...).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.minissl-installed
+
+.PHONY: test test-reference test-all demo bench torch clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Editable install: compiles csrc/*.pyx into minissl/_ext (falls back to NumPy if it cannot).
+$(STAMP): $(PY) setup.py pyproject.toml $(wildcard csrc/*.pyx)
+	$(PY) -m pip install -q -e ".[test,examples]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# The same suite on the pure-NumPy reference kernels.
+test-reference: $(STAMP)
+	MINISSL_REFERENCE=1 $(PY) -m pytest -q
+
+# Also the long end-to-end runs (quality bar of the methods).
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow"
+
+demo: $(STAMP)
+	$(PY) -m minissl demo
+
+torch: $(STAMP)
+	$(PY) -m pip install -q torch==2.13.0
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_cpu.py
+
+clean:
+	rm -rf build *.egg-info minissl/_ext/*.so csrc/*.c $(VENV)

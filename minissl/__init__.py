@@ -1,0 +1,17 @@
+"""minissl: self-supervised learning from first principles.
+
+>>> import minissl as ms
+>>> x = ms.tensor([[1.0, 2.0]], requires_grad=True)
+>>> (x * x).sum().backward(); x.grad
+array([[2., 4.]], dtype=float32)
+"""
+from .autograd import Function, Tensor, is_grad_enabled, no_grad, tensor
+from .backend import get_array_module, is_cuda_available
+from .gradcheck import GradcheckError, gradcheck
+from .ops.elementwise import where
+from .ops.shape import cat, stack
+
+__version__ = "0.1.0"
+
+__all__ = ["Tensor", "Function", "tensor", "no_grad", "is_grad_enabled", "cat", "stack",
+           "where", "gradcheck", "GradcheckError", "get_array_module", "is_cuda_available"]

@@ -1,0 +1,345 @@
+"""The command line: ``minissl pretrain|eval|embed|list|demo|conformance`` (also
+``python -m minissl ...``).
+
+Bad input (an unknown method or data set, a missing or corrupt checkpoint, a bad number,
+``--device cuda`` without a GPU) exits with status 2 and one line on stderr, never a traceback;
+files are written atomically, so a killed run leaves the previous checkpoint intact.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+USAGE_ERROR = 2
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise CLIError(f"{self.prog}: {message}")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _positive(kind):
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return v
+    return parse
+
+
+def _nonnegative_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def _check_device(device):
+    if device == "cuda":
+        from .backend import is_cuda_available
+        if not is_cuda_available():
+            raise CLIError("--device cuda: CuPy and a CUDA GPU are needed "
+                           "(pip install 'minissl[gpu]'), or use --device cpu")
+
+
+def _load_data(name, kind=None):
+    from . import data
+    if name not in data.DATASETS:
+        raise CLIError(f"unknown data set {name!r}; known: {', '.join(sorted(data.DATASETS))}")
+    try:
+        d = data.load(name)
+    except ImportError as e:
+        raise CLIError(f"data set {name!r} needs a package: {e}") from None
+    if kind is not None:
+        is_images = isinstance(d, data.Dataset)
+        expect = {"images": data.Dataset, "text": data.TextCorpus, "series": data.ARSeries}[kind]
+        if not isinstance(d, expect):
+            raise CLIError(f"this method trains on {kind}, but data set {name!r} is "
+                           f"{'images' if is_images else type(d).__name__}")
+    return d
+
+
+def _train_array(method, d):
+    """The array a method's pretraining iterates over, for its kind of data."""
+    kind = method.data_kind
+    if kind == "images":
+        return d.train_x
+    if kind == "text":
+        return method.training_windows(d)
+    return method.training_windows(d)
+
+
+def _write_jsonl(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _atomic_savez(path, **arrays):
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ----------------------------------------------------------------------------- pretrain
+
+def _build(method_name, d, seed, device, overrides=None):
+    from . import methods, random
+    random.manual_seed(seed)
+    try:
+        m = methods.build(method_name, d, **(overrides or {}))
+    except TypeError as e:
+        raise CLIError(f"{method_name}: bad option: {e}") from None
+    return m.to(device) if device != "cpu" else m
+
+
+def cmd_pretrain(args):
+    from . import checkpoint, methods, random
+    from .train import make_optimizer, pretrain
+    if args.method not in methods.METHODS:
+        raise CLIError(f"unknown method {args.method!r}; known: {', '.join(methods.METHODS)}")
+    _check_device(args.device)
+    d = _load_data(args.data, methods.data_kind(args.method))
+    os.makedirs(args.out, exist_ok=True)
+    ckpt_path = os.path.join(args.out, "checkpoint.npz")
+    log_path = os.path.join(args.out, "metrics.jsonl")
+    method = _build(args.method, d, args.seed, args.device)
+    opt = make_optimizer(method, args.optimizer, lr=args.lr)
+    start, history = 0, []
+    if args.resume:
+        if not os.path.exists(ckpt_path):
+            raise CLIError(f"--resume: no checkpoint at {ckpt_path}")
+        meta = checkpoint.load(ckpt_path, method, opt)
+        if meta.get("method") != args.method or meta.get("data") != args.data:
+            raise CLIError(f"--resume: {ckpt_path} holds {meta.get('method')} on "
+                           f"{meta.get('data')}, not {args.method} on {args.data}")
+        start, history = int(meta["epoch"]), list(meta.get("history", []))
+        if "rng_state" in meta:
+            random.default_generator().bit_generator.state = meta["rng_state"]
+        if start >= args.epochs:
+            print(f"already trained for {start} epochs (asked {args.epochs}); nothing to do")
+            return 0
+    elif os.path.exists(log_path):
+        os.remove(log_path)
+    train_x = _train_array(method, d)
+    probe = args.probe_every and method.data_kind == "images"
+
+    def on_epoch_end(epoch, record):
+        if probe and (epoch + 1) % args.probe_every == 0:
+            from .evaluate import few_label_probe
+            tr, te = method.features(d.train_x), method.features(d.test_x)
+            record["probe_acc_10"] = few_label_probe(tr, d.train_y, te, d.test_y, 10,
+                                                     draws=2)[0]
+        if method.data_kind == "images":
+            from .evaluate import embedding_std
+            record["embedding_std"] = embedding_std(method.features(d.test_x[:512]))
+        history.append(record)
+        _write_jsonl(log_path, record)
+        checkpoint.save(ckpt_path, method, opt, method=args.method, data=args.data,
+                        epoch=epoch + 1, seed=args.seed, history=history,
+                        rng_state=random.default_generator().bit_generator.state)
+        msg = " ".join(f"{k}={v:.4g}" for k, v in record.items()
+                       if isinstance(v, float) and k != "seconds")
+        print(f"epoch {epoch + 1}/{args.epochs} {msg}", flush=True)
+
+    pretrain(method, train_x, args.epochs, args.batch_size, optimizer=opt, seed=args.seed,
+             device=args.device, start_epoch=start, progress=not args.no_progress,
+             on_epoch_end=on_epoch_end)
+    _plots(args.out, method, d, history)
+    print(f"checkpoint: {ckpt_path}\nmetrics: {log_path}")
+    return 0
+
+
+def _plots(out, method, d, history):
+    try:
+        from . import plots
+    except ImportError:
+        return
+    written = plots.save_all(out, method, d, history)
+    if written:
+        print("plots: " + ", ".join(written))
+
+
+# ----------------------------------------------------------------------------- eval / embed
+
+def _restore(path, data_name=None, device="cpu"):
+    """Rebuild the method stored in checkpoint ``path``; returns (method, data, metadata)."""
+    from . import checkpoint, methods
+    if not os.path.exists(path):
+        raise CLIError(f"checkpoint not found: {path}")
+    meta = checkpoint.load(path)
+    name = meta.get("method")
+    if name not in methods.METHODS:
+        raise CLIError(f"{path}: not a minissl pretraining checkpoint (method {name!r})")
+    d = _load_data(data_name or meta.get("data"), methods.data_kind(name))
+    method = _build(name, d, int(meta.get("seed", 0)), device)
+    checkpoint.load(path, method)
+    return method, d, meta
+
+
+def cmd_eval(args):
+    from . import evaluate
+    method, d, meta = _restore(args.checkpoint, args.data)
+    if method.data_kind != "images":
+        raise CLIError(f"eval: protocols need an image data set; {meta['method']} trained on "
+                       f"{method.data_kind}")
+    k = args.labels_per_class
+    if args.protocol == "finetune":
+        acc = evaluate.finetune(method, d.train_x, d.train_y, d.test_x, d.test_y, k,
+                                seed=args.seed)
+        result = {"protocol": "finetune", "labels_per_class": k, "accuracy": acc}
+    else:
+        tr, te = method.features(d.train_x), method.features(d.test_x)
+        if args.protocol == "linear":
+            mean, std = evaluate.few_label_probe(tr, d.train_y, te, d.test_y, k,
+                                                 draws=args.draws, seed=args.seed)
+            result = {"protocol": "linear", "labels_per_class": k, "accuracy": mean,
+                      "std": std, "draws": args.draws}
+        else:
+            from .data import per_class_subset
+            idx = per_class_subset(d.train_y, k, seed=args.seed)
+            acc = evaluate.knn_classify(tr[idx], d.train_y[idx], te, d.test_y,
+                                        k=min(20, len(idx)))
+            result = {"protocol": "knn", "labels_per_class": k, "accuracy": acc}
+    result.update(method=meta["method"], data=d.name, epoch=meta.get("epoch"))
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_embed(args):
+    method, d, _ = _restore(args.checkpoint, args.data)
+    if method.data_kind != "images":
+        raise CLIError("embed: needs an image data set")
+    if not args.out.endswith(".npz"):
+        raise CLIError(f"embed: --out must be a .npz file, got {args.out}")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        raise CLIError(f"embed: folder {folder} does not exist")
+    _atomic_savez(args.out, train_features=method.features(d.train_x).astype(np.float32),
+                  train_labels=d.train_y.astype(np.int64),
+                  test_features=method.features(d.test_x).astype(np.float32),
+                  test_labels=d.test_y.astype(np.int64))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_list(args):
+    from . import data, methods
+    print("methods:")
+    for name, (_, _, family, kind) in methods.METHODS.items():
+        print(f"  {name:13s} {family} (trains on {kind})")
+    print("data sets:")
+    for name in sorted(data.DATASETS):
+        print(f"  {name}")
+    return 0
+
+
+def cmd_demo(args):
+    from .demo import run_demo
+    return run_demo(out=args.out, epochs=args.epochs, seed=args.seed)
+
+
+def cmd_conformance(args):
+    from .conformance import write_vectors
+    n = write_vectors(args.out)
+    print(f"wrote {n} conformance files to {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+
+def make_parser():
+    p = _Parser(prog="minissl", description="Self-supervised learning from first principles.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    pre = sub.add_parser("pretrain", help="pretrain a method on a data set")
+    pre.add_argument("method")
+    pre.add_argument("--data", default="digits")
+    pre.add_argument("--epochs", type=_positive(int), default=100)
+    pre.add_argument("--batch-size", type=_positive(int), default=256)
+    pre.add_argument("--lr", type=_positive(float), default=1e-3)
+    pre.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "lars"], default="adam")
+    pre.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    pre.add_argument("--seed", type=_nonnegative_int, default=0)
+    pre.add_argument("--out", default="runs/latest")
+    pre.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    pre.add_argument("--probe-every", type=_nonnegative_int, default=0,
+                     help="log a 10-labels-per-class probe accuracy every N epochs")
+    pre.add_argument("--no-progress", action="store_true")
+    pre.set_defaults(fn=cmd_pretrain)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint's frozen features")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--protocol", choices=["linear", "knn", "finetune"], default="linear")
+    ev.add_argument("--labels-per-class", type=_positive(int), default=10)
+    ev.add_argument("--draws", type=_positive(int), default=5)
+    ev.add_argument("--data", help="evaluate on this data set instead of the checkpoint's")
+    ev.add_argument("--seed", type=_nonnegative_int, default=0)
+    ev.set_defaults(fn=cmd_eval)
+
+    em = sub.add_parser("embed", help="write the frozen features of both splits to .npz")
+    em.add_argument("--checkpoint", required=True)
+    em.add_argument("--data")
+    em.add_argument("--out", required=True)
+    em.set_defaults(fn=cmd_embed)
+
+    ls = sub.add_parser("list", help="the methods and data sets")
+    ls.set_defaults(fn=cmd_list)
+
+    de = sub.add_parser("demo", help="SimCLR on digits vs raw pixels vs a random encoder")
+    de.add_argument("--epochs", type=_positive(int), default=100)
+    de.add_argument("--seed", type=_nonnegative_int, default=0)
+    de.add_argument("--out", default="runs/demo")
+    de.set_defaults(fn=cmd_demo)
+
+    co = sub.add_parser("conformance", help="write conformance vectors for ports")
+    co.add_argument("--out", required=True)
+    co.set_defaults(fn=cmd_conformance)
+    return p
+
+
+def main(argv=None):
+    parser = make_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "fn", None):
+            parser.print_help()
+            return USAGE_ERROR
+        return args.fn(args)
+    except CLIError as e:
+        print(f"minissl: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("minissl: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, OSError,
+            FloatingPointError) as e:
+        if os.environ.get("MINISSL_DEBUG"):  # show the traceback when debugging minissl
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"minissl: error: {msg}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""What every self-supervised method shares: the ``SSLMethod`` interface and default encoders.
+
+A method is an ``nn.Module`` that owns its networks (an encoder whose output are the features
+we evaluate, plus the heads the pretext task needs), makes its own pseudo-labels from unlabeled
+data, and exposes one training step:
+
+    loss, metrics = method.training_step(batch, rng)   # batch: (B, C, H, W) images,
+                                                        # (B, T) token ids or (B, L) series
+    loss.backward(); optimizer.step()
+    method.on_step_end(step, total_steps)               # e.g. the EMA of BYOL / MoCo targets
+
+``features(x)`` returns the frozen encoder's features for the downstream evaluations.
+"""
+import numpy as np
+
+from .. import augment, nn
+from ..autograd import Tensor, no_grad, tensor
+
+
+class SSLMethod(nn.Module):
+    """Base class of the methods in this package (see the module docstring)."""
+
+    name = "method"
+    data_kind = "images"  # "images", "text" or "series": what ``training_step`` is fed
+
+    def training_step(self, batch, rng):
+        """One step's loss (a scalar Tensor with a graph) and a dict of float metrics."""
+        raise NotImplementedError
+
+    def on_step_end(self, step, total_steps):
+        """Called after each optimiser step (step counts from 0)."""
+
+    def trainable_parameters(self):
+        """The parameters the optimiser updates (EMA targets and frozen parts excluded)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def features(self, x, batch_size=1024):
+        """Frozen encoder features of ``x`` as a float32 host array (N, D), in eval mode."""
+        was_training = self.training
+        self.eval()
+        out = []
+        with no_grad():
+            for i in range(0, len(x), batch_size):
+                out.append(self.encoder(self.as_input(x[i:i + batch_size])).numpy())
+        self.train(was_training)
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+
+    def as_input(self, x):
+        """An input array as a Tensor on this method's device, in the parameters' dtype."""
+        if isinstance(x, Tensor):
+            return x
+        p = next(iter(self.parameters()))
+        return tensor(x, dtype=p.dtype, device=p.device)
+
+
+def default_encoder(image_shape, hidden=(256, 256), widths=(32, 64, 128)):
+    """The encoder used for a data set of ``image_shape`` (C, H, W), and its feature width.
+
+    Small grayscale images (the 8x8 digits) get the quality-bar encoder, an MLP
+    in-256-256 with BatchNorm and ReLU (Linear-BN-ReLU twice; features = its output); larger
+    images get a small ResNet-style ``ConvEncoder``.
+    """
+    C, H, W = image_shape
+    if H * W <= 256 and C == 1:
+        return nn.MLPEncoder(C * H * W, hidden), hidden[-1]
+    enc = nn.ConvEncoder(in_channels=C, widths=widths)
+    return enc, widths[-1]
+
+
+def default_augmentation(image_shape):
+    """The SimCLR-style augmentation for a data set: the digits recipe for 8x8 digits (shift
+    of up to 1 pixel, 10 % pixel dropout, Gaussian noise 0.1), crop/flip/colour otherwise."""
+    C, H, W = image_shape
+    if H * W <= 256 and C == 1:
+        return augment.digits_simclr()
+    return augment.image_simclr(H)

@@ -1,0 +1,1 @@
+"""Differentiable primitives, one module per family; ``minissl.functional`` re-exports them."""

@@ -1,0 +1,132 @@
+"""2-D convolution and transposed convolution (NCHW, PyTorch's weight layouts), via im2col.
+
+conv2d: every output pixel is a dot product of the weight with one input window, so with the
+windows laid out as rows of ``cols = im2col(x)`` (N*OH*OW, C*kh*kw) the whole convolution is
+one matrix product ``Y = cols W^T`` with W = weight.reshape(O, C*kh*kw). Its adjoints:
+    dW = G^T cols,   db = column sums of G,   dx = col2im(G W)
+with G the output gradient as (N*OH*OW, O). conv_transpose2d is exactly the adjoint of conv2d
+with respect to its input (the same col2im / im2col pair, used the other way round).
+"""
+from ..autograd import Function
+from ..backend import get_array_module
+from ..kernels.im2col import col2im, im2col, window_geometry
+
+
+def _nhwc_rows(a):
+    """(N, C, H, W) -> (N*H*W, C) rows, the layout the matrix products want."""
+    return a.transpose(0, 2, 3, 1).reshape(-1, a.shape[1])
+
+
+def _nchw(rows, n, h, w):
+    """(N*H*W, C) rows -> contiguous (N, C, H, W)."""
+    xp = get_array_module(rows)
+    return xp.ascontiguousarray(rows.reshape(n, h, w, -1).transpose(0, 3, 1, 2))
+
+
+class Conv2d(Function):
+    """y = conv2d(x, weight) + bias, see the module docstring for the adjoints."""
+
+    __slots__ = ("k", "stride", "padding", "has_bias", "cols", "w2", "x_shape")
+
+    def __init__(self, k, stride, padding, has_bias):
+        self.k, self.stride, self.padding, self.has_bias = k, stride, padding, has_bias
+
+    def forward(self, x, w, b=None):
+        N = x.shape[0]
+        _, _, _, (OH, OW) = window_geometry("conv2d", x.shape, self.k, self.stride, self.padding)
+        self.x_shape = x.shape
+        self.cols = im2col(x, self.k, self.stride, self.padding)   # (N*OH*OW, C*kh*kw)
+        self.w2 = w.reshape(w.shape[0], -1)                          # (O, C*kh*kw)
+        y = self.cols @ self.w2.T                                    # (N*OH*OW, O)
+        if b is not None:
+            y += b
+        return _nchw(y, N, OH, OW)
+
+    def backward(self, g):
+        g2 = _nhwc_rows(g)                                           # (N*OH*OW, O)
+        gx = gw = gb = None
+        if self.needs_grad[0]:
+            gx = col2im(g2 @ self.w2, self.x_shape, self.k, self.stride, self.padding)
+        if self.needs_grad[1]:
+            gw = (g2.T @ self.cols).reshape(g.shape[1], self.x_shape[1], *self.k)
+        if self.has_bias:
+            gb = g2.sum(axis=0) if self.needs_grad[2] else None
+            return gx, gw, gb
+        return gx, gw
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _check_conv(op, x, weight, bias, in_dim, bias_dim):
+    if x.ndim != 4 or weight.ndim != 4:
+        raise ValueError(f"{op}: expected input (N, C, H, W) and a 4-D weight, got input "
+                         f"{x.shape} and weight {weight.shape}")
+    if x.shape[1] != weight.shape[in_dim]:
+        raise ValueError(f"{op}: input of shape {x.shape} has {x.shape[1]} channels but weight "
+                         f"of shape {weight.shape} expects {weight.shape[in_dim]}")
+    if bias is not None and bias.shape != (weight.shape[bias_dim],):
+        raise ValueError(f"{op}: bias of shape {bias.shape} does not match weight of shape "
+                         f"{weight.shape}")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"{op}: input dtype {x.dtype} differs from weight dtype {weight.dtype}")
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0):
+    """2-D cross-correlation of x (N, C, H, W) with weight (O, C, kh, kw) -> (N, O, OH, OW),
+    OH = (H + 2 padding - kh) // stride + 1, as ``torch.nn.functional.conv2d``."""
+    _check_conv("conv2d", x, weight, bias, 1, 0)
+    fn = Conv2d(tuple(weight.shape[2:]), _pair(stride), _pair(padding), bias is not None)
+    return fn(x, weight) if bias is None else fn(x, weight, bias)
+
+
+class ConvTranspose2d(Function):
+    """y = conv_transpose2d(x, weight) + bias: the input-adjoint of conv2d.
+
+    With X the input as rows (N*H*W, Cin) and W = weight.reshape(Cin, Cout*kh*kw):
+    y = col2im(X W);  dX = im2col(g) W^T,  dW = X^T im2col(g),  db = sums of g over (N, H, W).
+    """
+
+    __slots__ = ("k", "stride", "padding", "has_bias", "x2", "w2", "x_shape", "out_shape")
+
+    def __init__(self, k, stride, padding, out_shape, has_bias):
+        self.k, self.stride, self.padding = k, stride, padding
+        self.out_shape, self.has_bias = out_shape, has_bias
+
+    def forward(self, x, w, b=None):
+        self.x_shape = x.shape
+        self.x2 = _nhwc_rows(x)                                      # (N*H*W, Cin)
+        self.w2 = w.reshape(w.shape[0], -1)                          # (Cin, Cout*kh*kw)
+        y = col2im(self.x2 @ self.w2, self.out_shape, self.k, self.stride, self.padding)
+        if b is not None:
+            y += b.reshape(1, -1, 1, 1)
+        return y
+
+    def backward(self, g):
+        gcols = im2col(g, self.k, self.stride, self.padding)         # (N*H*W, Cout*kh*kw)
+        N, _, H, W = self.x_shape
+        gx = _nchw(gcols @ self.w2.T, N, H, W) if self.needs_grad[0] else None
+        gw = (self.x2.T @ gcols).reshape(self.x2.shape[1], g.shape[1], *self.k) \
+            if self.needs_grad[1] else None
+        if self.has_bias:
+            gb = g.sum(axis=(0, 2, 3)) if self.needs_grad[2] else None
+            return gx, gw, gb
+        return gx, gw
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0):
+    """Transposed convolution of x (N, Cin, H, W) with weight (Cin, Cout, kh, kw) ->
+    (N, Cout, (H-1) stride - 2 padding + kh + output_padding, ...), as PyTorch."""
+    _check_conv("conv_transpose2d", x, weight, bias, 0, 1)
+    s, p, op = _pair(stride), _pair(padding), _pair(output_padding)
+    k = tuple(weight.shape[2:])
+    if op[0] >= s[0] or op[1] >= s[1] or min(op) < 0:
+        raise ValueError(f"conv_transpose2d: output_padding {op} must be >= 0 and smaller than "
+                         f"stride {s}")
+    out = tuple((x.shape[2 + i] - 1) * s[i] - 2 * p[i] + k[i] + op[i] for i in range(2))
+    if min(out) < 1:
+        raise ValueError(f"conv_transpose2d: input {x.shape} with weight {weight.shape}, stride "
+                         f"{s}, padding {p} gives an empty output {out}")
+    fn = ConvTranspose2d(k, s, p, (x.shape[0], weight.shape[1]) + out, bias is not None)
+    return fn(x, weight) if bias is None else fn(x, weight, bias)

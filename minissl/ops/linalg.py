@@ -1,0 +1,100 @@
+"""Matrix products: ``matmul`` (NumPy's ``@`` semantics) and the fused ``linear`` layer.
+
+For C = A B:  dA = G B^T,  dB = A^T G. With batch dimensions both sides broadcast like any
+binary op, so their gradients are summed back with ``sum_to``.
+"""
+from ..autograd import Function, Tensor, as_tensor_like
+from .elementwise import sum_to
+
+
+def _mT(a):
+    return a.swapaxes(-1, -2)
+
+
+class MatMul(Function):
+    """y = a @ b (1-D operands promoted to matrices as NumPy does, then squeezed again)."""
+
+    __slots__ = ("a", "b")
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a @ b
+
+    def backward(self, g):
+        a, b = self.a, self.b
+        a2 = a[None, :] if a.ndim == 1 else a          # (1, k) row vector
+        b2 = b[:, None] if b.ndim == 1 else b          # (k, 1) column vector
+        if a.ndim == 1:
+            g = g[..., None, :] if b.ndim > 1 else g[..., None]
+        if b.ndim == 1:
+            g = g[..., None]
+        ga = gb = None
+        if self.needs_grad[0]:
+            ga = sum_to(g @ _mT(b2), a2.shape).reshape(a.shape).astype(a.dtype, copy=False)
+        if self.needs_grad[1]:
+            gb = sum_to(_mT(a2) @ g, b2.shape).reshape(b.shape).astype(b.dtype, copy=False)
+        return ga, gb
+
+
+def matmul(a, b):
+    if not isinstance(a, Tensor):
+        a = as_tensor_like(a, b)
+    elif not isinstance(b, Tensor):
+        b = as_tensor_like(b, a)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul: both operands need at least 1 dim, got shapes {a.shape} "
+                         f"and {b.shape}")
+    ka = a.shape[-1]
+    kb = b.shape[0] if b.ndim == 1 else b.shape[-2]
+    if ka != kb:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned "
+                         f"({ka} != {kb})")
+    try:
+        return MatMul()(a, b)
+    except ValueError:
+        raise ValueError(f"matmul: batch dims of shapes {a.shape} and {b.shape} do not "
+                         "broadcast") from None
+
+
+class Linear(Function):
+    """y = x W^T + b with x (..., in), W (out, in), b (out,)  (PyTorch's layout).
+
+    dx = g W;  dW = g2^T x2;  db = sum of g over rows, with x2, g2 the inputs viewed as
+    matrices (rows = all leading dims). One fused op saves the transpose and the broadcast add
+    of the unfused form.
+    """
+
+    __slots__ = ("x", "w", "has_bias")
+
+    def forward(self, x, w, b=None):
+        self.x, self.w, self.has_bias = x, w, b is not None
+        y = x @ w.T
+        if b is not None:
+            y += b
+        return y
+
+    def backward(self, g):
+        x, w = self.x, self.w
+        gx = g @ w if self.needs_grad[0] else None
+        gw = gb = None
+        if self.needs_grad[1]:
+            g2 = g.reshape(-1, g.shape[-1])
+            gw = g2.T @ x.reshape(-1, x.shape[-1])
+        if self.has_bias and self.needs_grad[2]:
+            gb = g.reshape(-1, g.shape[-1]).sum(axis=0)
+        return (gx, gw, gb) if self.has_bias else (gx, gw)
+
+
+def linear(x, weight, bias=None):
+    """``x @ weight.T + bias``: x (..., in), weight (out, in), bias (out,) -> (..., out)."""
+    if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: input of shape {x.shape} does not match weight of shape "
+                         f"{weight.shape} (expected input (..., {weight.shape[-1]}))")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"linear: bias of shape {bias.shape} does not match weight of shape "
+                         f"{weight.shape}")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"linear: input dtype {x.dtype} differs from weight dtype {weight.dtype}")
+    if bias is None:
+        return Linear()(x, weight)
+    return Linear()(x, weight, bias)

@@ -1,0 +1,109 @@
+"""Pictures of a pretraining run, saved as PNG with matplotlib (an optional extra).
+
+``save_all(out, method, data, history)`` writes what fits the method: the loss curve, a 2-D
+PCA of the test embeddings coloured by label, reconstructions (autoencoders, VAE, MAE),
+samples (VAE) and generated text (language models). Returns the paths written.
+"""
+import os
+
+import numpy as np
+
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError as e:  # the caller skips plotting
+    raise ImportError(f"plots need matplotlib (pip install matplotlib): {e}") from None
+
+
+def _save(fig, path):
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def loss_curve(history, path, title):
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([r["epoch"] for r in history], [r["loss"] for r in history], marker=".")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def pca_2d(features):
+    """Project (N, D) features on their two leading principal components."""
+    x = features - features.mean(0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    return x @ vt[:2].T
+
+
+def embedding_pca(features, labels, path, title):
+    p = pca_2d(np.asarray(features, dtype=np.float64))
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    sc = ax.scatter(p[:, 0], p[:, 1], c=labels, cmap="tab10", s=6)
+    ax.legend(*sc.legend_elements(), fontsize=6, loc="best", title="label")
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _save(fig, path)
+
+
+def image_grid(rows, path, title, row_names=None):
+    """Rows of images (each (n, C, H, W) in [0, 1]) as one grid."""
+    n = min(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 0.95), squeeze=False)
+    for i, r in enumerate(rows):
+        for j in range(n):
+            img = np.clip(np.asarray(r[j]), 0, 1)
+            ax = axes[i][j]
+            if img.shape[0] == 1:
+                ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(img.transpose(1, 2, 0))
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if row_names:
+            axes[i][0].set_ylabel(row_names[i], fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def save_all(out, method, data, history):
+    written = []
+    if history:
+        written.append(loss_curve(history, os.path.join(out, "loss.png"),
+                                  f"{method.name}: training loss"))
+    if method.data_kind == "images":
+        n = min(len(data.test_x), 1000)
+        feats = method.features(data.test_x[:n])
+        written.append(embedding_pca(feats, data.test_y[:n], os.path.join(out, "pca.png"),
+                                     f"{method.name}: PCA of test features"))
+        rng = np.random.default_rng(0)
+        if hasattr(method, "reconstruct"):
+            x = data.test_x[:10]
+            try:
+                rec = method.reconstruct(x, rng)
+            except TypeError:
+                rec = method.reconstruct(x)
+            rec = rec[0] if isinstance(rec, tuple) else rec
+            rec = rec.numpy() if hasattr(rec, "numpy") else np.asarray(rec)
+            written.append(image_grid([x, rec.reshape(x.shape)],
+                                      os.path.join(out, "reconstructions.png"),
+                                      f"{method.name}: test images and reconstructions",
+                                      ["input", "output"]))
+        if hasattr(method, "sample"):
+            s = method.sample(10, rng)
+            s = s.numpy() if hasattr(s, "numpy") else np.asarray(s)
+            written.append(image_grid([s.reshape((10,) + data.image_shape)],
+                                      os.path.join(out, "samples.png"),
+                                      f"{method.name}: samples from the prior"))
+    if method.data_kind == "text" and hasattr(method, "generate_text"):
+        path = os.path.join(out, "generated.txt")
+        with open(path, "w") as f:
+            f.write(method.generate_text(data, 400, np.random.default_rng(0)))
+        written.append(path)
+    return written

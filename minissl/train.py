@@ -1,0 +1,92 @@
+"""The pretraining loop shared by the examples and the command line.
+
+    history = pretrain(method, train_x, epochs=100, batch_size=256, lr=1e-3)
+
+Mini-batches come from ``data.DataLoader`` (the order of epoch e depends only on (seed, e)),
+the augmentations from a generator seeded by (seed, epoch), so a run resumed at epoch e
+replays exactly the batches and views of an uninterrupted run.
+"""
+import time
+
+import numpy as np
+
+from . import optim
+from .backend import to_device
+from .data import DataLoader
+
+
+def make_optimizer(method, name="adam", lr=1e-3, weight_decay=0.0):
+    params = method.trainable_parameters()
+    if name == "adam":
+        return optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return optim.AdamW(params, lr=lr, weight_decay=weight_decay or 1e-2)
+    if name == "sgd":
+        return optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    if name == "lars":
+        return optim.LARS(params, lr=lr, weight_decay=weight_decay or 1e-6)
+    raise ValueError(f"unknown optimizer {name!r}: adam, adamw, sgd or lars")
+
+
+def _progress(iterable, enable, desc, total):
+    if not enable:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+
+
+def pretrain(method, train_x, epochs, batch_size=256, lr=1e-3, optimizer=None, scheduler=None,
+             seed=0, device="cpu", start_epoch=0, progress=True, on_epoch_end=None,
+             drop_last=True):
+    """Train ``method`` on the unlabeled ``train_x`` for ``epochs`` epochs.
+
+    Returns a list with one dict per epoch: ``epoch``, ``loss`` (mean over the epoch),
+    ``lr``, ``seconds``, ``samples_per_s`` and the mean of every metric the method reports.
+    ``on_epoch_end(epoch, record)`` is called after each epoch (checkpointing, logging).
+    """
+    optimizer = optimizer or make_optimizer(method, lr=lr)
+    data = to_device(np.asarray(train_x), device) if device != "cpu" else train_x
+    loader = DataLoader(data, batch_size=min(batch_size, len(train_x)), shuffle=True,
+                        seed=seed, drop_last=drop_last)
+    steps_per_epoch = len(loader)
+    total = steps_per_epoch * epochs
+    method.train()
+    history = []
+    for epoch in range(start_epoch, epochs):
+        loader.set_epoch(epoch)
+        rng = np.random.default_rng([seed, epoch, 1])   # the augmentations of this epoch
+        t0 = time.perf_counter()
+        sums, n = {}, 0
+        bar = _progress(loader, progress, f"{method.name} epoch {epoch + 1}/{epochs}",
+                        steps_per_epoch)
+        for i, (x,) in enumerate(bar):
+            step = epoch * steps_per_epoch + i
+            optimizer.zero_grad()
+            loss, metrics = method.training_step(x, rng)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            method.on_step_end(step, total)
+            value = loss.item()
+            if not np.isfinite(value):
+                raise FloatingPointError(f"{method.name}: the loss became {value} at epoch "
+                                         f"{epoch + 1}, step {i + 1}; lower the learning rate")
+            sums["loss"] = sums.get("loss", 0.0) + value
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n += 1
+            if hasattr(bar, "set_postfix"):
+                el = time.perf_counter() - t0
+                bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{n * len(x) / el:.0f}")
+        seconds = time.perf_counter() - t0
+        record = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()},
+                  "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
+                  "samples_per_s": n * loader.batch_size / max(seconds, 1e-9)}
+        history.append(record)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
+    return history

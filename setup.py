@@ -1,0 +1,76 @@
+"""Build script: compiles every Cython source in csrc/ into minissl._ext.<name>.
+
+The build is optional by design: if Cython, numpy headers or a C compiler are missing, or a
+source fails to compile, the package still installs and minissl falls back to the NumPy
+reference kernels with one warning (see minissl/kernels/_loader.py).
+"""
+import glob
+import os
+import sys
+import tempfile
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+def _has_openmp():
+    """True when the C compiler accepts -fopenmp and links a program that uses it."""
+    from distutils.ccompiler import new_compiler
+    from distutils.sysconfig import customize_compiler
+
+    cc = new_compiler()
+    customize_compiler(cc)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "omp.c")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint main(void){return omp_get_max_threads() < 1;}\n")
+        try:
+            objs = cc.compile([src], output_dir=tmp, extra_postargs=["-fopenmp"])
+            cc.link_executable(objs, os.path.join(tmp, "omp"), extra_postargs=["-fopenmp"])
+        except Exception:
+            return False
+    return True
+
+
+def _extensions():
+    try:
+        import numpy
+        from Cython.Build import cythonize
+    except ImportError as e:
+        print(f"minissl: Cython kernels not built ({e}); the NumPy reference will be used",
+              file=sys.stderr)
+        return []
+    flags = ["-O3"]
+    link = []
+    if sys.platform != "win32" and _has_openmp():
+        flags.append("-fopenmp")
+        link.append("-fopenmp")
+    # MINISSL_ONLY=a,b builds just those sources (handy while working on one kernel).
+    only = set(filter(None, os.environ.get("MINISSL_ONLY", "").split(",")))
+    exts = []
+    for path in sorted(glob.glob(os.path.join("csrc", "*.pyx"))):
+        name = os.path.splitext(os.path.basename(path))[0]
+        if only and name not in only:
+            continue
+        exts.append(Extension(
+            f"minissl._ext.{name}", [path],
+            include_dirs=[numpy.get_include()],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+            extra_compile_args=flags, extra_link_args=link))
+    return cythonize(exts, language_level=3, compiler_directives={
+        "boundscheck": False, "wraparound": False, "cdivision": True,
+        "initializedcheck": False})
+
+
+class OptionalBuildExt(build_ext):
+    """Build each extension, but never let a failed kernel stop the install."""
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as e:  # compiler missing or a source failed: fall back at run time
+            print(f"minissl: could not build {ext.name} ({e}); "
+                  "the NumPy reference will be used", file=sys.stderr)
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})
