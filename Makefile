@@ -19,15 +19,15 @@ $(STAMP): $(PY) setup.py pyproject.toml $(wildcard csrc/*.pyx)
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q
 
 # The same suite on the pure-NumPy reference kernels.
 test-reference: $(STAMP)
-	MINISSL_REFERENCE=1 $(PY) -m pytest -q
+	OPENBLAS_NUM_THREADS=1 MINISSL_REFERENCE=1 $(PY) -m pytest -q
 
 # Also the long end-to-end runs (quality bar of the methods).
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m "slow or not slow"
+	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -m "slow or not slow"
 
 demo: $(STAMP)
 	$(PY) -m minissl demo

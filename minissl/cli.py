@@ -74,16 +74,6 @@ def _load_data(name, kind=None):
     return d
 
 
-def _train_array(method, d):
-    """The array a method's pretraining iterates over, for its kind of data."""
-    kind = method.data_kind
-    if kind == "images":
-        return d.train_x
-    if kind == "text":
-        return method.training_windows(d)
-    return method.training_windows(d)
-
-
 def _write_jsonl(path, record):
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -142,7 +132,7 @@ def cmd_pretrain(args):
             return 0
     elif os.path.exists(log_path):
         os.remove(log_path)
-    train_x = _train_array(method, d)
+    train_x = method.training_data(d)
     probe = args.probe_every and method.data_kind == "images"
 
     def on_epoch_end(epoch, record):

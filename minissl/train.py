@@ -38,18 +38,22 @@ def _progress(iterable, enable, desc, total):
     return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
 
 
-def pretrain(method, train_x, epochs, batch_size=256, lr=1e-3, optimizer=None, scheduler=None,
+def pretrain(method, train_data, epochs, batch_size=256, lr=1e-3, optimizer=None, scheduler=None,
              seed=0, device="cpu", start_epoch=0, progress=True, on_epoch_end=None,
              drop_last=True):
-    """Train ``method`` on the unlabeled ``train_x`` for ``epochs`` epochs.
+    """Train ``method`` on ``train_data`` for ``epochs`` epochs.
+
+    ``train_data`` is an array, or a tuple of equally long arrays (``method.training_data``
+    gives the right one); each step receives a mini-batch of it (a tuple for a tuple).
 
     Returns a list with one dict per epoch: ``epoch``, ``loss`` (mean over the epoch),
     ``lr``, ``seconds``, ``samples_per_s`` and the mean of every metric the method reports.
     ``on_epoch_end(epoch, record)`` is called after each epoch (checkpointing, logging).
     """
     optimizer = optimizer or make_optimizer(method, lr=lr)
-    data = to_device(np.asarray(train_x), device) if device != "cpu" else train_x
-    loader = DataLoader(data, batch_size=min(batch_size, len(train_x)), shuffle=True,
+    arrays = train_data if isinstance(train_data, tuple) else (train_data,)
+    arrays = tuple(to_device(a, device) for a in arrays)
+    loader = DataLoader(*arrays, batch_size=min(batch_size, len(arrays[0])), shuffle=True,
                         seed=seed, drop_last=drop_last)
     steps_per_epoch = len(loader)
     total = steps_per_epoch * epochs
@@ -62,7 +66,8 @@ def pretrain(method, train_x, epochs, batch_size=256, lr=1e-3, optimizer=None, s
         sums, n = {}, 0
         bar = _progress(loader, progress, f"{method.name} epoch {epoch + 1}/{epochs}",
                         steps_per_epoch)
-        for i, (x,) in enumerate(bar):
+        for i, batch in enumerate(bar):
+            x = batch if isinstance(train_data, tuple) else batch[0]
             step = epoch * steps_per_epoch + i
             optimizer.zero_grad()
             loss, metrics = method.training_step(x, rng)
@@ -81,7 +86,7 @@ def pretrain(method, train_x, epochs, batch_size=256, lr=1e-3, optimizer=None, s
             n += 1
             if hasattr(bar, "set_postfix"):
                 el = time.perf_counter() - t0
-                bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{n * len(x) / el:.0f}")
+                bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{n * loader.batch_size / el:.0f}")
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()},
                   "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,

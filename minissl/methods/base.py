@@ -11,6 +11,9 @@ data, and exposes one training step:
 
 ``features(x)`` returns the frozen encoder's features for the downstream evaluations.
 """
+import copy
+import math
+
 import numpy as np
 
 from .. import augment, nn
@@ -22,6 +25,13 @@ class SSLMethod(nn.Module):
 
     name = "method"
     data_kind = "images"  # "images", "text" or "series": what ``training_step`` is fed
+
+    def training_data(self, data):
+        """What pretraining iterates over: an array (or a tuple of equally long arrays) whose
+        mini-batches ``training_step`` receives. Image methods use the unlabeled training
+        images; text and series methods cut their data into windows; CLIP pairs images with
+        captions."""
+        return data.train_x
 
     def training_step(self, batch, rng):
         """One step's loss (a scalar Tensor with a graph) and a dict of float metrics."""
@@ -74,3 +84,29 @@ def default_augmentation(image_shape):
     if H * W <= 256 and C == 1:
         return augment.digits_simclr()
     return augment.image_simclr(H)
+
+
+def frozen_copy(module):
+    """A deep copy of ``module`` whose parameters get no gradient: the start of an EMA target
+    network (BYOL, MoCo), updated only by ``ema_update``."""
+    target = copy.deepcopy(module)
+    for p in target.parameters():
+        p.requires_grad = False
+        p.grad = None
+    return target
+
+
+def ema_update(target, online, tau):
+    """target <- tau * target + (1 - tau) * online, for every parameter, in place; buffers
+    (BatchNorm running statistics) are copied from the online network."""
+    for pt, po in zip(target.parameters(), online.parameters()):
+        pt.data *= tau
+        pt.data += (1.0 - tau) * po.data
+    for bt, bo in zip(target.buffers(), online.buffers()):
+        bt.data[...] = bo.data
+
+
+def cosine_tau(base_tau, step, total_steps):
+    """BYOL's schedule of the EMA rate: tau = 1 - (1 - base_tau) (cos(pi k / K) + 1) / 2,
+    rising from base_tau at step 0 to 1 at the last step (Grill et al. 2020, section 3.2)."""
+    return 1.0 - (1.0 - base_tau) * (math.cos(math.pi * step / max(total_steps, 1)) + 1) / 2

@@ -1,0 +1,48 @@
+"""VICReg: Variance-Invariance-Covariance Regularisation.
+
+Bardes, Ponce & LeCun, "VICReg: Variance-Invariance-Covariance Regularization for
+Self-Supervised Learning", ICLR 2022 (arXiv:2105.04906); official code facebookresearch/vicreg
+(expander Linear-BN-ReLU layers then Linear; weights 25 / 25 / 1).
+
+Invariance pulls the two views' embeddings together; the variance hinge keeps every dimension
+spread over the batch (no collapse); the covariance term decorrelates dimensions.
+"""
+from dataclasses import dataclass
+
+from .. import augment, losses, nn
+from .base import SSLMethod, default_augmentation, default_encoder
+
+
+@dataclass
+class VICRegConfig:
+    sim_weight: float = 25.0        # invariance weight lambda (paper: 25)
+    var_weight: float = 25.0        # variance weight mu (paper: 25)
+    cov_weight: float = 1.0         # covariance weight nu (paper: 1)
+    proj_dims: tuple = (512, 512)   # expander hidden and output widths (paper: 8192 x 3)
+
+
+class VICReg(SSLMethod):
+    name = "vicreg"
+
+    def __init__(self, image_shape, config=None, encoder=None, feature_dim=None,
+                 transform=None):
+        super().__init__()
+        c = self.config = config or VICRegConfig()
+        if encoder is None:
+            encoder, feature_dim = default_encoder(image_shape)
+        self.encoder = encoder
+        self.projector = nn.MLP((feature_dim,) + tuple(c.proj_dims))
+        self.transform = transform or default_augmentation(image_shape)
+
+    def training_step(self, x, rng):
+        v1, v2 = augment.two_views(x, self.transform, rng)
+        z1 = self.projector(self.encoder(self.as_input(v1)))           # (B, D)
+        z2 = self.projector(self.encoder(self.as_input(v2)))           # (B, D)
+        c = self.config
+        loss = losses.vicreg_loss(z1, z2, sim_weight=c.sim_weight, var_weight=c.var_weight,
+                                  cov_weight=c.cov_weight)
+        return loss, {}
+
+
+def build(data, **overrides):
+    return VICReg(data.image_shape, VICRegConfig(**overrides))
