@@ -70,6 +70,10 @@ class Function:
 
     def __call__(self, *inputs):
         out = self.forward(*[t.data for t in inputs])
+        if isinstance(out, np.generic):
+            # NumPy returns scalars, not 0-d arrays, from ops on 0-d arrays and full
+            # reductions; a Tensor always holds an ndarray (in-place updates, .numpy(), dtype).
+            out = np.asarray(out)
         if _grad_enabled:
             for t in inputs:
                 if t.requires_grad:
@@ -129,7 +133,8 @@ def _check_grad(fn, i, g, t):
 def _accumulate_leaf(t, g):
     # A new array, never in place: ``g`` may be shared with another input (Add passes the same
     # gradient to both sides), and the user may hold a reference to the previous ``.grad``.
-    t.grad = g if t.grad is None else t.grad + g
+    g = g if t.grad is None else t.grad + g
+    t.grad = np.asarray(g) if isinstance(g, np.generic) else g  # an ndarray, never a scalar
 
 
 _SAVED_SLOTS = {}
@@ -175,6 +180,8 @@ def run_backward(root, grad, retain_graph=False):
         for i, (t, gi) in enumerate(zip(fn.inputs, in_grads)):
             if gi is None or not t.requires_grad:
                 continue
+            if isinstance(gi, np.generic):
+                gi = np.asarray(gi)
             _check_grad(fn, i, gi, t)
             c = t._ctx
             if c is None:
@@ -481,6 +488,8 @@ def tensor(data, requires_grad=False, dtype=None, device="cpu"):
     src = get_array_module(data)
     if src is not np or isinstance(data, np.ndarray):
         arr = data.copy()
+    elif isinstance(data, np.generic):  # a NumPy scalar keeps its dtype, like an ndarray
+        arr = np.array(data)
     else:
         arr = np.array(data)
         if arr.dtype.kind == "f":
