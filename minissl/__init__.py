@@ -10,8 +10,10 @@ from .backend import get_array_module, is_cuda_available
 from .gradcheck import GradcheckError, gradcheck
 from .ops.elementwise import where
 from .ops.shape import cat, stack
+from . import random
+from .random import manual_seed
 
 __version__ = "0.1.0"
 
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "is_grad_enabled", "cat", "stack",
-           "where", "gradcheck", "GradcheckError", "get_array_module", "is_cuda_available"]
+           "where", "gradcheck", "manual_seed", "random", "GradcheckError", "get_array_module", "is_cuda_available"]
