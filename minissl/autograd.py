@@ -155,10 +155,7 @@ def _release(fn):
             n for c in cls.__mro__ if c is not Function and issubclass(c, Function)
             for n in c.__dict__.get("__slots__", ()))
     for n in names:
-        try:
-            delattr(fn, n)
-        except AttributeError:
-            pass
+        setattr(fn, n, None)
 
 
 def run_backward(root, grad, retain_graph=False):

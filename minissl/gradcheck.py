@@ -52,8 +52,10 @@ def _perturbed(fn, inputs, t, idx, delta):
     t.data[idx] = old + delta
     with no_grad():
         y = _output(fn, inputs).data
+    # A copy BEFORE restoring: the output may be a view of the input (reshape, slicing).
+    y = np.array(to_device(y, "cpu"), dtype=np.float64)
     t.data[idx] = old
-    return to_device(y, "cpu").astype(np.float64)
+    return y
 
 
 def _full(fn, inputs, eps, atol, rtol):
@@ -114,9 +116,11 @@ def _projection(fn, inputs, eps, atol, rtol, seed):
             t.data += sign * eps * u
         with no_grad():
             y = _output(fn, inputs).data
+        # Reduce BEFORE restoring: the output may be a view of an input (reshape, slicing).
+        val = float((y * v).sum())
         for t, u in zip(checked, us):
             t.data -= sign * eps * u
-        return float((y * v).sum())
+        return val
 
     numeric = (value(1) - value(-1)) / (2 * eps)
     for t in inputs:

@@ -3,6 +3,8 @@
 Softmax-type ops run their kernel over the last axis of a 2-D view; another ``dim`` is moved
 to the end first and moved back after.
 """
+import math
+
 from ..autograd import Function
 from ..backend import get_array_module
 from ..kernels import softmax as _k
@@ -16,7 +18,8 @@ def _rows(x, dim, op):
         raise ValueError(f"{op}: dim {dim} out of range for a tensor of shape {tuple(x.shape)}")
     dim %= nd
     moved = get_array_module(x).moveaxis(x, dim, -1) if dim != nd - 1 else x
-    return moved.reshape(-1, x.shape[dim]), moved.shape, dim
+    # The row count is given, not -1: a reshape cannot infer it when a size is 0.
+    return moved.reshape(math.prod(moved.shape[:-1]), x.shape[dim]), moved.shape, dim
 
 
 def _unrows(y2, moved_shape, dim, nd):

@@ -257,13 +257,19 @@ class Tanh(Function):
 
 
 class Sigmoid(Function):
-    """y = 1 / (1 + exp(-x)), computed as (1 + tanh(x/2)) / 2 (no overflow);  dx = g y (1-y)."""
+    """y = 1 / (1 + exp(-x));  dx = g y (1-y).
+
+    With e = exp(-|x|) <= 1 (no overflow): y = 1 / (1 + e) for x >= 0 and e / (1 + e) for
+    x < 0. The second form keeps full relative precision in the left tail, where
+    (1 + tanh(x/2)) / 2 cancels to 0 (already at x = -40, where y = 4e-18).
+    """
 
     __slots__ = ("y",)
 
     def forward(self, x):
         xp = get_array_module(x)
-        self.y = 0.5 * (1 + xp.tanh(0.5 * x))
+        e = xp.exp(-abs(x))
+        self.y = xp.where(x >= 0, 1, e) / (1 + e)
         return self.y.astype(x.dtype, copy=False)
 
     def backward(self, g):

@@ -3,6 +3,8 @@
 For C = A B:  dA = G B^T,  dB = A^T G. With batch dimensions both sides broadcast like any
 binary op, so their gradients are summed back with ``sum_to``.
 """
+import math
+
 from ..autograd import Function, Tensor, as_tensor_like
 from .elementwise import sum_to
 
@@ -77,11 +79,11 @@ class Linear(Function):
         x, w = self.x, self.w
         gx = g @ w if self.needs_grad[0] else None
         gw = gb = None
+        rows = math.prod(x.shape[:-1])   # not -1: a reshape cannot infer it when a size is 0
         if self.needs_grad[1]:
-            g2 = g.reshape(-1, g.shape[-1])
-            gw = g2.T @ x.reshape(-1, x.shape[-1])
+            gw = g.reshape(rows, g.shape[-1]).T @ x.reshape(rows, x.shape[-1])
         if self.has_bias and self.needs_grad[2]:
-            gb = g.reshape(-1, g.shape[-1]).sum(axis=0)
+            gb = g.reshape(rows, g.shape[-1]).sum(axis=0)
         return (gx, gw, gb) if self.has_bias else (gx, gw)
 
 

@@ -216,4 +216,12 @@ def cosine_similarity(x1, x2, dim=1, eps=1e-8):
     if -neg > min(x1.ndim, x2.ndim):
         raise ValueError(f"cosine_similarity: dim {dim} is missing from shape "
                          f"{x1.shape if x1.ndim < x2.ndim else x2.shape}")
+    # Broadcasting along ``dim`` itself must happen before the norms are taken (as torch):
+    # a size-1 vector repeated n times has sqrt(n) times its norm.
+    n = shape[neg]
+    ones = (n,) + (1,) * (-neg - 1)
+    if x1.shape[neg] != n:
+        x1 = x1 * get_array_module(x1.data).ones(ones, dtype=x1.dtype)
+    if x2.shape[neg] != n:
+        x2 = x2 * get_array_module(x2.data).ones(ones, dtype=x2.dtype)
     return (normalize(x1, dim=neg, eps=eps) * normalize(x2, dim=neg, eps=eps)).sum(dim=neg)

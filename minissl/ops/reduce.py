@@ -16,7 +16,8 @@ def normalize_dims(dim, ndim, op):
     for d in dims:
         if not isinstance(d, int) or not -max(ndim, 1) <= d < max(ndim, 1):
             raise ValueError(f"{op}: dim {d} is out of range for a tensor with {ndim} dims")
-        out.append(d % ndim if ndim else 0)
+        if ndim:  # a 0-d tensor accepts dim 0 and -1 (as torch) and has no axis to reduce
+            out.append(d % ndim)
     return tuple(sorted(set(out)))
 
 

@@ -99,7 +99,8 @@ def _index_key(key, xp):
         if isinstance(k, Tensor):
             k = k.data
         if isinstance(k, list):
-            k = np.asarray(k)
+            # An empty list is an empty integer index (NumPy's and torch's reading).
+            k = np.asarray(k) if k else np.zeros(0, dtype=np.intp)
         if hasattr(k, "dtype") and hasattr(k, "shape") and not isinstance(k, np.generic):
             if k.dtype.kind not in "iub":
                 raise TypeError(f"getitem: tensors used as indices must be integer or boolean, "
