@@ -34,6 +34,13 @@ def get_array_module(x):
     return np
 
 
+def is_host_array(array):
+    """True for NumPy data. Checks of *values* (index ranges, class targets) run only on host
+    arrays: on a device array each would be a device-to-host copy that stalls the GPU in
+    every training step, so there the kernels guard their memory accesses instead."""
+    return get_array_module(array) is np
+
+
 def device_of(array):
     """'cpu' or 'cuda' for an ndarray."""
     return "cpu" if get_array_module(array) is np else "cuda"

@@ -268,10 +268,14 @@ class LARS(Optimizer):
         if not (group["exclude_bias_and_norm"] and p.ndim == 1):
             if group["weight_decay"] != 0:
                 d = d + group["weight_decay"] * w
-            w_norm = float(xp.sqrt(xp.vdot(w.ravel(), w.ravel())))
-            d_norm = float(xp.sqrt(xp.vdot(d.ravel(), d.ravel())))
-            if w_norm > 0 and d_norm > 0:
-                d = d * d.dtype.type(group["eta"] * w_norm / d_norm)
+            # The norms stay 0-d arrays on the parameter's device (float() of them would be a
+            # device-to-host copy per parameter per step on the GPU); the ratio is formed in
+            # float64 and rounded to d's dtype, as from Python floats.
+            w_norm = xp.sqrt(xp.vdot(w.ravel(), w.ravel())).astype(np.float64)
+            d_norm = xp.sqrt(xp.vdot(d.ravel(), d.ravel())).astype(np.float64)
+            use = (w_norm > 0) & (d_norm > 0)
+            ratio = xp.where(use, group["eta"] * w_norm / xp.where(use, d_norm, 1.0), 1.0)
+            d = d * ratio.astype(d.dtype)
         buf = state.get("momentum_buffer")
         first = buf is None
         if first:

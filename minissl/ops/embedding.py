@@ -4,7 +4,7 @@ y[..., :] = W[idx[...], :];  dW[r] = sum of g over every position where idx == r
 scatter-add, since an index may repeat), done by the embedding kernel.
 """
 from ..autograd import Function, Tensor
-from ..backend import get_array_module
+from ..backend import get_array_module, is_host_array
 from ..kernels import embedding as _k
 
 
@@ -32,7 +32,11 @@ def embedding(input, weight):
     if weight.ndim != 2:
         raise ValueError(f"embedding: weight must be 2-D (num_embeddings, dim), got "
                          f"{weight.shape}")
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= weight.shape[0]):
+    # Checked on the host only (see backend.is_host_array): on the GPU the check would stall
+    # every step, and an out-of-range index is an unreported caller error (CuPy's indexing
+    # wraps it around), as it is unreported in PyTorch's CUDA kernels until a device assert.
+    if idx.size and is_host_array(idx) and (int(idx.min()) < 0
+                                            or int(idx.max()) >= weight.shape[0]):
         raise ValueError(f"embedding: indices must lie in [0, {weight.shape[0]}), got range "
                          f"[{int(idx.min())}, {int(idx.max())}] (indices of shape "
                          f"{tuple(idx.shape)})")

@@ -4,6 +4,8 @@ Cross-entropy is fused with log-softmax (one kernel): for logits x of a row and 
     loss = logsumexp(x) - x_t,      dloss/dx = softmax(x) - onehot(t)
 which never forms exp(x) unshifted, so logits of 1e4 do not overflow.
 """
+import numpy as np
+
 from ..autograd import Function, Tensor
 from ..backend import get_array_module
 from ..kernels import softmax as _k
@@ -62,8 +64,11 @@ def cross_entropy(logits, target, reduction="mean", ignore_index=-100):
     total = per_row.sum()
     if reduction == "sum":
         return total
-    count = int((t_flat != ignore_index).sum())
-    return total / (count if count else float("nan"))
+    # The count stays a 0-d array on the logits' device: int() of it would be a
+    # device-to-host copy in every step on the GPU. No kept target: total / NaN, as PyTorch.
+    count = (t_flat != ignore_index).sum()
+    denom = xp.where(count > 0, count, np.nan).astype(total.dtype)
+    return total / Tensor(denom)
 
 
 def mse_loss(input, target, reduction="mean"):
