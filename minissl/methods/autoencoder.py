@@ -3,10 +3,12 @@
 Three methods of the same shape, encoder f (whose output h are the features we evaluate) and
 decoder g (which maps a code back to pixel logits):
 
-* ``Autoencoder``: minimise the reconstruction loss L(x, g(f(x))). Without a bottleneck
-  this can approach the identity; what it learns comes from the architecture and the
-  optimiser (Hinton & Salakhutdinov, "Reducing the Dimensionality of Data with Neural
-  Networks", Science 2006).
+* ``Autoencoder``: minimise the reconstruction loss L(x, g(f(x))) (Hinton & Salakhutdinov,
+  "Reducing the Dimensionality of Data with Neural Networks", Science 2006, whose deep
+  autoencoders squeeze x through a narrow code). Here the code is the encoder's output, as
+  for every other method, and on the digits it is wider than the input (256 for 64 pixels):
+  nothing but the architecture and the optimiser keeps it from learning the identity, which
+  is the problem the denoising autoencoder solves.
 * ``DenoisingAutoencoder``: corrupt x into x~ ~ q(x~ | x) and reconstruct the *clean* x,
   L(x, g(f(x~))) (Vincent, Larochelle, Bengio & Manzagol, "Extracting and Composing Robust
   Features with Denoising Autoencoders", ICML 2008). Undoing the corruption needs the
@@ -30,11 +32,15 @@ decoder g (which maps a code back to pixel logits):
 Reconstruction loss (``recon_loss``): ``"bce"`` (the default) is binary cross-entropy with
 logits, the negative log-likelihood of a Bernoulli decoder p(x|z) = prod Bern(x_i; sigmoid(l_i)),
 which is what both Vincent et al. (the "cross-entropy loss" L_H for inputs in [0, 1]) and
-Kingma & Welling (MNIST experiments; also the official PyTorch example
-``pytorch/examples/vae/main.py``, checked: 784-400-20 MLP, BCE summed over pixels + KLD) use.
-For grey levels x in [0, 1] it is still a proper cross-entropy, minimised at sigmoid(l) = x.
-``"mse"`` is the squared error of the sigmoid output (a Gaussian decoder with fixed variance).
-Either way the decoder outputs logits, and ``reconstruct`` returns sigmoid(logits) in [0, 1].
+Kingma & Welling (MNIST experiments; also PyTorch's example ``pytorch/examples``
+``vae/main.py``, checked: a 784-400-20 MLP, BCE summed over pixels + the closed-form KLD) use.
+For grey levels x in [0, 1] it is still the cross-entropy between Bern(x) and Bern(s(l)),
+minimised at sigmoid(l) = x; as a density of a continuous x it lacks a normaliser (Loaiza-Ganem
+& Cunningham, "The continuous Bernoulli", NeurIPS 2019, which a later version of that example
+adds), so the VAE's loss is the ELBO of the Bernoulli model, as in the paper, not a bound on a
+continuous density. ``"mse"`` is the squared error of the sigmoid output (a Gaussian decoder
+with fixed variance). Either way the decoder outputs logits, and ``reconstruct`` returns
+sigmoid(logits) in [0, 1].
 
 Architectures follow ``default_encoder``: for the 8x8 digits f is the quality-bar MLP encoder
 (64-256-256, Linear-BN-ReLU twice, features = its 256-d output, comparable with every other
@@ -56,8 +62,7 @@ from .base import SSLMethod, default_encoder
 
 __all__ = ["AutoencoderConfig", "DenoisingConfig", "VAEConfig", "Autoencoder",
            "DenoisingAutoencoder", "VAE", "MLPDecoder", "ConvDecoder", "default_decoder",
-           "reconstruction_loss", "build_autoencoder", "build_denoising", "build_vae",
-           "BUILDERS"]
+           "reconstruction_loss", "build_autoencoder", "build_denoising", "build_vae"]
 
 _RECON_LOSSES = ("bce", "mse")
 
@@ -154,7 +159,10 @@ def reconstruction_loss(logits, target, kind="bce", reduction="mean"):
     raise ValueError(f"reconstruction_loss: kind must be one of {_RECON_LOSSES}, got {kind!r}")
 
 
-def _check_config(who, config):
+def _check_config(who, config, config_class):
+    if not isinstance(config, config_class):
+        raise TypeError(f"{who}: config must be a {config_class.__name__}, got "
+                        f"{type(config).__name__}")
     if config.recon_loss not in _RECON_LOSSES:
         raise ValueError(f"{who}: recon_loss must be one of {_RECON_LOSSES}, got "
                          f"{config.recon_loss!r}")
@@ -222,7 +230,7 @@ class Autoencoder(SSLMethod):
         super().__init__()
         self.image_shape = tuple(int(s) for s in image_shape)
         self.config = config or self.config_class()
-        _check_config(type(self).__name__, self.config)
+        _check_config(type(self).__name__, self.config, self.config_class)
         if encoder is None:
             encoder, feature_dim = default_encoder(self.image_shape)
         elif feature_dim is None:
@@ -246,20 +254,20 @@ class Autoencoder(SSLMethod):
         loss = reconstruction_loss(logits, self.as_input(x), self.config.recon_loss)
         return loss, {}
 
-    def reconstruct(self, x, batch_size=1024):
+    def reconstruct(self, x, *, batch_size=1024):
         """sigmoid(g(f(x))): reconstructions in [0, 1] of images x, a float32 host array,
         computed in eval mode (BatchNorm with its running statistics)."""
         _check_images(f"{type(self).__name__}.reconstruct", x, self.image_shape)
         return _eval_batches(self, lambda xb: F.sigmoid(self(xb)), x, batch_size)
 
-    def reconstruction_mse(self, x, inputs=None, batch_size=1024):
+    def reconstruction_mse(self, x, inputs=None, *, batch_size=1024):
         """Mean squared error per pixel between ``x`` and the reconstruction of ``inputs``
         (default: x itself; pass corrupted images to measure denoising)."""
         inputs = x if inputs is None else inputs
         if tuple(inputs.shape) != tuple(x.shape):
             raise ValueError(f"{type(self).__name__}.reconstruction_mse: inputs of shape "
                              f"{tuple(inputs.shape)} do not match x of shape {tuple(x.shape)}")
-        return _mse(self.reconstruct(inputs, batch_size), x)
+        return _mse(self.reconstruct(inputs, batch_size=batch_size), x)
 
 
 class DenoisingAutoencoder(Autoencoder):
@@ -268,15 +276,20 @@ class DenoisingAutoencoder(Autoencoder):
     The corruption is ``corrupt(x, rng)``: masking noise with probability ``mask_prob`` per
     pixel (all channels of a pixel together), then additive Gaussian noise of std
     ``noise_std`` (not clipped: the noise keeps its variance). The features are f of the
-    *clean* input, as in the paper's use of the learnt representation.
+    *clean* input, as in the paper's use of the learnt representation. Unlike the paper the
+    decoder's weights are not tied to the encoder's (W' = W^T): BatchNorm sits between the
+    layers, and untied weights are what later implementations use.
     """
 
-    name = "denoising_autoencoder"
+    name = "denoising"
     config_class = DenoisingConfig
 
     def __init__(self, image_shape, config=None, encoder=None, feature_dim=None, decoder=None):
         super().__init__(image_shape, config, encoder, feature_dim, decoder)
         c = self.config
+        if not (0.0 <= c.mask_prob <= 1.0 and c.noise_std >= 0.0):
+            raise ValueError(f"DenoisingAutoencoder: need 0 <= mask_prob <= 1 and noise_std >= "
+                             f"0, got mask_prob={c.mask_prob}, noise_std={c.noise_std}")
         steps = []
         if c.mask_prob > 0:
             steps.append(augment.PixelDropout(c.mask_prob))
@@ -316,7 +329,7 @@ class VAE(SSLMethod):
         super().__init__()
         self.image_shape = tuple(int(s) for s in image_shape)
         self.config = config or VAEConfig()
-        _check_config("VAE", self.config)
+        _check_config("VAE", self.config, VAEConfig)
         if self.config.latent_dim < 1 or self.config.beta < 0:
             raise ValueError(f"VAE: need latent_dim >= 1 and beta >= 0, got "
                              f"{self.config.latent_dim} and {self.config.beta}")
@@ -352,16 +365,16 @@ class VAE(SSLMethod):
         loss = recon + kl * self.config.beta
         return loss, {"recon": recon.item(), "kl": kl.item()}
 
-    def reconstruct(self, x, batch_size=1024):
+    def reconstruct(self, x, *, batch_size=1024):
         """sigmoid(g(mu(x))): the decoding of the posterior mean, in [0, 1], a float32 host
         array (eval mode; deterministic, unlike a reconstruction from a sampled z)."""
         _check_images("VAE.reconstruct", x, self.image_shape)
         return _eval_batches(self, lambda xb: F.sigmoid(self.decoder(self.encode(xb)[0])), x,
                              batch_size)
 
-    def reconstruction_mse(self, x, batch_size=1024):
+    def reconstruction_mse(self, x, *, batch_size=1024):
         """Mean squared error per pixel between x and ``reconstruct(x)``."""
-        return _mse(self.reconstruct(x, batch_size), x)
+        return _mse(self.reconstruct(x, batch_size=batch_size), x)
 
     def sample(self, n, rng):
         """n new images sigmoid(g(z)), z ~ N(0, I): a float32 host array (n, C, H, W)."""
@@ -389,7 +402,3 @@ def build_vae(data, **overrides):
     """A ``VAE`` for an image ``Dataset``; ``overrides`` set ``VAEConfig``."""
     return VAE(data.image_shape, VAEConfig(**overrides))
 
-
-# The method names of this module (for a command line or registry) and their builders.
-BUILDERS = {"autoencoder": build_autoencoder, "denoising_autoencoder": build_denoising,
-            "vae": build_vae}

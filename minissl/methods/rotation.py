@@ -18,9 +18,17 @@ Checked against the official code (``dataloader.py``): all four rotations of eve
 into the same batch, image-major (the rows of image i are 4i .. 4i + 3, labels 0, 1, 2, 3),
 so a batch of B images is 4B examples with exactly B of each label; rotation k is
 counter-clockwise (its ``rotate_img(img, 90)`` = ``flipud(transpose(img))`` = ``np.rot90``),
-which ``augment.rot90`` implements on the last two axes. The official CIFAR-10 recipe trains
-a Network-in-Network for 200 epochs with SGD; here the encoder is ``default_encoder`` and the
-training loop is the project's (Adam), see ``RotNetConfig`` for the head.
+which ``augment.rot90`` implements on the last two axes. Its CIFAR-10 loader augments each
+image (random crop with 4 pixels of padding, horizontal flip) before making the four
+rotations; ``default_rotation_augmentation`` is that, scaled to the image size. The official
+recipe trains a Network-in-Network for 200 epochs with SGD; here the encoder is
+``default_encoder`` and the training loop is the project's (Adam).
+
+The head c: the paper finds the layers right below the rotation classifier the most specific
+to the pretext task and the least useful downstream (its CIFAR-10 study of the feature
+hierarchy: the second of 4-5 blocks is best), so c defaults to an MLP and f's output sits one
+hidden layer away from the logits. (On the digits a linear head gives clearly worse
+few-label probes; see ``RotNetConfig.head_hidden``.)
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -32,7 +40,8 @@ from .. import functional as F
 from ..backend import get_array_module
 from .base import SSLMethod, default_encoder
 
-__all__ = ["RotNetConfig", "RotNet", "all_rotations", "random_rotations", "build"]
+__all__ = ["RotNetConfig", "RotNet", "all_rotations", "random_rotations",
+           "default_rotation_augmentation", "build"]
 
 NUM_ROTATIONS = 4   # 0, 90, 180 and 270 degrees
 
@@ -68,15 +77,25 @@ def random_rotations(x, rng):
     return augment.rot90(x, k), k
 
 
+def default_rotation_augmentation(image_shape):
+    """The official CIFAR-10 augmentation scaled to ``image_shape``: pad-and-crop (a random
+    shift of up to max(1, H // 8) pixels; 4 on 32x32 as RandomCrop(32, padding=4)) and a
+    horizontal flip with p = 0.5. Neither changes which way is up."""
+    return augment.Compose([augment.RandomShift(max(1, image_shape[1] // 8)),
+                            augment.RandomHorizontalFlip(0.5)])
+
+
 @dataclass
 class RotNetConfig:
     head_hidden: Optional[int] = 256  # rotation head c: None = a linear layer D -> 4; an int =
-                                      # an MLP D-hidden-4 (Linear-BN-ReLU-Linear). The paper's
-                                      # classifier is the network's last block(s), and its best
-                                      # features sit below them (section 3.2): a non-linear head
-                                      # keeps the most rotation-specific work out of f's output
+                                      # an MLP D-hidden-4 (Linear-BN-ReLU-Linear), which keeps
+                                      # the most rotation-specific layer out of f's output
     all_four: bool = True             # four rotations of each image per batch (official code);
                                       # False: one random rotation per image (batch stays B)
+    augment: bool = True              # augment each image before rotating it, as the official
+                                      # CIFAR-10 loader (RandomCrop(32, padding=4), horizontal
+                                      # flip): a random shift of up to H/8 pixels (at least 1,
+                                      # so 1 on the 8x8 digits) and a flip with p = 0.5
 
 
 class RotNet(SSLMethod):
@@ -84,7 +103,8 @@ class RotNet(SSLMethod):
 
     name = "rotation"
 
-    def __init__(self, image_shape, config=None, encoder=None, feature_dim=None):
+    def __init__(self, image_shape, config=None, encoder=None, feature_dim=None,
+                 transform=None):
         super().__init__()
         self.image_shape = tuple(int(s) for s in image_shape)
         if len(self.image_shape) != 3 or self.image_shape[1] != self.image_shape[2]:
@@ -99,9 +119,14 @@ class RotNet(SSLMethod):
         h = self.config.head_hidden
         dims = (feature_dim, NUM_ROTATIONS) if h is None else (feature_dim, h, NUM_ROTATIONS)
         self.head = nn.MLP(dims)                                         # c: h -> logits (B, 4)
+        if transform is None and self.config.augment:
+            transform = default_rotation_augmentation(self.image_shape)
+        self.transform = transform                                       # None: no augmentation
 
     def rotate(self, x, rng):
-        """The rotated batch and its labels, per ``config.all_four``."""
+        """The (augmented, then) rotated batch and its labels, per the config."""
+        if self.transform is not None:
+            x = self.transform(x, rng)
         return all_rotations(x) if self.config.all_four else random_rotations(x, rng)
 
     def forward(self, x):
