@@ -76,8 +76,9 @@ def unigram_entropy(ids, vocab_size=None):
     return float(-(p * np.log(p)).sum())
 
 
-def _check_ids(fn, idx, vocab_size, max_len):
-    """A host or device int array (B, T) with ids in [0, vocab_size) and 1 <= T <= max_len."""
+def _check_ids(fn, idx, vocab_size, max_len=None):
+    """Int token ids (B, T) as an int64 array of their own device: ids in [0, vocab_size),
+    T >= 1 and, when ``max_len`` is given, T <= max_len (a clear ValueError otherwise)."""
     if isinstance(idx, Tensor):
         idx = idx.data
     xp = get_array_module(idx)
@@ -85,9 +86,10 @@ def _check_ids(fn, idx, vocab_size, max_len):
     if idx.ndim != 2 or idx.dtype.kind not in "iu":
         raise ValueError(f"{fn}: expected int token ids of shape (B, T), got {idx.dtype} of "
                          f"shape {tuple(idx.shape)}")
-    if not 1 <= idx.shape[1] <= max_len:
-        raise ValueError(f"{fn}: sequence length {idx.shape[1]} is not in [1, {max_len}] "
-                         f"(ids of shape {tuple(idx.shape)})")
+    if idx.shape[1] < 1 or (max_len is not None and idx.shape[1] > max_len):
+        limit = f"[1, {max_len}]" if max_len is not None else ">= 1"
+        raise ValueError(f"{fn}: sequence length {idx.shape[1]} is not in {limit} (ids of "
+                         f"shape {tuple(idx.shape)})")
     if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= vocab_size):
         raise ValueError(f"{fn}: token ids must lie in [0, {vocab_size}), got range "
                          f"[{int(idx.min())}, {int(idx.max())}]")
@@ -152,6 +154,11 @@ class CharGPT(SSLMethod):
         self.ln_f = nn.LayerNorm(c.n_embd, dtype=dtype)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False, rng=rng, dtype=dtype)
         gpt_init_(self, c.n_layer, rng)
+
+    def training_data(self, corpus):
+        """Non-overlapping windows of ``block_size + 1`` ids of the training split (N, T + 1):
+        what ``train.pretrain`` iterates over (each character is a target once per epoch)."""
+        return text_windows(corpus.train_ids, self.config.block_size + 1)
 
     def hidden(self, idx):
         """Final hidden states ln_f(x_L) (B, T, C) of int ids (B, T), T <= block_size."""
@@ -234,7 +241,7 @@ class CharGPT(SSLMethod):
         if max_new_tokens < 0:
             raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
         rng = get_generator(rng)
-        idx = to_device(_check_ids("generate", idx, self.config.vocab_size, 10 ** 18), "cpu")
+        idx = to_device(_check_ids("generate", idx, self.config.vocab_size), "cpu")
         V = self.config.vocab_size
         was_training = self.training
         self.eval()
@@ -255,6 +262,12 @@ class CharGPT(SSLMethod):
                 idx = np.concatenate([idx, nxt[:, None].astype(np.int64)], axis=1)
         self.train(was_training)
         return idx
+
+    def generate_text(self, corpus, n_chars, rng=None, prompt="\n", temperature=0.8,
+                      top_k=None):
+        """``prompt`` followed by ``n_chars`` sampled characters, decoded with ``corpus``."""
+        out = self.generate(corpus.encode(prompt)[None], n_chars, temperature, top_k, rng)
+        return corpus.decode(out[0])
 
 
 def build_gpt(corpus, **overrides):
@@ -300,6 +313,10 @@ class ARModel(SSLMethod):
         if c.bias:
             self.linear.bias.data[...] = 0
 
+    def training_data(self, series):
+        """The realisations of an ``ARSeries`` (n_series, length): each step gets a few."""
+        return series.series
+
     @staticmethod
     def lagged(x, p):
         """Regression problem of a batch of series x (B, L): lags (B (L - p), p) with
@@ -323,6 +340,7 @@ class ARModel(SSLMethod):
     def predict(self, x):
         """One-step-ahead predictions x_hat_t for t = p..L-1 of series x (N, L): (N, L - p)."""
         p = self.config.order
+        x = to_device(x.data if isinstance(x, Tensor) else x, "cpu")
         with no_grad():
             lags, _ = self.lagged(np.asarray(x, dtype=np.float64), p)
             out = self.linear(self.as_input(lags)).numpy()

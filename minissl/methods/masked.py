@@ -49,7 +49,7 @@ from ..autograd import Tensor, no_grad
 from ..backend import get_array_module, to_device
 from ..ops.shape import cat
 from ..random import get_generator
-from .autoregressive import _check_ids
+from .autoregressive import _check_ids, text_windows
 from .base import SSLMethod
 
 __all__ = ["MaskedLMConfig", "MaskedLM", "MAEConfig", "MAE", "ViTEncoder",
@@ -124,6 +124,10 @@ class MaskedLM(SSLMethod):
                                   nn.Linear(c.n_embd, c.vocab_size, rng=rng, dtype=dtype))
         _normal_init_(self, 0.02, rng)
 
+    def training_data(self, corpus):
+        """Non-overlapping windows of ``block_size`` ids of the training split (N, T)."""
+        return text_windows(corpus.train_ids, self.config.block_size)
+
     def mask_tokens(self, ids, rng):
         """BERT's 80/10/10 corruption of int ids (B, T): ``(inputs, targets)``, int64 (B, T)
         host arrays.
@@ -135,7 +139,7 @@ class MaskedLM(SSLMethod):
         Positions not chosen keep their token and get the target -100 (ignored).
         """
         c = self.config
-        ids = to_device(_check_ids("MaskedLM.mask_tokens", ids, c.vocab_size, 10 ** 18), "cpu")
+        ids = to_device(_check_ids("MaskedLM.mask_tokens", ids, c.vocab_size), "cpu")
         rng = get_generator(rng)
         B, T = ids.shape
         n = max(1, int(round(T * c.mask_prob)))                 # BERT's num_to_predict
@@ -453,9 +457,10 @@ class MAE(SSLMethod):
         return (prediction.astype(np.float32), mask_img.astype(np.float32),
                 pasted.astype(np.float32))
 
-    def reconstruction_error(self, x, rng, batch_size=256):
+    def reconstruction_mse(self, x, rng=0, *, batch_size=256):
         """Mean squared pixel error over the removed patches of images x (N, C, H, W) (in
-        pixel space, also with ``norm_pix``); each image gets a fresh random mask."""
+        pixel space, also with ``norm_pix``); each image gets a random mask drawn from
+        ``rng`` (a seed by default, so repeated calls score the same masks)."""
         rng = get_generator(rng)
         sq, count = 0.0, 0.0
         for i in range(0, len(x), batch_size):
