@@ -10,6 +10,13 @@ import importlib
 import os
 import warnings
 
+# The compiled kernels parallelise with OpenMP, and numpy's matrix products with OpenBLAS's own
+# threads. With OpenMP's default (active) waiting, idle OpenMP workers spin after each kernel
+# and steal the cores the next BLAS call needs: on 2 cores a small step ran up to 10x slower.
+# Passive waiting (threads sleep) avoids that; it must be set before libgomp loads, i.e. before
+# the first compiled kernel is imported. A user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 _warned = False
 
 
@@ -31,3 +38,12 @@ def load(name):
                           "reference kernels (slower). Reinstall with a C compiler and Cython "
                           "to build them.", RuntimeWarning, stacklevel=2)
         return None
+
+
+def gpu(name, reference):
+    """The CuPy kernel ``minissl.kernels.cuda.<name>`` for device arrays, or ``reference``
+    (array-module generic, so it also runs on the device) when MINISSL_REFERENCE=1."""
+    if reference_forced():
+        return reference
+    from . import cuda
+    return getattr(cuda, name)

@@ -31,7 +31,7 @@ import operator
 import numpy as np
 
 from minissl.backend import get_array_module
-from minissl.kernels._loader import load
+from minissl.kernels._loader import gpu, load
 
 __all__ = ["im2col", "col2im", "im2col_ref", "col2im_ref", "window_geometry"]
 
@@ -164,9 +164,8 @@ def im2col(x, kernel_size, stride, padding):
     xp = check_array("im2col", "x", x, 4)
     ks, st, pad, (oh, ow) = window_geometry("im2col", x.shape, kernel_size, stride, padding)
     if xp is not np:
-        # GPU: the CuPy kernel of this family is dispatched here once it exists; until then
-        # the array-module-generic reference runs on the device.
-        return im2col_ref(x, ks, st, pad)
+        # GPU: the CuPy kernel (minissl/kernels/cuda.py).
+        return gpu("im2col", im2col_ref)(x, ks, st, pad)
     ext = compiled("im2col", x)
     if ext is None:
         return im2col_ref(x, ks, st, pad)
@@ -192,8 +191,8 @@ def col2im(cols, x_shape, kernel_size, stride, padding):
         raise ValueError(f"col2im: cols has shape {cols.shape}, expected {expected} for "
                          f"x_shape={x_shape}, kernel_size={ks}, stride={st}, padding={pad}")
     if xp is not np:
-        # GPU: CuPy kernel goes here (see im2col); the reference runs on the device meanwhile.
-        return col2im_ref(cols, x_shape, ks, st, pad)
+        # GPU: the CuPy kernel (minissl/kernels/cuda.py).
+        return gpu("col2im", col2im_ref)(cols, x_shape, ks, st, pad)
     ext = compiled("im2col", cols)
     if ext is None:
         return col2im_ref(cols, x_shape, ks, st, pad)

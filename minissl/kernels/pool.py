@@ -29,6 +29,7 @@ otherwise. Both backward passes are gathers over input pixels (deterministic, ra
 import numpy as np
 
 from minissl.backend import get_array_module
+from minissl.kernels._loader import gpu
 from minissl.kernels.im2col import check_array, check_shape4, compiled, window_geometry
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
@@ -154,9 +155,8 @@ def max_pool2d_forward(x, kernel_size, stride, padding):
     xp = check_array(fname, "x", x, 4)
     ks, st, pad, (oh, ow) = _pool_geometry(fname, x.shape, kernel_size, stride, padding)
     if xp is not np:
-        # GPU: the CuPy kernel of this family is dispatched here once it exists; until then
-        # the array-module-generic reference runs on the device.
-        return max_pool2d_forward_ref(x, ks, st, pad)
+        # GPU: the CuPy kernel (minissl/kernels/cuda.py).
+        return gpu("max_pool2d_forward", max_pool2d_forward_ref)(x, ks, st, pad)
     ext = compiled("pool", x)
     if ext is None:
         return max_pool2d_forward_ref(x, ks, st, pad)
@@ -186,8 +186,9 @@ def max_pool2d_backward(grad_out, argmax, x_shape, kernel_size, stride, padding)
         raise ValueError(f"{fname}: argmax has shape {argmax.shape}, expected grad_out's "
                          f"{grad_out.shape}")
     if xp is not np:
-        # GPU: CuPy kernel goes here (see max_pool2d_forward).
-        return max_pool2d_backward_ref(grad_out, argmax, x_shape, ks, st, pad)
+        # GPU: the CuPy kernel (minissl/kernels/cuda.py).
+        return gpu("max_pool2d_backward", max_pool2d_backward_ref)(grad_out, argmax, x_shape,
+                                                                  ks, st, pad)
     ext = compiled("pool", grad_out)
     if ext is None:
         return max_pool2d_backward_ref(grad_out, argmax, x_shape, ks, st, pad)
@@ -207,8 +208,8 @@ def avg_pool2d_forward(x, kernel_size, stride, padding):
     xp = check_array(fname, "x", x, 4)
     ks, st, pad, (oh, ow) = _pool_geometry(fname, x.shape, kernel_size, stride, padding)
     if xp is not np:
-        # GPU: CuPy kernel goes here (see max_pool2d_forward).
-        return avg_pool2d_forward_ref(x, ks, st, pad)
+        # GPU: the CuPy kernel (minissl/kernels/cuda.py).
+        return gpu("avg_pool2d_forward", avg_pool2d_forward_ref)(x, ks, st, pad)
     ext = compiled("pool", x)
     if ext is None:
         return avg_pool2d_forward_ref(x, ks, st, pad)
@@ -229,8 +230,8 @@ def avg_pool2d_backward(grad_out, x_shape, kernel_size, stride, padding):
     ks, st, pad, out_hw = _pool_geometry(fname, x_shape, kernel_size, stride, padding)
     _check_grad_out(fname, grad_out, x_shape, out_hw)
     if xp is not np:
-        # GPU: CuPy kernel goes here (see max_pool2d_forward).
-        return avg_pool2d_backward_ref(grad_out, x_shape, ks, st, pad)
+        # GPU: the CuPy kernel (minissl/kernels/cuda.py).
+        return gpu("avg_pool2d_backward", avg_pool2d_backward_ref)(grad_out, x_shape, ks, st, pad)
     ext = compiled("pool", grad_out)
     if ext is None:
         return avg_pool2d_backward_ref(grad_out, x_shape, ks, st, pad)
