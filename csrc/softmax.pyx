@@ -21,7 +21,7 @@ Layout of the work:
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport log
+from libc.math cimport exp, log
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 
@@ -150,6 +150,21 @@ cdef extern from *:
         for (Py_ssize_t j = 0; j < n; j++) y[j] = mssl_exp((x[j] - a) - b);
     }
 
+    /* y_j = c exp(x_j - lse), the exponent formed in double: lse is a double, and x_j - lse
+       is small for the entries that matter, so rounding it to float first loses nothing even
+       for float32 logits near 1e4 (exp(x_j - lse) with lse rounded to float32 would be off
+       by ~1e-3 there). */
+    MSSL_CLONES static void mssl_scaled_softmax_f32(const float* x, double lse, float c,
+                                                    float* y, Py_ssize_t n) {
+        #pragma omp simd
+        for (Py_ssize_t j = 0; j < n; j++) y[j] = c * mssl_expf((float)(x[j] - lse));
+    }
+    MSSL_CLONES static void mssl_scaled_softmax_f64(const double* x, double lse, double c,
+                                                    double* y, Py_ssize_t n) {
+        #pragma omp simd
+        for (Py_ssize_t j = 0; j < n; j++) y[j] = c * mssl_exp(x[j] - lse);
+    }
+
     /* sum_j x_j and sum_j x_j y_j, accumulated in double */
     MSSL_CLONES static double mssl_sum_f32(const float* x, Py_ssize_t n) {
         double s = 0;
@@ -182,6 +197,10 @@ cdef extern from *:
     double mssl_sum_exp_f64(const double* x, double a, Py_ssize_t n) noexcept nogil
     void mssl_exp_f32(const float* x, float a, float b, float* y, Py_ssize_t n) noexcept nogil
     void mssl_exp_f64(const double* x, double a, double b, double* y, Py_ssize_t n) noexcept nogil
+    void mssl_scaled_softmax_f32(const float* x, double lse, float c, float* y,
+                                 Py_ssize_t n) noexcept nogil
+    void mssl_scaled_softmax_f64(const double* x, double lse, double c, double* y,
+                                 Py_ssize_t n) noexcept nogil
     double mssl_sum_f32(const float* x, Py_ssize_t n) noexcept nogil
     double mssl_sum_f64(const double* x, Py_ssize_t n) noexcept nogil
     double mssl_dot_f32(const float* x, const float* y, Py_ssize_t n) noexcept nogil
@@ -279,16 +298,12 @@ cdef inline double _cross_entropy_row(const floating* x, int64_t t, int64_t igno
 
 cdef inline void _cross_entropy_backward_row(floating g, const floating* x, int64_t t, double lse,
                                              floating* dx, Py_ssize_t n) noexcept nogil:
-    # softmax_j = exp((x_j - m) - (lse - m)): x_j - m is exact near the maximum and lse - m is
-    # small, so even float32 logits near 1e4 give a softmax accurate to float32 rounding
-    # (exp(x_j - lse) with lse rounded to float32 would be off by ~1e-3 there).
-    cdef floating m = _max(x, n)
-    _exp(x, m, <floating>(lse - m), dx, n)               # dx = softmax
-    cdef floating p_t = dx[t]
-    cdef Py_ssize_t j
-    for j in range(n):
-        dx[j] = g * dx[j]
+    if floating is float:
+        mssl_scaled_softmax_f32(x, lse, g, dx, n)        # dx = g * softmax
+    else:
+        mssl_scaled_softmax_f64(x, lse, g, dx, n)
     # g * (p_t - 1) rather than g * p_t - g: exact subtraction when p_t is close to 1.
+    cdef floating p_t = <floating>exp(x[t] - lse)
     dx[t] = g * (p_t - 1)
 
 
