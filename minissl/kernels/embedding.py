@@ -17,7 +17,7 @@ arrays, ``embedding_backward_ref`` otherwise.
 import numpy as np
 
 from ..backend import get_array_module
-from ._loader import load, reference_forced
+from ._loader import gpu, load, reference_forced
 
 __all__ = ["embedding_backward", "embedding_backward_ref"]
 
@@ -64,6 +64,8 @@ def embedding_backward(indices, grad_out, num_embeddings):
 
     indices: integer array of any shape; grad_out: float array of shape (*indices.shape, D).
     """
+    if get_array_module(grad_out) is not np:  # GPU: minissl/kernels/cuda.py
+        return gpu("embedding_backward", embedding_backward_ref)(indices, grad_out, num_embeddings)
     fn = "embedding_backward"
     if not hasattr(indices, "dtype") or indices.dtype.kind not in "iu":
         raise TypeError(f"{fn}: indices must be an integer array, got "

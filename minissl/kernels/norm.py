@@ -36,7 +36,7 @@ for float32/float64 NumPy arrays, the ``*_ref`` NumPy reference otherwise; the r
 import numpy as np
 
 from ..backend import get_array_module
-from ._loader import load, reference_forced
+from ._loader import gpu, load, reference_forced
 
 __all__ = [
     "layer_norm_forward", "layer_norm_backward", "batch_norm_forward", "batch_norm_backward",
@@ -196,6 +196,8 @@ def layer_norm_forward(x, weight=None, bias=None, eps=1e-5):
     Returns ``(y, mean, rstd)``: y (M, D), mean (M,) and rstd = 1/sqrt(var + eps) (M,) with
     the biased variance, all in x's dtype. See the module docstring for the math.
     """
+    if get_array_module(x) is not np:  # GPU: minissl/kernels/cuda.py
+        return gpu("layer_norm_forward", layer_norm_forward_ref)(x, weight, bias, eps)
     fn = "layer_norm_forward"
     _check_float(fn, "x", x, 2)
     _check_vector(fn, "weight", weight, x.shape[1], x)
@@ -217,6 +219,8 @@ def layer_norm_backward(grad_y, x, mean, rstd, weight=None):
 
     ``mean`` and ``rstd`` are the forward's results; grad_weight is None when weight is None.
     """
+    if get_array_module(grad_y) is not np:  # GPU: minissl/kernels/cuda.py
+        return gpu("layer_norm_backward", layer_norm_backward_ref)(grad_y, x, mean, rstd, weight)
     fn = "layer_norm_backward"
     _check_float(fn, "x", x, 2)
     _check_grad(fn, grad_y, x)
@@ -244,6 +248,8 @@ def batch_norm_forward(x, weight=None, bias=None, eps=1e-5):
     dtype. weight and bias are optional (C,). An empty batch (N * L == 0) has no statistics
     and raises ValueError.
     """
+    if get_array_module(x) is not np:  # GPU: minissl/kernels/cuda.py
+        return gpu("batch_norm_forward", batch_norm_forward_ref)(x, weight, bias, eps)
     fn = "batch_norm_forward"
     _check_float(fn, "x", x, 3)
     _check_vector(fn, "weight", weight, x.shape[1], x)
@@ -265,6 +271,8 @@ def batch_norm_forward(x, weight=None, bias=None, eps=1e-5):
 
 def batch_norm_backward(grad_y, x, mean, rstd, weight=None):
     """Gradients of batch_norm_forward: ``(grad_x, grad_weight or None, grad_bias)``."""
+    if get_array_module(grad_y) is not np:  # GPU: minissl/kernels/cuda.py
+        return gpu("batch_norm_backward", batch_norm_backward_ref)(grad_y, x, mean, rstd, weight)
     fn = "batch_norm_backward"
     _check_float(fn, "x", x, 3)
     _check_grad(fn, grad_y, x)

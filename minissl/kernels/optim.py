@@ -37,7 +37,7 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
-from ._loader import load, reference_forced
+from ._loader import gpu, load, reference_forced
 
 __all__ = ["sgd_step", "adam_step", "sgd_step_ref", "adam_step_ref"]
 
@@ -143,6 +143,10 @@ def sgd_step(param, grad, momentum_buf, lr, momentum, dampening, weight_decay, n
     momentum_buf: the momentum buffer (param's shape and dtype), required when momentum != 0
     and then filled with d on ``first_step``; ignored (may be None) when momentum == 0.
     """
+    if get_array_module(param) is not np:  # GPU: minissl/kernels/cuda.py
+        kernel = gpu("sgd_step", sgd_step_ref)
+        return kernel(param, grad, momentum_buf, lr, momentum, dampening, weight_decay, nesterov,
+                      first_step)
     fn = "sgd_step"
     named = [("grad", grad)]
     if momentum != 0:
@@ -168,6 +172,10 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, wei
               decoupled):
     """One Adam / AdamW step in place (see the module docstring); ``step`` >= 1 counts this
     update, ``decoupled=True`` is AdamW."""
+    if get_array_module(param) is not np:  # GPU: minissl/kernels/cuda.py
+        kernel = gpu("adam_step", adam_step_ref)
+        return kernel(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay,
+                      decoupled)
     fn = "adam_step"
     _check_arrays(fn, param, [("grad", grad), ("exp_avg", exp_avg),
                               ("exp_avg_sq", exp_avg_sq)])

@@ -34,7 +34,7 @@ for float32/float64 NumPy arrays, the ``*_ref`` NumPy reference otherwise. The r
 import numpy as np
 
 from ..backend import get_array_module
-from ._loader import load, reference_forced
+from ._loader import gpu, load, reference_forced
 
 __all__ = [
     "softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
@@ -199,6 +199,8 @@ def _compiled(*arrays):
 
 def softmax_forward(x):
     """Softmax over the last axis of a 2-D array (M, C); see the module docstring."""
+    if get_array_module(x) is not np:  # GPU: minissl/kernels/cuda.py
+        return gpu("softmax_forward", softmax_forward_ref)(x)
     fn = "softmax_forward"
     _check_float(fn, "x", x, ndim=2)
     ext = _compiled(x)
@@ -212,6 +214,8 @@ def softmax_forward(x):
 
 def log_softmax_forward(x):
     """Log-softmax over the last axis of a 2-D array (M, C); see the module docstring."""
+    if get_array_module(x) is not np:  # GPU: minissl/kernels/cuda.py
+        return gpu("log_softmax_forward", log_softmax_forward_ref)(x)
     fn = "log_softmax_forward"
     _check_float(fn, "x", x, ndim=2)
     ext = _compiled(x)
@@ -225,6 +229,8 @@ def log_softmax_forward(x):
 
 def softmax_backward(grad_y, y):
     """Gradient of softmax: y * (grad_y - sum(grad_y * y, -1)); arrays (M, C)."""
+    if get_array_module(grad_y) is not np:  # GPU: minissl/kernels/cuda.py
+        return gpu("softmax_backward", softmax_backward_ref)(grad_y, y)
     fn = "softmax_backward"
     _check_float(fn, "grad_y", grad_y, ndim=2)
     _check_float(fn, "y", y, ndim=2)
@@ -240,6 +246,8 @@ def softmax_backward(grad_y, y):
 
 def log_softmax_backward(grad_y, y_log):
     """Gradient of log-softmax: grad_y - exp(y_log) * sum(grad_y, -1); arrays (M, C)."""
+    if get_array_module(grad_y) is not np:  # GPU: minissl/kernels/cuda.py
+        return gpu("log_softmax_backward", log_softmax_backward_ref)(grad_y, y_log)
     fn = "log_softmax_backward"
     _check_float(fn, "grad_y", grad_y, ndim=2)
     _check_float(fn, "y_log", y_log, ndim=2)
@@ -260,6 +268,9 @@ def cross_entropy_forward(logits, target, ignore_index=-100):
     ``ignore_index``; lse (N,) float64, the log-sum-exp of each row, saved for the backward.
     Targets outside [0, C) other than ``ignore_index`` raise ValueError.
     """
+    if get_array_module(logits) is not np:  # GPU: minissl/kernels/cuda.py
+        kernel = gpu("cross_entropy_forward", cross_entropy_forward_ref)
+        return kernel(logits, target, ignore_index)
     fn = "cross_entropy_forward"
     _check_float(fn, "logits", logits, ndim=2)
     _check_target(fn, target, logits, ignore_index)
@@ -280,6 +291,9 @@ def cross_entropy_backward(grad_loss, logits, target, lse, ignore_index=-100):
     ``grad_logits[i] = grad_loss[i] * (softmax(logits[i]) - onehot(target[i]))``, zero on rows
     whose target is ``ignore_index``. ``lse`` is the second result of the forward.
     """
+    if get_array_module(grad_loss) is not np:  # GPU: minissl/kernels/cuda.py
+        kernel = gpu("cross_entropy_backward", cross_entropy_backward_ref)
+        return kernel(grad_loss, logits, target, lse, ignore_index)
     fn = "cross_entropy_backward"
     _check_float(fn, "logits", logits, ndim=2)
     _check_float(fn, "grad_loss", grad_loss, ndim=1)
