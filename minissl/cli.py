@@ -7,13 +7,15 @@ files are written atomically, so a killed run leaves the previous checkpoint int
 """
 import argparse
 import json
+import math
 import os
 import sys
-import tempfile
+import warnings
 
 import numpy as np
 
 USAGE_ERROR = 2
+MAX_MESSAGE = 400   # characters of an error line; longer messages are cut
 
 
 class CLIError(Exception):
@@ -33,8 +35,8 @@ def _positive(kind):
             v = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if not (v > 0 and math.isfinite(v)):
+            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
         return v
     return parse
 
@@ -57,7 +59,7 @@ def _check_device(device):
                            "(pip install 'minissl[gpu]'), or use --device cpu")
 
 
-def _load_data(name, kind=None):
+def _load_data(name, kind=None, method="this method"):
     from . import data
     if name not in data.DATASETS:
         raise CLIError(f"unknown data set {name!r}; known: {', '.join(sorted(data.DATASETS))}")
@@ -66,11 +68,11 @@ def _load_data(name, kind=None):
     except ImportError as e:
         raise CLIError(f"data set {name!r} needs a package: {e}") from None
     if kind is not None:
-        is_images = isinstance(d, data.Dataset)
         expect = {"images": data.Dataset, "text": data.TextCorpus, "series": data.ARSeries}[kind]
         if not isinstance(d, expect):
-            raise CLIError(f"this method trains on {kind}, but data set {name!r} is "
-                           f"{'images' if is_images else type(d).__name__}")
+            got = {data.Dataset: "images", data.TextCorpus: "text",
+                   data.ARSeries: "series"}.get(type(d), type(d).__name__)
+            raise CLIError(f"{method} trains on {kind}, but data set {name!r} is {got}")
     return d
 
 
@@ -79,17 +81,25 @@ def _write_jsonl(path, record):
         f.write(json.dumps(record) + "\n")
 
 
-def _atomic_savez(path, **arrays):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
-    os.close(fd)
+def _atomic_write(path, write):
+    """Call ``write(file)`` on a temporary file next to ``path``, then move it over ``path``:
+    readers see the old file or the whole new one, and a crash leaves no partial file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _atomic_write_text(path, text):
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _atomic_savez(path, **arrays):
+    _atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 # ----------------------------------------------------------------------------- pretrain
@@ -104,35 +114,61 @@ def _build(method_name, d, seed, device, overrides=None):
     return m.to(device) if device != "cpu" else m
 
 
+def _check_resume(meta, args, ckpt_path):
+    """The run in ``ckpt_path`` must be the one asked for: same method and data, and the same
+    options that decide the batches, the views and the updates (a resumed run continues the
+    uninterrupted one exactly, so it cannot change them midway)."""
+    if "method" not in meta or "epoch" not in meta:
+        raise CLIError(f"--resume: {ckpt_path} is not a minissl pretraining checkpoint")
+    if meta["method"] != args.method or meta.get("data") != args.data:
+        raise CLIError(f"--resume: {ckpt_path} holds {meta['method']} on {meta.get('data')}, "
+                       f"not {args.method} on {args.data}")
+    options = {"seed": args.seed, "batch_size": args.batch_size, "limit": args.limit,
+               "optimizer_name": args.optimizer, "lr": args.lr}
+    for key, want in options.items():
+        if key in meta and meta[key] != want:
+            flag = "--" + key.replace("_name", "").replace("_", "-")
+            raise CLIError(f"--resume: {ckpt_path} was trained with {flag} {meta[key]}, "
+                           f"not {want}; resume with the same value")
+
+
 def cmd_pretrain(args):
     from . import checkpoint, methods, random
     from .train import make_optimizer, pretrain
     if args.method not in methods.METHODS:
         raise CLIError(f"unknown method {args.method!r}; known: {', '.join(methods.METHODS)}")
     _check_device(args.device)
-    d = _load_data(args.data, methods.data_kind(args.method))
-    os.makedirs(args.out, exist_ok=True)
+    d = _load_data(args.data, methods.data_kind(args.method), args.method)
     ckpt_path = os.path.join(args.out, "checkpoint.npz")
     log_path = os.path.join(args.out, "metrics.jsonl")
-    method = _build(args.method, d, args.seed, args.device)
-    opt = make_optimizer(method, args.optimizer, lr=args.lr)
-    start, history = 0, []
+    meta = None
     if args.resume:
         if not os.path.exists(ckpt_path):
             raise CLIError(f"--resume: no checkpoint at {ckpt_path}")
-        meta = checkpoint.load(ckpt_path, method, opt)
-        if meta.get("method") != args.method or meta.get("data") != args.data:
-            raise CLIError(f"--resume: {ckpt_path} holds {meta.get('method')} on "
-                           f"{meta.get('data')}, not {args.method} on {args.data}")
+        meta = checkpoint.load(ckpt_path)      # the metadata only: check it before building
+        _check_resume(meta, args, ckpt_path)
+    method = _build(args.method, d, args.seed, args.device)
+    opt = make_optimizer(method, args.optimizer, lr=args.lr)
+    train_x = method.training_data(d)
+    if args.limit:   # the first N examples (quick runs and tests)
+        train_x = (tuple(a[:args.limit] for a in train_x) if isinstance(train_x, tuple)
+                   else train_x[:args.limit])
+    start, history = 0, []
+    if args.resume:
+        checkpoint.load(ckpt_path, method, opt)
         start, history = int(meta["epoch"]), list(meta.get("history", []))
         if "rng_state" in meta:
             random.default_generator().bit_generator.state = meta["rng_state"]
+        # The checkpoint's history is the record of the epochs it holds; an epoch logged
+        # after the last checkpoint (a kill between the two writes) is dropped.
+        _atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in history))
         if start >= args.epochs:
             print(f"already trained for {start} epochs (asked {args.epochs}); nothing to do")
             return 0
-    elif os.path.exists(log_path):
-        os.remove(log_path)
-    train_x = method.training_data(d)
+    else:
+        os.makedirs(args.out, exist_ok=True)
+        if os.path.exists(log_path):
+            os.remove(log_path)
     probe = args.probe_every and method.data_kind == "images"
 
     def on_epoch_end(epoch, record):
@@ -145,10 +181,14 @@ def cmd_pretrain(args):
             from .evaluate import embedding_std
             record["embedding_std"] = embedding_std(method.features(d.test_x[:512]))
         history.append(record)
-        _write_jsonl(log_path, record)
+        # Checkpoint first, then the log line: a kill in between loses a log line that the
+        # resumed run rewrites from the checkpoint's history, never a checkpointed epoch.
         checkpoint.save(ckpt_path, method, opt, method=args.method, data=args.data,
-                        epoch=epoch + 1, seed=args.seed, history=history,
+                        epoch=epoch + 1, seed=args.seed, batch_size=args.batch_size,
+                        limit=args.limit, optimizer_name=args.optimizer, lr=args.lr,
+                        history=history,
                         rng_state=random.default_generator().bit_generator.state)
+        _write_jsonl(log_path, record)
         msg = " ".join(f"{k}={v:.4g}" for k, v in record.items()
                        if isinstance(v, float) and k != "seconds")
         print(f"epoch {epoch + 1}/{args.epochs} {msg}", flush=True)
@@ -156,7 +196,8 @@ def cmd_pretrain(args):
     pretrain(method, train_x, args.epochs, args.batch_size, optimizer=opt, seed=args.seed,
              device=args.device, start_epoch=start, progress=not args.no_progress,
              on_epoch_end=on_epoch_end)
-    _plots(args.out, method, d, history)
+    if not args.no_plots:
+        _plots(args.out, method, d, history)
     print(f"checkpoint: {ckpt_path}\nmetrics: {log_path}")
     return 0
 
@@ -178,13 +219,21 @@ def _restore(path, data_name=None, device="cpu"):
     from . import checkpoint, methods
     if not os.path.exists(path):
         raise CLIError(f"checkpoint not found: {path}")
+    if not os.path.isfile(path):
+        raise CLIError(f"--checkpoint {path} is not a file")
     meta = checkpoint.load(path)
     name = meta.get("method")
     if name not in methods.METHODS:
         raise CLIError(f"{path}: not a minissl pretraining checkpoint (method {name!r})")
-    d = _load_data(data_name or meta.get("data"), methods.data_kind(name))
+    d = _load_data(data_name or meta.get("data"), methods.data_kind(name), name)
     method = _build(name, d, int(meta.get("seed", 0)), device)
-    checkpoint.load(path, method)
+    try:
+        checkpoint.load(path, method)
+    except checkpoint.CheckpointError as e:
+        if data_name and data_name != meta.get("data"):
+            raise CLIError(f"{path}: the {name} model trained on {meta.get('data')} does not "
+                           f"fit data set {data_name!r} (other input shape or kind)") from None
+        raise
     return method, d, meta
 
 
@@ -247,7 +296,8 @@ def cmd_list(args):
 
 def cmd_demo(args):
     from .demo import run_demo
-    return run_demo(out=args.out, epochs=args.epochs, seed=args.seed)
+    return run_demo(out=args.out, epochs=args.epochs, seed=args.seed,
+                    progress=not args.no_progress)
 
 
 def cmd_conformance(args):
@@ -263,35 +313,48 @@ def make_parser():
     p = _Parser(prog="minissl", description="Self-supervised learning from first principles.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
-    pre = sub.add_parser("pretrain", help="pretrain a method on a data set")
-    pre.add_argument("method")
-    pre.add_argument("--data", default="digits")
-    pre.add_argument("--epochs", type=_positive(int), default=100)
+    pre = sub.add_parser("pretrain", help="pretrain a method on a data set",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pre.add_argument("method", help="a method of `minissl list`")
+    pre.add_argument("--data", default="digits", help="a data set of `minissl list`")
+    pre.add_argument("--epochs", type=_positive(int), default=100, help="total epochs")
     pre.add_argument("--batch-size", type=_positive(int), default=256)
-    pre.add_argument("--lr", type=_positive(float), default=1e-3)
+    pre.add_argument("--lr", type=_positive(float), default=1e-3, help="learning rate")
     pre.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "lars"], default="adam")
     pre.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    pre.add_argument("--seed", type=_nonnegative_int, default=0)
-    pre.add_argument("--out", default="runs/latest")
-    pre.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    pre.add_argument("--seed", type=_nonnegative_int, default=0,
+                     help="seeds the weights, the batches and the augmentations")
+    pre.add_argument("--out", default="runs/latest",
+                     help="folder for checkpoint.npz, metrics.jsonl and the plots")
+    pre.add_argument("--resume", action="store_true",
+                     help="continue the run in OUT/checkpoint.npz up to --epochs (with the "
+                          "same options; the result equals an uninterrupted run)")
     pre.add_argument("--probe-every", type=_nonnegative_int, default=0,
                      help="log a 10-labels-per-class probe accuracy every N epochs")
-    pre.add_argument("--no-progress", action="store_true")
+    pre.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pre.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    pre.add_argument("--limit", type=_nonnegative_int, default=0, metavar="N",
+                     help="train on the first N training examples only (0: all; for quick "
+                          "runs and tests)")
     pre.set_defaults(fn=cmd_pretrain)
 
-    ev = sub.add_parser("eval", help="evaluate a checkpoint's frozen features")
-    ev.add_argument("--checkpoint", required=True)
-    ev.add_argument("--protocol", choices=["linear", "knn", "finetune"], default="linear")
-    ev.add_argument("--labels-per-class", type=_positive(int), default=10)
-    ev.add_argument("--draws", type=_positive(int), default=5)
+    ev = sub.add_parser("eval", help="evaluate a checkpoint's features; prints one JSON line",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ev.add_argument("--checkpoint", required=True, help="a checkpoint.npz of pretrain")
+    ev.add_argument("--protocol", choices=["linear", "knn", "finetune"], default="linear",
+                    help="linear probe or cosine kNN on frozen features, or fine-tuning")
+    ev.add_argument("--labels-per-class", type=_positive(int), default=10,
+                    help="labelled training images per class the protocol may use")
+    ev.add_argument("--draws", type=_positive(int), default=5,
+                    help="random draws of the labelled images averaged (linear)")
     ev.add_argument("--data", help="evaluate on this data set instead of the checkpoint's")
     ev.add_argument("--seed", type=_nonnegative_int, default=0)
     ev.set_defaults(fn=cmd_eval)
 
     em = sub.add_parser("embed", help="write the frozen features of both splits to .npz")
-    em.add_argument("--checkpoint", required=True)
-    em.add_argument("--data")
-    em.add_argument("--out", required=True)
+    em.add_argument("--checkpoint", required=True, help="a checkpoint.npz of pretrain")
+    em.add_argument("--data", help="embed this data set instead of the checkpoint's")
+    em.add_argument("--out", required=True, help="the .npz file to write")
     em.set_defaults(fn=cmd_embed)
 
     ls = sub.add_parser("list", help="the methods and data sets")
@@ -301,6 +364,7 @@ def make_parser():
     de.add_argument("--epochs", type=_positive(int), default=100)
     de.add_argument("--seed", type=_nonnegative_int, default=0)
     de.add_argument("--out", default="runs/demo")
+    de.add_argument("--no-progress", action="store_true")
     de.set_defaults(fn=cmd_demo)
 
     co = sub.add_parser("conformance", help="write conformance vectors for ports")
@@ -309,14 +373,30 @@ def make_parser():
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    # A warning on the command line is a note for the user, not a source listing.
+    text = str(message).splitlines()[0] if str(message) else category.__name__
+    if not text.startswith("minissl: "):
+        text = f"minissl: warning: {text}"
+    print(text, file=sys.stderr if file is None else file)
+
+
 def main(argv=None):
+    # OpenMP threads of the compiled kernels sleep at the end of a parallel region instead of
+    # spinning for the next one: with a few cores shared with other processes, a spinning
+    # thread starves the one it waits for (measured: 5 SimCLR epochs on the digits take 0.3 s
+    # passive, 5-30 s spinning on this 2-core machine under load). The kernels load lazily,
+    # after this line; an explicit OMP_WAIT_POLICY in the environment wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = make_parser()
     try:
         args = parser.parse_args(argv)
         if not getattr(args, "fn", None):
             parser.print_help()
             return USAGE_ERROR
-        return args.fn(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return args.fn(args)
     except CLIError as e:
         print(f"minissl: error: {e}", file=sys.stderr)
     except KeyboardInterrupt:
@@ -327,6 +407,8 @@ def main(argv=None):
         if os.environ.get("MINISSL_DEBUG"):  # show the traceback when debugging minissl
             raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if len(msg) > MAX_MESSAGE:   # e.g. the key list of a checkpoint of another model
+            msg = msg[:MAX_MESSAGE - 4] + " ..."
         print(f"minissl: error: {msg}", file=sys.stderr)
     return USAGE_ERROR
 

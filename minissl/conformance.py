@@ -1,25 +1,38 @@
 """Conformance vectors: what a port of minissl's formulas to another framework must reproduce.
 
 ``minissl conformance --out DIR`` (or ``write_vectors(DIR)``) writes one ``.npz`` file per
-case: every functional op and SSL loss at several shapes, in float64. File format
-(``np.load(path, allow_pickle=False)``):
+case: every functional op and SSL loss at a few shapes (and a few numerically hard inputs), in
+float64. File format (``np.load(path, allow_pickle=False)``):
 
 =================  =====================================================================
 key                content
 =================  =====================================================================
-``meta``           0-d str array holding JSON: ``{"op": name, "kwargs": {...},
-                   "inputs": [names], "differentiable": [bools], "format": 1}``
-``in_<name>``      each input array (float64, or int64 for indices/targets, bool masks)
+``meta``           0-d str array holding JSON: ``{"op": name, "args": [names],
+                   "kwargs": {...}, "inputs": [names], "differentiable": [bools],
+                   "format": 2}``
+``in_<name>``      each input array (float64, or int64 for indices/class targets)
 ``out``            the output (float64)
 ``grad_out``       the cotangent used for the backward pass (same shape as ``out``)
 ``grad_<name>``    d<out, grad_out>/d input, for each differentiable input
+``after_<name>``   the value of an input the op updates in place, after the call
+                   (``batch_norm``'s running statistics in training mode)
 =================  =====================================================================
 
-A port loads the inputs, calls its own op with ``op`` and ``kwargs``, and compares ``out`` and
-the input gradients (``examples/port_check.py`` does it for PyTorch).
+The call is ``op(*[in_<a> for a in args], **{b: in_<b> for the other inputs}, **kwargs)``:
+the inputs named in ``args`` go by position, in that order; the remaining inputs go by
+keyword, under names that PyTorch's and minissl's functions share (``weight`` and ``bias`` of
+``layer_norm``, after its ``normalized_shape``). ``op`` is the name of a
+``torch.nn.functional`` / ``minissl.functional`` function or of a loss in
+``minissl.losses`` (whose formulas API.md states). A port loads the inputs, calls its own op,
+backpropagates ``grad_out`` and compares ``out``, the ``grad_*`` and ``after_*`` arrays
+(``examples/port_check.py`` does it for PyTorch).
+
+The files are byte-for-byte reproducible (fixed inputs from a seeded generator, fixed zip
+timestamps), so a regenerated set can be diffed against a committed one.
 """
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -27,7 +40,10 @@ from . import functional as F
 from . import losses
 from .autograd import tensor
 
-FORMAT = 1
+FORMAT = 2
+
+# Zip members get this timestamp (the earliest a zip can hold), not the time of writing.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 def _f(rng, *shape, scale=1.0):
@@ -35,15 +51,18 @@ def _f(rng, *shape, scale=1.0):
 
 
 def _cases():
-    """(case name, op name, kwargs, {input name: array}, differentiable input names)."""
+    """A list of (case name, op name, kwargs, {input name: array}, differentiable input
+    names, positional input names)."""
     r = np.random.default_rng(1234)
     cases = []
 
-    def add(op, kwargs, inputs, diff=None, tag=""):
+    def add(op, kwargs, inputs, diff=None, tag="", args=None):
         diff = list(inputs) if diff is None else diff
+        args = list(inputs) if args is None else args
         shape = "x".join(str(s) for s in next(iter(inputs.values())).shape)
-        cases.append((f"{op}{tag}_{shape}", op, kwargs, inputs, diff))
+        cases.append((f"{op}{tag}_{shape}", op, kwargs, inputs, diff, args))
 
+    # --- SSL losses (minissl.losses; the formulas are in API.md and the docstrings)
     for n, d in ((4, 3), (8, 5)):
         z1, z2 = _f(r, n, d), _f(r, n, d)
         add("nt_xent", {"temperature": 0.5}, {"z1": z1, "z2": z2})
@@ -62,6 +81,15 @@ def _cases():
             add("mae_loss", {"norm_pix": norm_pix},
                 {"pred": _f(r, n, d, 4), "target": _f(r, n, d, 4), "mask": mask},
                 ["pred"], tag="_normpix" if norm_pix else "")
+    # Numerically hard: a low temperature (logits up to 100) and a large logit scale.
+    z1, z2 = _f(r, 6, 4), _f(r, 6, 4)
+    add("nt_xent", {"temperature": 0.01}, {"z1": z1, "z2": z2}, tag="_lowtemp")
+    add("info_nce", {"temperature": 0.01},
+        {"query": z1, "key": z2, "negatives": _f(r, 5, 4)}, ["query", "key"], tag="_lowtemp")
+    add("clip_loss", {}, {"image_features": z1, "text_features": z2,
+                          "logit_scale": np.array(np.log(100.0))}, tag="_scale100")
+
+    # --- torch.nn.functional / minissl.functional
     for shape in ((3, 4), (2, 3, 5)):
         x = _f(r, *shape)
         for op in ("relu", "gelu", "sigmoid", "tanh"):
@@ -70,11 +98,16 @@ def _cases():
         add("log_softmax", {"dim": 1}, {"input": x})
         add("normalize", {"dim": 1}, {"input": x})
         add("layer_norm", {"normalized_shape": [shape[-1]]},
-            {"input": x, "weight": _f(r, shape[-1]), "bias": _f(r, shape[-1])})
+            {"input": x, "weight": _f(r, shape[-1]), "bias": _f(r, shape[-1])},
+            args=["input"])
         add("mse_loss", {}, {"input": x, "target": _f(r, *shape)})
         add("binary_cross_entropy_with_logits", {},
             {"input": x, "target": r.random(shape)})
         add("cosine_similarity", {"dim": 1}, {"x1": x, "x2": _f(r, *shape)})
+    x = _f(r, 4, 6)
+    add("mse_loss", {"reduction": "sum"}, {"input": x, "target": _f(r, 4, 6)}, tag="_sum")
+    add("binary_cross_entropy_with_logits", {"reduction": "none"},
+        {"input": 30 * x, "target": r.random((4, 6))}, tag="_none_large")
     for n, c in ((5, 4), (7, 10)):
         t = r.integers(0, c, n)
         t[0] = -100
@@ -83,6 +116,10 @@ def _cases():
         add("linear", {}, {"input": _f(r, n, c), "weight": _f(r, 3, c), "bias": _f(r, 3)})
         add("embedding", {}, {"input": r.integers(0, c, (2, n)), "weight": _f(r, c, 3)},
             ["weight"])
+    # Logits of 1e4 (no overflow) and the per-example losses.
+    add("cross_entropy", {"reduction": "none"},
+        {"input": _f(r, 6, 5, scale=1e4), "target": r.integers(0, 5, 6)}, ["input"],
+        tag="_none_large")
     for (N, C, H, W), (O, k, s, p) in (((2, 3, 6, 5), (4, 3, 1, 1)),
                                        ((1, 2, 7, 7), (3, 2, 2, 0))):
         x = _f(r, N, C, H, W)
@@ -93,49 +130,88 @@ def _cases():
         add("max_pool2d", {"kernel_size": 2, "stride": 2}, {"input": x})
         add("avg_pool2d", {"kernel_size": 3, "stride": 1, "padding": 1}, {"input": x})
         add("adaptive_avg_pool2d", {"output_size": 1}, {"input": x})
-        add("batch_norm", {"training": True},
-            {"input": x, "running_mean": np.zeros(C), "running_var": np.ones(C),
+        add("batch_norm", {"training": True, "momentum": 0.1},
+            {"input": x, "running_mean": _f(r, C), "running_var": 1 + r.random(C),
              "weight": _f(r, C), "bias": _f(r, C)}, ["input", "weight", "bias"])
+    x = _f(r, 2, 3, 4, 4)
+    add("conv_transpose2d", {"stride": 2, "padding": 1, "output_padding": 1},
+        {"input": x, "weight": _f(r, 3, 2, 3, 3), "bias": _f(r, 2)}, tag="_outpad")
+    add("batch_norm", {"training": False},
+        {"input": x, "running_mean": _f(r, 3), "running_var": 1 + r.random(3),
+         "weight": _f(r, 3), "bias": _f(r, 3)}, ["input", "weight", "bias"], tag="_eval")
     for causal in (False, True):
         q, k, v = _f(r, 2, 2, 5, 4), _f(r, 2, 2, 5, 4), _f(r, 2, 2, 5, 3)
         add("scaled_dot_product_attention", {"is_causal": causal},
             {"query": q, "key": k, "value": v}, tag="_causal" if causal else "")
+    names = [c[0] for c in cases]
+    assert len(set(names)) == len(names), "conformance: two cases share a name"
     return cases
 
 
 def _op(name):
-    return getattr(losses, name, None) or getattr(F, name)
+    fn = getattr(losses, name, None) or getattr(F, name, None)
+    if fn is None:
+        raise ValueError(f"conformance: unknown op {name!r}")
+    return fn
 
 
-def compute(op, kwargs, inputs, diff, grad_out=None, seed=0):
-    """Run ``op`` on ``inputs`` and backpropagate ``grad_out`` (default: a seeded random
-    cotangent); returns the arrays of a conformance file (without ``meta``)."""
+def compute(op, kwargs, inputs, diff, grad_out=None, seed=0, args=None):
+    """Run ``op`` on ``inputs`` (called as the module docstring says; ``args`` defaults to all
+    inputs, in order) and backpropagate ``grad_out`` (default: a cotangent drawn from
+    ``default_rng(seed)``); returns the arrays of a conformance file (without ``meta``)."""
+    args = list(inputs) if args is None else list(args)
+    # Copies: an op may update an input in place (batch norm's running statistics), and
+    # the file must hold the inputs as they were before the call.
+    work = {k: np.array(v, copy=True) for k, v in inputs.items()}
     ts = {k: tensor(v, requires_grad=k in diff) if v.dtype == np.float64 else tensor(v)
-          for k, v in inputs.items()}
-    out = _op(op)(*ts.values(), **kwargs)
-    g = np.random.default_rng(seed).standard_normal(out.shape) if grad_out is None else grad_out
+          for k, v in work.items()}
+    out = _op(op)(*[ts[k] for k in args],
+                  **{k: t for k, t in ts.items() if k not in args}, **kwargs)
+    g = (np.random.default_rng(seed).standard_normal(out.shape) if grad_out is None
+         else np.asarray(grad_out, dtype=np.float64))
     out.backward(g)
-    arrays = {f"in_{k}": v for k, v in inputs.items()}
+    arrays = {f"in_{k}": np.asarray(v) for k, v in inputs.items()}
     arrays["out"] = out.numpy().astype(np.float64)
     arrays["grad_out"] = g
     for k in diff:
-        arrays[f"grad_{k}"] = ts[k].grad
+        arrays[f"grad_{k}"] = np.asarray(ts[k].grad, dtype=np.float64)
+    for k, v in inputs.items():
+        after = ts[k].numpy()
+        if not np.array_equal(after, v):
+            arrays[f"after_{k}"] = after.astype(np.float64)
     return arrays
 
 
-def write_vectors(out_dir):
-    """Write every conformance case to ``out_dir``; returns the number of files."""
-    os.makedirs(out_dir, exist_ok=True)
-    for name, op, kwargs, inputs, diff in _cases():
-        arrays = compute(op, kwargs, inputs, diff)
-        meta = {"op": op, "kwargs": kwargs, "inputs": list(inputs),
-                "differentiable": [k in diff for k in inputs], "format": FORMAT}
-        path = os.path.join(out_dir, name + ".npz")
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+def _write_npz(path, arrays):
+    """``np.savez_compressed`` with fixed zip timestamps (reproducible bytes), written to a
+    temporary file and moved into place."""
+    tmp = path + ".tmp"
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for key, value in arrays.items():
+                info = zipfile.ZipInfo(key + ".npy", date_time=_ZIP_EPOCH)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                with zf.open(info, "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
         os.replace(tmp, path)
-    return len(_cases())
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_vectors(out_dir):
+    """Write every conformance case to ``out_dir`` (one ``<case>.npz`` each); returns the
+    number of files written."""
+    os.makedirs(out_dir, exist_ok=True)
+    cases = _cases()
+    for name, op, kwargs, inputs, diff, args in cases:
+        arrays = compute(op, kwargs, inputs, diff, args=args)
+        meta = {"op": op, "args": args, "kwargs": kwargs, "inputs": list(inputs),
+                "differentiable": [k in diff for k in inputs], "format": FORMAT}
+        _write_npz(os.path.join(out_dir, name + ".npz"),
+                   {"meta": np.array(json.dumps(meta, sort_keys=True)), **arrays})
+    return len(cases)
 
 
 def read_vector(path):
@@ -143,15 +219,29 @@ def read_vector(path):
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     meta = json.loads(str(arrays.pop("meta")))
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: conformance format {meta.get('format')}, this minissl "
+                         f"reads format {FORMAT}")
     return meta, arrays
 
 
 def check_vector(path, rtol=1e-10, atol=1e-12):
-    """Recompute one stored case with this minissl; raises AssertionError on a mismatch."""
+    """Recompute one stored case with this minissl and compare every output, gradient and
+    in-place update; raises AssertionError on a mismatch, else returns ``{key: max abs
+    error}``."""
     meta, stored = read_vector(path)
     inputs = {k: stored[f"in_{k}"] for k in meta["inputs"]}
     diff = [k for k, d in zip(meta["inputs"], meta["differentiable"]) if d]
-    got = compute(meta["op"], meta["kwargs"], inputs, diff, grad_out=stored["grad_out"])
-    for key in ["out"] + [f"grad_{k}" for k in diff]:
+    got = compute(meta["op"], meta["kwargs"], inputs, diff, grad_out=stored["grad_out"],
+                  args=meta.get("args"))
+    keys = sorted(k for k in stored
+                  if k == "out" or (k.startswith(("grad_", "after_")) and k != "grad_out"))
+    missing = sorted(set(k for k in got if k.startswith("after_")) - set(keys))
+    assert not missing, f"{os.path.basename(path)}: unexpected in-place updates {missing}"
+    errors = {}
+    for key in keys:
+        assert key in got, f"{os.path.basename(path)}: {key} was not produced"
         np.testing.assert_allclose(got[key], stored[key], rtol=rtol, atol=atol,
                                    err_msg=f"{os.path.basename(path)}: {key}")
+        errors[key] = float(np.max(np.abs(got[key] - stored[key]), initial=0.0))
+    return errors

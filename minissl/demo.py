@@ -4,16 +4,34 @@ Pretrains SimCLR on scikit-learn's handwritten digits (no labels used), then fit
 on 1, 5 and 10 labelled images per class and compares three sets of features:
 the SimCLR encoder's, the raw pixels, and the same encoder with random weights.
 """
+import contextlib
 import os
 import time
-
-import numpy as np
 
 from . import checkpoint, data, evaluate, methods, random
 from .train import pretrain
 
 
-def run_demo(out="runs/demo", epochs=100, seed=0, labels=(1, 5, 10), draws=5):
+def _single_threaded_blas():
+    """A context that runs BLAS on one thread (threadpoolctl, installed with scikit-learn,
+    which the digits need anyway). The demo's matrices are at most 512 x 256: a second BLAS
+    thread gains nothing on them and, when other processes share the cores, costs 5-10x
+    (measured on this project's 2-core machine under load: about 11 s for the whole demo on one
+    BLAS thread, minutes with two)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def run_demo(out="runs/demo", epochs=100, seed=0, labels=(1, 5, 10), draws=5, progress=True):
+    """Pretrain, probe and print the table; writes the checkpoint and plots to ``out``."""
+    with _single_threaded_blas():
+        return _run_demo(out, epochs, seed, labels, draws, progress)
+
+
+def _run_demo(out, epochs, seed, labels, draws, progress):
     t0 = time.perf_counter()
     os.makedirs(out, exist_ok=True)
     d = data.digits()
@@ -24,7 +42,8 @@ def run_demo(out="runs/demo", epochs=100, seed=0, labels=(1, 5, 10), draws=5):
     random.manual_seed(seed)
     untrained = methods.build("simclr", d)       # the same architecture, random weights
     print(f"pretraining SimCLR for {epochs} epochs (batch 256, Adam 1e-3, NT-Xent T=0.5)...")
-    history = pretrain(method, d.train_x, epochs, batch_size=256, lr=1e-3, seed=seed)
+    history = pretrain(method, d.train_x, epochs, batch_size=256, lr=1e-3, seed=seed,
+                       progress=progress)
     t_train = time.perf_counter() - t0
     checkpoint.save(os.path.join(out, "checkpoint.npz"), method, method="simclr",
                     data="digits", epoch=epochs, seed=seed, history=history)
