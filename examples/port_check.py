@@ -187,9 +187,19 @@ def main(argv=None):
         except ImportError:
             framework = "minissl"
     port = torch_port() if framework == "torch" else minissl_port()
+    previous_dtype = None
     if framework == "torch":
         import torch
+        previous_dtype = torch.get_default_dtype()
         torch.set_default_dtype(torch.float64)
+    try:
+        return _check_all(args, port)
+    finally:
+        if previous_dtype is not None:
+            torch.set_default_dtype(previous_dtype)
+
+
+def _check_all(args, port):
     files = sorted(glob.glob(os.path.join(args.vectors, "*.npz")))
     if not files:
         print(f"no conformance vectors in {args.vectors}", file=sys.stderr)
