@@ -94,9 +94,10 @@ def _number(fn, name, value):
     return float(value)
 
 
-def _indices(xp, values):
-    """An int64 Tensor of class indices (the targets of a cross-entropy)."""
-    return Tensor(xp.asarray(values, dtype=np.int64))
+def _indices(values):
+    """An int64 Tensor of class indices (the targets of a cross-entropy), built with the
+    array module of the embeddings so that no host-to-device copy happens on the GPU."""
+    return Tensor(values.astype(np.int64, copy=False))
 
 
 # ------------------------------------------------------------------------------------------
@@ -136,7 +137,7 @@ def nt_xent(z1, z2, temperature=0.5):
     logits = (z @ z.T) / temperature                         # (2N, 2N), cos / T
     logits = logits.masked_fill(xp.eye(2 * n, dtype=bool), -math.inf)  # no self-similarity
     # The positive of row i is row i + N, and of row i + N is row i.
-    target = _indices(xp, np.concatenate([np.arange(n, 2 * n), np.arange(n)]))  # (2N,)
+    target = _indices((xp.arange(2 * n) + n) % (2 * n))            # (2N,) the other view
     return F.cross_entropy(logits, target)
 
 
@@ -177,7 +178,7 @@ def info_nce(query, key, negatives, temperature=0.07):
     l_pos = (q * k).sum(dim=1, keepdim=True)                   # (N, 1)
     l_neg = q @ neg.T                                          # (N, K)
     logits = cat([l_pos, l_neg], dim=1) / temperature          # (N, 1 + K)
-    target = _indices(xp, np.zeros(query.shape[0]))            # the positive is class 0
+    target = _indices(xp.zeros(query.shape[0], dtype=np.int64))  # the positive is class 0
     return F.cross_entropy(logits, target)
 
 
@@ -221,7 +222,7 @@ def clip_loss(image_features, text_features, logit_scale):
     img = F.normalize(image_features, dim=1)                   # (N, D)
     txt = F.normalize(text_features, dim=1)                    # (N, D)
     logits = scale * (img @ txt.T)                             # (N, N): image i vs text j
-    target = _indices(xp, np.arange(n))                        # pair i matches pair i
+    target = _indices(xp.arange(n))                            # pair i matches pair i
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) * 0.5
 
 
