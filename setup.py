@@ -54,7 +54,7 @@ def _extensions():
             continue
         exts.append(Extension(
             f"minissl._ext.{name}", [path],
-            include_dirs=[numpy.get_include()],
+            include_dirs=["csrc", numpy.get_include()],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=flags, extra_link_args=link))
     return cythonize(exts, language_level=3, compiler_directives={

@@ -22,50 +22,15 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport erf, exp
+from minissl_checks cimport array_data, float_type
 
 cnp.import_array()
 
-cdef extern from *:
+# Names this module in the error messages of the argument checks (csrc/minissl_checks.pxd).
+cdef str NAME = "activation"
+
+cdef extern from "minissl_kernels.h":     # MSSL_CLONES, mssl_expf
     """
-    #include <math.h>
-    #include <stdint.h>
-    #include <string.h>
-
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-    #define MSSL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-    #else
-    #define MSSL_CLONES
-    #endif
-
-    static inline float mssl_f32_from_bits(int32_t b) { float f; memcpy(&f, &b, 4); return f; }
-
-    /* exp(x) for float, branch-free so that loops calling it vectorise; at most 2 ulp from
-       libm's expf, exp(-inf) = 0, exp(+inf) = inf, NaN propagates. The same function as in
-       csrc/softmax.pyx, where its derivation is written out (compiled modules cannot share C
-       code without a common header). */
-    static inline float mssl_expf(float x) {
-        float lo = x < -104.0f ? -104.0f : x;
-        float hi = x > 88.8f ? 88.8f : x;
-        x = x < 0.0f ? lo : hi;
-        const float shifter = 12582912.0f;                        /* 1.5 * 2^23 */
-        float t = x * 1.44269504088896341f + shifter;
-        float n = t - shifter;
-        int32_t ni;
-        memcpy(&ni, &t, 4);
-        ni -= 0x4B400000;
-        float r = (x - n * 6.9314575195e-01f) - n * 1.4286067653e-06f;
-        float p = 1.0f / 5040;
-        p = p * r + 1.0f / 720;
-        p = p * r + 1.0f / 120;
-        p = p * r + 1.0f / 24;
-        p = p * r + 1.0f / 6;
-        p = p * r + 0.5f;
-        p = p * r + 1.0f;
-        p = p * r + 1.0f;
-        int32_t n1 = ni >> 1, n2 = ni - n1;
-        return p * mssl_f32_from_bits((n1 + 127) << 23) * mssl_f32_from_bits((n2 + 127) << 23);
-    }
-
     /* Phi(x) = 0.5 erfc(-x / sqrt 2), erfc by Numerical Recipes' erfcc (see the docstring). */
     static inline float mssl_normal_cdf_f32(float x) {
         float z = fabsf(x) * 0.70710678118654752f;             /* |x| / sqrt 2 */
@@ -136,40 +101,6 @@ cdef void _gelu_backward(const floating* g, const floating* x, floating* dx,
             dx[j] = g[j] * (_normal_cdf(x[j]) + x[j] * INV_SQRT_2PI * exp(-0.5 * x[j] * x[j]))
 
 
-# ---- argument checks ------------------------------------------------------------------------
-# The entry points take ndarrays and read their data pointers through NumPy's C API: a typed
-# memoryview costs about a microsecond per argument to acquire, most of the time of a small
-# call. The Python wrappers have validated and converted every argument already; these checks
-# (nanoseconds) only make sure that a wrong direct call raises instead of reading out of bounds.
-
-cdef int _float_type(object a) except -1:
-    """NPY_FLOAT32 or NPY_FLOAT64, the type of the float ndarray ``a``."""
-    if not cnp.PyArray_Check(a):
-        raise TypeError(f"minissl._ext.activation: expected an ndarray, got {type(a).__name__}")
-    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>a)
-    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
-        raise TypeError(f"minissl._ext.activation: expected float32 or float64, got {a.dtype}")
-    return t
-
-
-cdef void* _data(object a, int typenum, int ndim, Py_ssize_t d0, Py_ssize_t d1,
-                 bint writable) except NULL:
-    """Data pointer of ``a``: a C-contiguous ndarray of type ``typenum`` and shape (d0,) or
-    (d0, d1), writeable if asked."""
-    if not cnp.PyArray_Check(a):
-        raise TypeError(f"minissl._ext.activation: expected an ndarray, got {type(a).__name__}")
-    cdef cnp.ndarray arr = <cnp.ndarray>a
-    cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(arr)
-    if (cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != ndim
-            or dims[0] != d0 or (ndim > 1 and dims[1] != d1)
-            or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
-            or (writable and not cnp.PyArray_ISWRITEABLE(arr))):
-        raise ValueError(f"minissl._ext.activation: got a {a.dtype} array of shape {a.shape}, "
-                         "not the C-contiguous array the kernel needs (call the functions of "
-                         "minissl.kernels.activation, which check and convert their arguments)")
-    return cnp.PyArray_DATA(arr)
-
-
 # ---- chunks in parallel ---------------------------------------------------------------------
 
 cdef void _gelu_chunks(const floating* x, floating* y, Py_ssize_t n) noexcept nogil:
@@ -194,10 +125,10 @@ cdef void _gelu_backward_chunks(const floating* g, const floating* x, floating* 
 
 def gelu_forward(x, y):
     """y = x * Phi(x)."""
-    cdef int t = _float_type(x)
+    cdef int t = float_type(NAME, x)
     cdef Py_ssize_t n = x.shape[0]
-    cdef void* px = _data(x, t, 1, n, 0, False)
-    cdef void* py = _data(y, t, 1, n, 0, True)
+    cdef void* px = array_data(NAME, x, t, 1, n, 0, 0, False)
+    cdef void* py = array_data(NAME, y, t, 1, n, 0, 0, True)
     with nogil:
         if t == cnp.NPY_FLOAT32:
             _gelu_chunks(<const float*>px, <float*>py, n)
@@ -207,11 +138,11 @@ def gelu_forward(x, y):
 
 def gelu_backward(grad_y, x, dx):
     """dx = g * (Phi(x) + x * phi(x))."""
-    cdef int t = _float_type(x)
+    cdef int t = float_type(NAME, x)
     cdef Py_ssize_t n = x.shape[0]
-    cdef void* pg = _data(grad_y, t, 1, n, 0, False)
-    cdef void* px = _data(x, t, 1, n, 0, False)
-    cdef void* pd = _data(dx, t, 1, n, 0, True)
+    cdef void* pg = array_data(NAME, grad_y, t, 1, n, 0, 0, False)
+    cdef void* px = array_data(NAME, x, t, 1, n, 0, 0, False)
+    cdef void* pd = array_data(NAME, dx, t, 1, n, 0, 0, True)
     with nogil:
         if t == cnp.NPY_FLOAT32:
             _gelu_backward_chunks(<const float*>pg, <const float*>px, <float*>pd, n)

@@ -24,19 +24,15 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free
+from minissl_checks cimport array_data, float_type
 
 cnp.import_array()
 
-cdef extern from *:
-    """
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-    #define MSSL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-    #else
-    #define MSSL_CLONES
-    #endif
-    /* #pragma cannot appear inside a macro; _Pragma can */
-    #define MSSL_SIMD _Pragma("omp simd")
+# Names this module in the error messages of the argument checks (csrc/minissl_checks.pxd).
+cdef str NAME = "norm"
 
+cdef extern from "minissl_kernels.h":     # MSSL_CLONES, MSSL_SIMD, MSSL_INLINE
+    """
     /* Sums over a row use MSSL_LANES interleaved partial sums (element j goes to lane
        j % MSSL_LANES) added pairwise at the end. The compiler turns the lanes into vector
        registers, two or more independent chains, so the adds do not wait on each other; and
@@ -44,13 +40,6 @@ cdef extern from *:
        ``omp simd reduction`` was 20% slower on rows of 128: its final sum over the lanes is
        sequential.) */
     #define MSSL_LANES 16
-    /* The helpers below are inlined into each instruction-set clone that uses them (a call
-       would run the baseline version, and GCC does not always inline on its own). */
-    #if defined(__GNUC__)
-    #define MSSL_INLINE static inline __attribute__((always_inline))
-    #else
-    #define MSSL_INLINE static inline
-    #endif
     MSSL_INLINE double mssl_lanes_total(const double* a) {
         double h[8];
         for (int k = 0; k < 8; k++) h[k] = a[k] + a[k + 8];
@@ -350,45 +339,13 @@ cdef inline void _bn_dx(const floating* g, const floating* x, double mean, doubl
         mssl_bn_dx_f64(g, x, mean, k, c1, rc2, dx, n)
 
 
-# ---- argument checks ------------------------------------------------------------------------
-# The entry points take ndarrays and read their data pointers through NumPy's C API: a typed
-# memoryview costs about a microsecond per argument to acquire, most of the time of a small
-# call. The Python wrappers have validated and converted every argument already; these checks
-# (nanoseconds) only make sure that a wrong direct call raises instead of reading out of bounds.
-
-cdef int _float_type(object a) except -1:
-    """NPY_FLOAT32 or NPY_FLOAT64, the type of the float ndarray ``a``."""
-    if not cnp.PyArray_Check(a):
-        raise TypeError(f"minissl._ext.norm: expected an ndarray, got {type(a).__name__}")
-    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>a)
-    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
-        raise TypeError(f"minissl._ext.norm: expected float32 or float64, got {a.dtype}")
-    return t
-
-
-cdef void* _data(object a, int typenum, int ndim, Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t d2,
-                 bint writable) except NULL:
-    """Data pointer of ``a``: a C-contiguous ndarray of type ``typenum`` and shape (d0,),
-    (d0, d1) or (d0, d1, d2), writeable if asked."""
-    if not cnp.PyArray_Check(a):
-        raise TypeError(f"minissl._ext.norm: expected an ndarray, got {type(a).__name__}")
-    cdef cnp.ndarray arr = <cnp.ndarray>a
-    cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(arr)
-    if (cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != ndim or dims[0] != d0
-            or (ndim > 1 and dims[1] != d1) or (ndim > 2 and dims[2] != d2)
-            or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
-            or (writable and not cnp.PyArray_ISWRITEABLE(arr))):
-        raise ValueError(f"minissl._ext.norm: got a {a.dtype} array of shape {a.shape}, not "
-                         "the C-contiguous array the kernel needs (call the functions of "
-                         "minissl.kernels.norm, which check and convert their arguments)")
-    return cnp.PyArray_DATA(arr)
-
+# ---- argument checks (the others are in csrc/minissl_checks.pxd) ----------------------------
 
 cdef void* _optional(object a, int typenum, Py_ssize_t n, bint writable) except? NULL:
     """Data pointer of an optional (n,) vector; NULL for None."""
     if a is None:
         return NULL
-    return _data(a, typenum, 1, n, 0, 0, writable)
+    return array_data(NAME, a, typenum, 1, n, 0, 0, writable)
 
 
 # ---- layer norm -----------------------------------------------------------------------------
@@ -451,14 +408,14 @@ cdef int _layer_norm_backward_rows(const floating* g, const floating* x, const d
 
 def layer_norm_forward(x, weight, bias, double eps, y, mean, rstd):
     """Layer norm of the rows of x (M, D); weight, bias (D,) or None."""
-    cdef int t = _float_type(x)
+    cdef int t = float_type(NAME, x)
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
-    cdef void* px = _data(x, t, 2, M, D, 0, False)
+    cdef void* px = array_data(NAME, x, t, 2, M, D, 0, False)
     cdef void* pw = _optional(weight, t, D, False)
     cdef void* pb = _optional(bias, t, D, False)
-    cdef void* py = _data(y, t, 2, M, D, 0, True)
-    cdef void* pm = _data(mean, t, 1, M, 0, 0, True)
-    cdef void* pr = _data(rstd, t, 1, M, 0, 0, True)
+    cdef void* py = array_data(NAME, y, t, 2, M, D, 0, True)
+    cdef void* pm = array_data(NAME, mean, t, 1, M, 0, 0, True)
+    cdef void* pr = array_data(NAME, rstd, t, 1, M, 0, 0, True)
     with nogil:
         if t == cnp.NPY_FLOAT32:
             _layer_norm_rows(<const float*>px, <const float*>pw, <const float*>pb, eps,
@@ -470,16 +427,18 @@ def layer_norm_forward(x, weight, bias, double eps, y, mean, rstd):
 
 def layer_norm_backward(grad_y, x, mean, rstd, weight, dx, dw, db):
     """dx (M, D), dw (D,) (None when weight is None), db (D,); mean and rstd float64 (M,)."""
-    cdef int t = _float_type(x), err
+    cdef int t = float_type(NAME, x), err
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
-    cdef void* pg = _data(grad_y, t, 2, M, D, 0, False)
-    cdef void* px = _data(x, t, 2, M, D, 0, False)
-    cdef const double* pm = <const double*>_data(mean, cnp.NPY_FLOAT64, 1, M, 0, 0, False)
-    cdef const double* pr = <const double*>_data(rstd, cnp.NPY_FLOAT64, 1, M, 0, 0, False)
+    cdef void* pg = array_data(NAME, grad_y, t, 2, M, D, 0, False)
+    cdef void* px = array_data(NAME, x, t, 2, M, D, 0, False)
+    cdef const double* pm = <const double*>array_data(NAME, mean,
+                                                      cnp.NPY_FLOAT64, 1, M, 0, 0, False)
+    cdef const double* pr = <const double*>array_data(NAME, rstd,
+                                                      cnp.NPY_FLOAT64, 1, M, 0, 0, False)
     cdef void* pw = _optional(weight, t, D, False)
-    cdef void* pdx = _data(dx, t, 2, M, D, 0, True)
+    cdef void* pdx = array_data(NAME, dx, t, 2, M, D, 0, True)
     cdef void* pdw = _optional(dw, t, D, True)
-    cdef void* pdb = _data(db, t, 1, D, 0, 0, True)
+    cdef void* pdb = array_data(NAME, db, t, 1, D, 0, 0, True)
     if (pw == NULL) != (pdw == NULL):
         raise ValueError("minissl._ext.norm: dw must be given exactly when weight is")
     with nogil:
@@ -577,15 +536,15 @@ cdef int _batch_norm(const floating* x, const floating* w, const floating* b, do
 
 def batch_norm_forward(x, weight, bias, double eps, y, mean, var, rstd):
     """Batch norm of x (N, C, L) with statistics per channel; weight, bias (C,) or None."""
-    cdef int t = _float_type(x), err
+    cdef int t = float_type(NAME, x), err
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
-    cdef void* px = _data(x, t, 3, N, C, L, False)
+    cdef void* px = array_data(NAME, x, t, 3, N, C, L, False)
     cdef void* pw = _optional(weight, t, C, False)
     cdef void* pb = _optional(bias, t, C, False)
-    cdef void* py = _data(y, t, 3, N, C, L, True)
-    cdef void* pm = _data(mean, t, 1, C, 0, 0, True)
-    cdef void* pv = _data(var, t, 1, C, 0, 0, True)
-    cdef void* pr = _data(rstd, t, 1, C, 0, 0, True)
+    cdef void* py = array_data(NAME, y, t, 3, N, C, L, True)
+    cdef void* pm = array_data(NAME, mean, t, 1, C, 0, 0, True)
+    cdef void* pv = array_data(NAME, var, t, 1, C, 0, 0, True)
+    cdef void* pr = array_data(NAME, rstd, t, 1, C, 0, 0, True)
     with nogil:
         if t == cnp.NPY_FLOAT32:
             err = _batch_norm(<const float*>px, <const float*>pw, <const float*>pb, eps,
@@ -672,16 +631,18 @@ cdef int _batch_norm_backward(const floating* g, const floating* x, const double
 
 def batch_norm_backward(grad_y, x, mean, rstd, weight, dx, dw, db):
     """dx (N, C, L), dw (C,) (None when weight is None), db (C,); mean, rstd float64 (C,)."""
-    cdef int t = _float_type(x), err
+    cdef int t = float_type(NAME, x), err
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
-    cdef void* pg = _data(grad_y, t, 3, N, C, L, False)
-    cdef void* px = _data(x, t, 3, N, C, L, False)
-    cdef const double* pm = <const double*>_data(mean, cnp.NPY_FLOAT64, 1, C, 0, 0, False)
-    cdef const double* pr = <const double*>_data(rstd, cnp.NPY_FLOAT64, 1, C, 0, 0, False)
+    cdef void* pg = array_data(NAME, grad_y, t, 3, N, C, L, False)
+    cdef void* px = array_data(NAME, x, t, 3, N, C, L, False)
+    cdef const double* pm = <const double*>array_data(NAME, mean,
+                                                      cnp.NPY_FLOAT64, 1, C, 0, 0, False)
+    cdef const double* pr = <const double*>array_data(NAME, rstd,
+                                                      cnp.NPY_FLOAT64, 1, C, 0, 0, False)
     cdef void* pw = _optional(weight, t, C, False)
-    cdef void* pdx = _data(dx, t, 3, N, C, L, True)
+    cdef void* pdx = array_data(NAME, dx, t, 3, N, C, L, True)
     cdef void* pdw = _optional(dw, t, C, True)
-    cdef void* pdb = _data(db, t, 1, C, 0, 0, True)
+    cdef void* pdb = array_data(NAME, db, t, 1, C, 0, 0, True)
     if (pw == NULL) != (pdw == NULL):
         raise ValueError("minissl._ext.norm: dw must be given exactly when weight is")
     with nogil:

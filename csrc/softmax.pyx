@@ -12,8 +12,8 @@ Layout of the work:
   compiles each of them for AVX-512, AVX2 and baseline x86-64 and picks the best at load time
   (a portable binary that still uses the wide vectors), and ``#pragma omp simd reduction``
   lets the compiler vectorise a floating-point sum, which it otherwise may not reorder.
-- ``exp`` is evaluated by a branch-free polynomial (below) that vectorises; libm's exp is a
-  scalar call, and was the bottleneck: 3 ns per element against 0.3 ns.
+- ``exp`` is evaluated by a branch-free polynomial (csrc/minissl_kernels.h) that vectorises;
+  libm's exp is a scalar call, and was the bottleneck: 3 ns per element against 0.3 ns.
 - Sums of a row are accumulated in double, so the log-sum-exp of a float32 row is as accurate
   as its inputs. The vector lanes each hold a partial sum; the lane count is fixed per
   machine, so results are deterministic on a machine, and agree across machines to rounding.
@@ -24,93 +24,15 @@ from cython.parallel cimport prange
 from libc.math cimport exp, log
 from libc.stdint cimport int64_t
 from libc.string cimport memset
+from minissl_checks cimport array_data, float_type
 
 cnp.import_array()
 
-cdef extern from *:
+# Names this module in the error messages of the argument checks (csrc/minissl_checks.pxd).
+cdef str NAME = "softmax"
+
+cdef extern from "minissl_kernels.h":     # MSSL_CLONES, mssl_expf, mssl_exp
     """
-    #include <math.h>
-    #include <stdint.h>
-    #include <string.h>
-
-    /* Compile the row passes once per instruction set; the loader picks one at import time
-       (GCC's function multi-versioning, needs ifunc: GCC on x86-64 Linux). Elsewhere they are
-       compiled for the default target, which is just as correct. */
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-    #define MSSL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-    #else
-    #define MSSL_CLONES
-    #endif
-
-    static inline float mssl_f32_from_bits(int32_t b) { float f; memcpy(&f, &b, 4); return f; }
-    static inline double mssl_f64_from_bits(int64_t b) { double f; memcpy(&f, &b, 8); return f; }
-
-    /* exp(x), branch-free so that loops calling it vectorise.
-       x = n ln2 + r with n = round(x / ln2) and |r| <= ln2 / 2; exp(x) = 2^n exp(r).
-       - round(): adding 1.5 * 2^23 (2^52 for double) leaves the integer n in the low bits of
-         the sum (the "shifter" trick), so n is read off the bit pattern without a conversion.
-       - r = x - n ln2 in two steps (Cody & Waite): ln2_hi has trailing zero bits, so n * ln2_hi
-         is exact and r keeps full precision.
-       - exp(r) by its Taylor polynomial: degree 7 for float (truncation r^8/8! < 5e-9, below
-         half an ulp), degree 13 for double (r^14/14! < 5e-18).
-       - 2^n is built from its exponent bits, as two factors 2^(n/2) 2^(n-n/2) so that results
-         down to the subnormal range and up to overflow come out right.
-       x is first clamped to where exp is finite and nonzero, -inf gives 0, +inf gives inf, NaN
-       propagates. The two clamps are selected by the sign (instead of applied in sequence)
-       because GCC if-converts, and so vectorises, this form.
-       Measured against libm over the whole range: at most 2 ulp, float and double. */
-    static inline float mssl_expf(float x) {
-        float lo = x < -104.0f ? -104.0f : x;
-        float hi = x > 88.8f ? 88.8f : x;
-        x = x < 0.0f ? lo : hi;
-        const float shifter = 12582912.0f;                        /* 1.5 * 2^23 */
-        float t = x * 1.44269504088896341f + shifter;           /* x / ln2 + shifter */
-        float n = t - shifter;
-        int32_t ni;
-        memcpy(&ni, &t, 4);
-        ni -= 0x4B400000;                                         /* bits of the shifter */
-        float r = (x - n * 6.9314575195e-01f) - n * 1.4286067653e-06f;
-        float p = 1.0f / 5040;
-        p = p * r + 1.0f / 720;
-        p = p * r + 1.0f / 120;
-        p = p * r + 1.0f / 24;
-        p = p * r + 1.0f / 6;
-        p = p * r + 0.5f;
-        p = p * r + 1.0f;
-        p = p * r + 1.0f;
-        int32_t n1 = ni >> 1, n2 = ni - n1;
-        return p * mssl_f32_from_bits((n1 + 127) << 23) * mssl_f32_from_bits((n2 + 127) << 23);
-    }
-
-    static inline double mssl_exp(double x) {
-        double lo = x < -746.0 ? -746.0 : x;
-        double hi = x > 710.0 ? 710.0 : x;
-        x = x < 0.0 ? lo : hi;
-        const double shifter = 6755399441055744.0;                /* 1.5 * 2^52 */
-        double t = x * 1.4426950408889634074 + shifter;
-        double n = t - shifter;
-        int64_t ni;
-        memcpy(&ni, &t, 8);
-        ni -= 0x4338000000000000LL;
-        double r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
-        double p = 1.0 / 6227020800.0;                            /* 1 / 13! */
-        p = p * r + 1.0 / 479001600.0;
-        p = p * r + 1.0 / 39916800.0;
-        p = p * r + 1.0 / 3628800.0;
-        p = p * r + 1.0 / 362880.0;
-        p = p * r + 1.0 / 40320.0;
-        p = p * r + 1.0 / 5040.0;
-        p = p * r + 1.0 / 720.0;
-        p = p * r + 1.0 / 120.0;
-        p = p * r + 1.0 / 24.0;
-        p = p * r + 1.0 / 6.0;
-        p = p * r + 0.5;
-        p = p * r + 1.0;
-        p = p * r + 1.0;
-        int64_t n1 = ni >> 1, n2 = ni - n1;
-        return p * mssl_f64_from_bits((n1 + 1023) << 52) * mssl_f64_from_bits((n2 + 1023) << 52);
-    }
-
     /* max_j x_j (-inf for n = 0) */
     MSSL_CLONES static float mssl_max_f32(const float* x, Py_ssize_t n) {
         float m = -INFINITY;
@@ -307,40 +229,6 @@ cdef inline void _cross_entropy_backward_row(floating g, const floating* x, int6
     dx[t] = g * (p_t - 1)
 
 
-# ---- argument checks ------------------------------------------------------------------------
-# The entry points take ndarrays and read their data pointers through NumPy's C API: a typed
-# memoryview costs about a microsecond per argument to acquire, most of the time of a small
-# call. The Python wrappers have validated and converted every argument already; these checks
-# (nanoseconds) only make sure that a wrong direct call raises instead of reading out of bounds.
-
-cdef int _float_type(object a) except -1:
-    """NPY_FLOAT32 or NPY_FLOAT64, the type of the float ndarray ``a``."""
-    if not cnp.PyArray_Check(a):
-        raise TypeError(f"minissl._ext.softmax: expected an ndarray, got {type(a).__name__}")
-    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>a)
-    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
-        raise TypeError(f"minissl._ext.softmax: expected float32 or float64, got {a.dtype}")
-    return t
-
-
-cdef void* _data(object a, int typenum, int ndim, Py_ssize_t d0, Py_ssize_t d1,
-                 bint writable) except NULL:
-    """Data pointer of ``a``: a C-contiguous ndarray of type ``typenum`` and shape (d0,) or
-    (d0, d1), writeable if asked."""
-    if not cnp.PyArray_Check(a):
-        raise TypeError(f"minissl._ext.softmax: expected an ndarray, got {type(a).__name__}")
-    cdef cnp.ndarray arr = <cnp.ndarray>a
-    cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(arr)
-    if (cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != ndim
-            or dims[0] != d0 or (ndim > 1 and dims[1] != d1)
-            or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
-            or (writable and not cnp.PyArray_ISWRITEABLE(arr))):
-        raise ValueError(f"minissl._ext.softmax: got a {a.dtype} array of shape {a.shape}, "
-                         "not the C-contiguous array the kernel needs (call the functions of "
-                         "minissl.kernels.softmax, which check and convert their arguments)")
-    return cnp.PyArray_DATA(arr)
-
-
 # ---- rows in parallel -----------------------------------------------------------------------
 
 cdef void _softmax_rows(const floating* x, floating* y, Py_ssize_t M, Py_ssize_t C) noexcept nogil:
@@ -405,10 +293,10 @@ cdef int _check_targets(const int64_t* t, Py_ssize_t N, Py_ssize_t C,
 
 def softmax_forward(x, y):
     """y = softmax(x) over the rows of x (M, C)."""
-    cdef int t = _float_type(x)
+    cdef int t = float_type(NAME, x)
     cdef Py_ssize_t M = x.shape[0], C = x.shape[1]
-    cdef void* px = _data(x, t, 2, M, C, False)
-    cdef void* py = _data(y, t, 2, M, C, True)
+    cdef void* px = array_data(NAME, x, t, 2, M, C, 0, False)
+    cdef void* py = array_data(NAME, y, t, 2, M, C, 0, True)
     with nogil:
         if t == cnp.NPY_FLOAT32:
             _softmax_rows(<const float*>px, <float*>py, M, C)
@@ -418,10 +306,10 @@ def softmax_forward(x, y):
 
 def log_softmax_forward(x, y):
     """y = log_softmax(x) over the rows of x (M, C)."""
-    cdef int t = _float_type(x)
+    cdef int t = float_type(NAME, x)
     cdef Py_ssize_t M = x.shape[0], C = x.shape[1]
-    cdef void* px = _data(x, t, 2, M, C, False)
-    cdef void* py = _data(y, t, 2, M, C, True)
+    cdef void* px = array_data(NAME, x, t, 2, M, C, 0, False)
+    cdef void* py = array_data(NAME, y, t, 2, M, C, 0, True)
     with nogil:
         if t == cnp.NPY_FLOAT32:
             _log_softmax_rows(<const float*>px, <float*>py, M, C)
@@ -431,11 +319,11 @@ def log_softmax_forward(x, y):
 
 def softmax_backward(grad_y, y, dx):
     """dx = y * (g - sum(g * y)) row by row."""
-    cdef int t = _float_type(y)
+    cdef int t = float_type(NAME, y)
     cdef Py_ssize_t M = y.shape[0], C = y.shape[1]
-    cdef void* pg = _data(grad_y, t, 2, M, C, False)
-    cdef void* py = _data(y, t, 2, M, C, False)
-    cdef void* pd = _data(dx, t, 2, M, C, True)
+    cdef void* pg = array_data(NAME, grad_y, t, 2, M, C, 0, False)
+    cdef void* py = array_data(NAME, y, t, 2, M, C, 0, False)
+    cdef void* pd = array_data(NAME, dx, t, 2, M, C, 0, True)
     with nogil:
         if t == cnp.NPY_FLOAT32:
             _softmax_backward_rows(<const float*>pg, <const float*>py, <float*>pd, M, C)
@@ -445,11 +333,11 @@ def softmax_backward(grad_y, y, dx):
 
 def log_softmax_backward(grad_y, y_log, dx):
     """dx = g - exp(y_log) * sum(g) row by row."""
-    cdef int t = _float_type(y_log)
+    cdef int t = float_type(NAME, y_log)
     cdef Py_ssize_t M = y_log.shape[0], C = y_log.shape[1]
-    cdef void* pg = _data(grad_y, t, 2, M, C, False)
-    cdef void* py = _data(y_log, t, 2, M, C, False)
-    cdef void* pd = _data(dx, t, 2, M, C, True)
+    cdef void* pg = array_data(NAME, grad_y, t, 2, M, C, 0, False)
+    cdef void* py = array_data(NAME, y_log, t, 2, M, C, 0, False)
+    cdef void* pd = array_data(NAME, dx, t, 2, M, C, 0, True)
     with nogil:
         if t == cnp.NPY_FLOAT32:
             _log_softmax_backward_rows(<const float*>pg, <const float*>py, <float*>pd, M, C)
@@ -459,12 +347,13 @@ def log_softmax_backward(grad_y, y_log, dx):
 
 def cross_entropy_forward(logits, target, int64_t ignore_index, loss, lse):
     """loss_i = lse_i - logits[i, t_i] (0 where t_i == ignore_index); lse_i in double."""
-    cdef int t = _float_type(logits)
+    cdef int t = float_type(NAME, logits)
     cdef Py_ssize_t N = logits.shape[0], C = logits.shape[1]
-    cdef void* px = _data(logits, t, 2, N, C, False)
-    cdef const int64_t* pt = <const int64_t*>_data(target, cnp.NPY_INT64, 1, N, 0, False)
-    cdef void* pl = _data(loss, t, 1, N, 0, True)
-    cdef double* pe = <double*>_data(lse, cnp.NPY_FLOAT64, 1, N, 0, True)
+    cdef void* px = array_data(NAME, logits, t, 2, N, C, 0, False)
+    cdef const int64_t* pt = <const int64_t*>array_data(NAME, target,
+                                                        cnp.NPY_INT64, 1, N, 0, 0, False)
+    cdef void* pl = array_data(NAME, loss, t, 1, N, 0, 0, True)
+    cdef double* pe = <double*>array_data(NAME, lse, cnp.NPY_FLOAT64, 1, N, 0, 0, True)
     _check_targets(pt, N, C, ignore_index)
     with nogil:
         if t == cnp.NPY_FLOAT32:
@@ -475,13 +364,15 @@ def cross_entropy_forward(logits, target, int64_t ignore_index, loss, lse):
 
 def cross_entropy_backward(grad_loss, logits, target, lse, int64_t ignore_index, grad):
     """grad[i] = grad_loss_i * (softmax(logits[i]) - onehot(t_i)); 0 on ignored rows."""
-    cdef int t = _float_type(logits)
+    cdef int t = float_type(NAME, logits)
     cdef Py_ssize_t N = logits.shape[0], C = logits.shape[1]
-    cdef void* pg = _data(grad_loss, t, 1, N, 0, False)
-    cdef void* px = _data(logits, t, 2, N, C, False)
-    cdef const int64_t* pt = <const int64_t*>_data(target, cnp.NPY_INT64, 1, N, 0, False)
-    cdef const double* pe = <const double*>_data(lse, cnp.NPY_FLOAT64, 1, N, 0, False)
-    cdef void* pd = _data(grad, t, 2, N, C, True)
+    cdef void* pg = array_data(NAME, grad_loss, t, 1, N, 0, 0, False)
+    cdef void* px = array_data(NAME, logits, t, 2, N, C, 0, False)
+    cdef const int64_t* pt = <const int64_t*>array_data(NAME, target,
+                                                        cnp.NPY_INT64, 1, N, 0, 0, False)
+    cdef const double* pe = <const double*>array_data(NAME, lse,
+                                                      cnp.NPY_FLOAT64, 1, N, 0, 0, False)
+    cdef void* pd = array_data(NAME, grad, t, 2, N, C, 0, True)
     _check_targets(pt, N, C, ignore_index)
     with nogil:
         if t == cnp.NPY_FLOAT32:

@@ -21,7 +21,9 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
-from ._loader import gpu, load, reference_forced
+from ._loader import compiled, gpu
+# (module-private names, as minissl/kernels/cuda.py imports the checks from here)
+from ._loader import check_float as _check_float, check_same as _check_same
 
 __all__ = ["gelu_forward", "gelu_backward", "gelu_forward_ref", "gelu_backward_ref"]
 
@@ -69,45 +71,12 @@ def gelu_backward_ref(grad_y, x):
 # Validation and dispatch
 # --------------------------------------------------------------------------------------------
 
-def _check_float(fn, name, a):
-    if not hasattr(a, "dtype") or not hasattr(a, "shape"):
-        raise TypeError(f"{fn}: {name} must be an ndarray, got {type(a).__name__}")
-    if a.dtype.kind != "f":
-        raise TypeError(f"{fn}: {name} must be a floating-point array, got dtype {a.dtype}")
-
-
-_module = []   # [the compiled module, or None when it is not built], filled on first use
-
-
-def _load():
-    """The compiled module, cached after the first lookup (``load`` imports it again on every
-    call, microseconds that matter for small arrays); None whenever the reference is forced,
-    which is checked on every call so that it can be switched at run time."""
-    if reference_forced():
-        return None
-    if not _module:
-        _module.append(load("activation"))
-    return _module[0]
-
-
-def _compiled(*arrays):
-    """The Cython module when every array is a NumPy float32/float64 array, else None."""
-    for a in arrays:
-        if type(a) is not np.ndarray:
-            # CuPy arrays: the CUDA kernels (GPU issue) will be dispatched from here; until
-            # then the reference runs on the device.
-            return None
-        if a.dtype != np.float32 and a.dtype != np.float64:
-            return None
-    return _load()
-
-
 def gelu_forward(x):
     """Exact GELU, 0.5 * x * (1 + erf(x / sqrt 2)), of an array of any shape."""
     if get_array_module(x) is not np:  # GPU: minissl/kernels/cuda.py
         return gpu("gelu_forward", gelu_forward_ref)(x)
     _check_float("gelu_forward", "x", x)
-    ext = _compiled(x)
+    ext = compiled("activation", x)
     if ext is None or x.size == 0:
         return gelu_forward_ref(x)
     y = np.empty(x.shape, dtype=x.dtype)                # (ascontiguousarray makes 0-d 1-d)
@@ -122,13 +91,8 @@ def gelu_backward(grad_y, x):
     fn = "gelu_backward"
     _check_float(fn, "grad_y", grad_y)
     _check_float(fn, "x", x)
-    if grad_y.shape != x.shape:
-        raise ValueError(f"{fn}: grad_y and x must have the same shape, got "
-                         f"{tuple(grad_y.shape)} and {tuple(x.shape)}")
-    if grad_y.dtype != x.dtype:
-        raise TypeError(f"{fn}: grad_y and x must have the same dtype, got {grad_y.dtype} "
-                        f"and {x.dtype}")
-    ext = _compiled(x)
+    _check_same(fn, ("grad_y", "x"), (grad_y, x))
+    ext = compiled("activation", x)
     if ext is None or x.size == 0:
         return gelu_backward_ref(grad_y, x)
     dx = np.empty(x.shape, dtype=x.dtype)

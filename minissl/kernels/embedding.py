@@ -17,7 +17,7 @@ arrays, ``embedding_backward_ref`` otherwise.
 import numpy as np
 
 from ..backend import get_array_module
-from ._loader import gpu, load, reference_forced
+from ._loader import compiled, gpu
 
 __all__ = ["embedding_backward", "embedding_backward_ref"]
 
@@ -32,31 +32,6 @@ def embedding_backward_ref(indices, grad_out, num_embeddings):
     grad_weight = xp.zeros((num_embeddings, d), dtype=grad_out.dtype)
     xp.add.at(grad_weight, indices.reshape(-1), grad_out.reshape(indices.size, d))
     return grad_weight
-
-
-_module = []   # [the compiled module, or None when it is not built], filled on first use
-
-
-def _load():
-    """The compiled module, cached after the first lookup (``load`` imports it again on every
-    call, microseconds that matter for small arrays); None whenever the reference is forced,
-    which is checked on every call so that it can be switched at run time."""
-    if reference_forced():
-        return None
-    if not _module:
-        _module.append(load("embedding"))
-    return _module[0]
-
-
-def _compiled(grad_out):
-    """The Cython module for a NumPy float32/float64 array, else None."""
-    if type(grad_out) is not np.ndarray:
-        # CuPy arrays: a CUDA kernel (GPU issue) will be dispatched from here; until then the
-        # reference runs on the device.
-        return None
-    if grad_out.dtype != np.float32 and grad_out.dtype != np.float64:
-        return None
-    return _load()
 
 
 def embedding_backward(indices, grad_out, num_embeddings):
@@ -87,7 +62,7 @@ def embedding_backward(indices, grad_out, num_embeddings):
             bad = lo if lo < 0 else hi
             raise ValueError(f"{fn}: index {bad} is out of range for num_embeddings = "
                              f"{num_embeddings} (indices of shape {tuple(indices.shape)})")
-    ext = _compiled(grad_out)
+    ext = compiled("embedding", grad_out)
     if ext is None or grad_out.size == 0:
         return embedding_backward_ref(indices, grad_out, num_embeddings)
     d = grad_out.shape[-1]

@@ -36,7 +36,9 @@ for float32/float64 NumPy arrays, the ``*_ref`` NumPy reference otherwise; the r
 import numpy as np
 
 from ..backend import get_array_module
-from ._loader import gpu, load, reference_forced
+from ._loader import compiled, gpu
+# (module-private names, as minissl/kernels/cuda.py imports the checks from here)
+from ._loader import check_float as _check_float, check_same as _check_same
 
 __all__ = [
     "layer_norm_forward", "layer_norm_backward", "batch_norm_forward", "batch_norm_backward",
@@ -130,15 +132,6 @@ def batch_norm_backward_ref(grad_y, x, mean, rstd, weight=None):
 # Validation and dispatch
 # --------------------------------------------------------------------------------------------
 
-def _check_float(fn, name, a, ndim):
-    if not hasattr(a, "dtype") or not hasattr(a, "shape"):
-        raise TypeError(f"{fn}: {name} must be an ndarray, got {type(a).__name__}")
-    if a.dtype.kind != "f":
-        raise TypeError(f"{fn}: {name} must be a floating-point array, got dtype {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{fn}: {name} must be {ndim}-D, got shape {tuple(a.shape)}")
-
-
 def _check_vector(fn, name, a, n, x, dtype=True):
     """An optional per-feature vector: None, or (n,) of x's dtype."""
     if a is None:
@@ -153,37 +146,7 @@ def _check_vector(fn, name, a, n, x, dtype=True):
 
 def _check_grad(fn, grad_y, x):
     _check_float(fn, "grad_y", grad_y, x.ndim)
-    if grad_y.shape != x.shape:
-        raise ValueError(f"{fn}: grad_y and x must have the same shape, got "
-                         f"{tuple(grad_y.shape)} and {tuple(x.shape)}")
-    if grad_y.dtype != x.dtype:
-        raise TypeError(f"{fn}: grad_y and x must have the same dtype, got {grad_y.dtype} "
-                        f"and {x.dtype}")
-
-
-_module = []   # [the compiled module, or None when it is not built], filled on first use
-
-
-def _load():
-    """The compiled module, cached after the first lookup (``load`` imports it again on every
-    call, microseconds that matter for small arrays); None whenever the reference is forced,
-    which is checked on every call so that it can be switched at run time."""
-    if reference_forced():
-        return None
-    if not _module:
-        _module.append(load("norm"))
-    return _module[0]
-
-
-def _compiled(x):
-    """The Cython module for a NumPy float32/float64 array, else None."""
-    if type(x) is not np.ndarray:
-        # CuPy arrays: the CUDA kernels (GPU issue) will be dispatched from here; until then
-        # the reference runs on the device.
-        return None
-    if x.dtype != np.float32 and x.dtype != np.float64:
-        return None
-    return _load()
+    _check_same(fn, ("grad_y", "x"), (grad_y, x))
 
 
 def _contig(a, dtype):
@@ -202,7 +165,7 @@ def layer_norm_forward(x, weight=None, bias=None, eps=1e-5):
     _check_float(fn, "x", x, 2)
     _check_vector(fn, "weight", weight, x.shape[1], x)
     _check_vector(fn, "bias", bias, x.shape[1], x)
-    ext = _compiled(x)
+    ext = compiled("norm", x)
     if ext is None or x.size == 0:
         return layer_norm_forward_ref(x, weight, bias, eps)
     x = np.ascontiguousarray(x)
@@ -229,7 +192,7 @@ def layer_norm_backward(grad_y, x, mean, rstd, weight=None):
     if mean is None or rstd is None:
         raise TypeError(f"{fn}: mean and rstd are required (the forward's results)")
     _check_vector(fn, "weight", weight, x.shape[1], x)
-    ext = _compiled(x)
+    ext = compiled("norm", x)
     if ext is None or x.size == 0:
         return layer_norm_backward_ref(grad_y, x, mean, rstd, weight)
     grad_y, x = np.ascontiguousarray(grad_y), np.ascontiguousarray(x)
@@ -257,7 +220,7 @@ def batch_norm_forward(x, weight=None, bias=None, eps=1e-5):
     if x.shape[0] * x.shape[2] == 0 and x.shape[1] > 0:
         raise ValueError(f"{fn}: batch statistics need at least one value per channel, got x "
                          f"of shape {tuple(x.shape)}")
-    ext = _compiled(x)
+    ext = compiled("norm", x)
     if ext is None or x.size == 0:
         return batch_norm_forward_ref(x, weight, bias, eps)
     x = np.ascontiguousarray(x)
@@ -281,7 +244,7 @@ def batch_norm_backward(grad_y, x, mean, rstd, weight=None):
     _check_vector(fn, "mean", mean, x.shape[1], x, dtype=False)
     _check_vector(fn, "rstd", rstd, x.shape[1], x, dtype=False)
     _check_vector(fn, "weight", weight, x.shape[1], x)
-    ext = _compiled(x)
+    ext = compiled("norm", x)
     if ext is None or x.size == 0:
         return batch_norm_backward_ref(grad_y, x, mean, rstd, weight)
     grad_y, x = np.ascontiguousarray(grad_y), np.ascontiguousarray(x)

@@ -37,7 +37,7 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
-from ._loader import gpu, load, reference_forced
+from ._loader import compiled, gpu
 
 __all__ = ["sgd_step", "adam_step", "sgd_step_ref", "adam_step_ref"]
 
@@ -109,33 +109,6 @@ def _check_arrays(fn, param, named):
             raise ValueError(f"{fn}: {name} is read-only; it is updated in place")
 
 
-_module = []   # [the compiled module, or None when it is not built], filled on first use
-
-
-def _load():
-    """The compiled module, cached after the first lookup (``load`` imports it again on every
-    call, microseconds that matter for small arrays); None whenever the reference is forced,
-    which is checked on every call so that it can be switched at run time."""
-    if reference_forced():
-        return None
-    if not _module:
-        _module.append(load("optim"))
-    return _module[0]
-
-
-def _compiled(*inplace):
-    """The Cython module when the arrays updated in place are C-contiguous NumPy float32 or
-    float64 arrays; else None (the reference updates any strided view in place)."""
-    for a in inplace:
-        if type(a) is not np.ndarray:
-            # CuPy arrays: a fused CUDA kernel (GPU issue) will be dispatched from here; until
-            # then the reference runs on the device.
-            return None
-        if (a.dtype != np.float32 and a.dtype != np.float64) or not a.flags.c_contiguous:
-            return None
-    return _load()
-
-
 def sgd_step(param, grad, momentum_buf, lr, momentum, dampening, weight_decay, nesterov,
              first_step):
     """One SGD step in place (see the module docstring).
@@ -156,7 +129,9 @@ def sgd_step(param, grad, momentum_buf, lr, momentum, dampening, weight_decay, n
         named.append(("momentum_buf", momentum_buf))
     _check_arrays(fn, param, named)
     bufs = (momentum_buf,) if momentum != 0 else ()
-    ext = _compiled(param, *bufs)
+    # The arrays updated in place must be C-contiguous for the kernel; the reference updates
+    # strided views in place.
+    ext = compiled("optim", param, *bufs, contiguous=True)
     if ext is None or param.size == 0:
         sgd_step_ref(param, grad, momentum_buf, lr, momentum, dampening, weight_decay,
                      nesterov, first_step)
@@ -181,7 +156,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, wei
                               ("exp_avg_sq", exp_avg_sq)])
     if int(step) != step or step < 1:
         raise ValueError(f"{fn}: step counts updates from 1, got {step!r}")
-    ext = _compiled(param, exp_avg, exp_avg_sq)
+    ext = compiled("optim", param, exp_avg, exp_avg_sq, contiguous=True)
     if ext is None or param.size == 0:
         adam_step_ref(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
                       weight_decay, decoupled)

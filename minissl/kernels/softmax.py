@@ -34,7 +34,9 @@ for float32/float64 NumPy arrays, the ``*_ref`` NumPy reference otherwise. The r
 import numpy as np
 
 from ..backend import get_array_module
-from ._loader import gpu, load, reference_forced
+from ._loader import compiled, gpu
+# (module-private names, as minissl/kernels/cuda.py imports the checks from here)
+from ._loader import check_float as _check_float, check_same as _check_same
 
 __all__ = [
     "softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
@@ -127,27 +129,6 @@ def cross_entropy_backward_ref(grad_loss, logits, target, lse, ignore_index=-100
 # Validation and dispatch
 # --------------------------------------------------------------------------------------------
 
-def _check_float(fn, name, a, ndim=None):
-    if not hasattr(a, "dtype") or not hasattr(a, "shape"):
-        raise TypeError(f"{fn}: {name} must be an ndarray, got {type(a).__name__}")
-    if a.dtype.kind != "f":
-        raise TypeError(f"{fn}: {name} must be a floating-point array, got dtype {a.dtype}")
-    if ndim is not None and a.ndim != ndim:
-        raise ValueError(f"{fn}: {name} must be {ndim}-D, got shape {tuple(a.shape)}")
-
-
-def _check_same(fn, names, arrays):
-    """Equal shapes and dtypes (the engine never mixes dtypes; a mix here is a caller bug)."""
-    a0 = arrays[0]
-    for name, a in zip(names[1:], arrays[1:]):
-        if a.shape != a0.shape:
-            raise ValueError(f"{fn}: {names[0]} and {name} must have the same shape, got "
-                             f"{tuple(a0.shape)} and {tuple(a.shape)}")
-        if a.dtype != a0.dtype:
-            raise TypeError(f"{fn}: {names[0]} and {name} must have the same dtype, got "
-                            f"{a0.dtype} and {a.dtype}")
-
-
 def _check_target(fn, target, logits, ignore_index):
     """target: integer (N,) with entries in [0, C) or equal to ignore_index."""
     if not hasattr(target, "dtype") or target.dtype.kind not in "iu":
@@ -171,39 +152,13 @@ def _check_target(fn, target, logits, ignore_index):
                          f"target == ignore_index = {ignore_index})")
 
 
-_module = []   # [the compiled module, or None when it is not built], filled on first use
-
-
-def _load():
-    """The compiled module, cached after the first lookup (``load`` imports it again on every
-    call, microseconds that matter for small arrays); None whenever the reference is forced,
-    which is checked on every call so that it can be switched at run time."""
-    if reference_forced():
-        return None
-    if not _module:
-        _module.append(load("softmax"))
-    return _module[0]
-
-
-def _compiled(*arrays):
-    """The Cython module when every array is a NumPy float32/float64 array, else None."""
-    for a in arrays:
-        if type(a) is not np.ndarray:
-            # CuPy arrays: the fused CUDA kernels (GPU issue) will be dispatched from here;
-            # until then the reference runs on the device.
-            return None
-        if a.dtype != np.float32 and a.dtype != np.float64:
-            return None
-    return _load()
-
-
 def softmax_forward(x):
     """Softmax over the last axis of a 2-D array (M, C); see the module docstring."""
     if get_array_module(x) is not np:  # GPU: minissl/kernels/cuda.py
         return gpu("softmax_forward", softmax_forward_ref)(x)
     fn = "softmax_forward"
     _check_float(fn, "x", x, ndim=2)
-    ext = _compiled(x)
+    ext = compiled("softmax", x)
     if ext is None or x.size == 0:
         return softmax_forward_ref(x)
     x = np.ascontiguousarray(x)
@@ -218,7 +173,7 @@ def log_softmax_forward(x):
         return gpu("log_softmax_forward", log_softmax_forward_ref)(x)
     fn = "log_softmax_forward"
     _check_float(fn, "x", x, ndim=2)
-    ext = _compiled(x)
+    ext = compiled("softmax", x)
     if ext is None or x.size == 0:
         return log_softmax_forward_ref(x)
     x = np.ascontiguousarray(x)
@@ -235,7 +190,7 @@ def softmax_backward(grad_y, y):
     _check_float(fn, "grad_y", grad_y, ndim=2)
     _check_float(fn, "y", y, ndim=2)
     _check_same(fn, ("grad_y", "y"), (grad_y, y))
-    ext = _compiled(grad_y, y)
+    ext = compiled("softmax", grad_y, y)
     if ext is None or y.size == 0:
         return softmax_backward_ref(grad_y, y)
     grad_y, y = np.ascontiguousarray(grad_y), np.ascontiguousarray(y)
@@ -252,7 +207,7 @@ def log_softmax_backward(grad_y, y_log):
     _check_float(fn, "grad_y", grad_y, ndim=2)
     _check_float(fn, "y_log", y_log, ndim=2)
     _check_same(fn, ("grad_y", "y_log"), (grad_y, y_log))
-    ext = _compiled(grad_y, y_log)
+    ext = compiled("softmax", grad_y, y_log)
     if ext is None or y_log.size == 0:
         return log_softmax_backward_ref(grad_y, y_log)
     grad_y, y_log = np.ascontiguousarray(grad_y), np.ascontiguousarray(y_log)
@@ -274,7 +229,7 @@ def cross_entropy_forward(logits, target, ignore_index=-100):
     fn = "cross_entropy_forward"
     _check_float(fn, "logits", logits, ndim=2)
     _check_target(fn, target, logits, ignore_index)
-    ext = _compiled(logits)
+    ext = compiled("softmax", logits)
     if ext is None or logits.size == 0:
         return cross_entropy_forward_ref(logits, target, ignore_index)
     logits = np.ascontiguousarray(logits)
@@ -307,7 +262,7 @@ def cross_entropy_backward(grad_loss, logits, target, lse, ignore_index=-100):
         raise TypeError(f"{fn}: grad_loss must have the logits' dtype {logits.dtype}, got "
                         f"{grad_loss.dtype}")
     _check_target(fn, target, logits, ignore_index)
-    ext = _compiled(logits, lse)
+    ext = compiled("softmax", logits, lse)
     if ext is None or logits.size == 0:
         return cross_entropy_backward_ref(grad_loss, logits, target, lse, ignore_index)
     logits = np.ascontiguousarray(logits)
