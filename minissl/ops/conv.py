@@ -6,21 +6,34 @@ one matrix product ``Y = cols W^T`` with W = weight.reshape(O, C*kh*kw). Its adj
     dW = G^T cols,   db = column sums of G,   dx = col2im(G W)
 with G the output gradient as (N*OH*OW, O). conv_transpose2d is exactly the adjoint of conv2d
 with respect to its input (the same col2im / im2col pair, used the other way round).
+
+Orientation. The products are computed transposed, Y^T = W cols^T (O, N*OH*OW), and G enters
+as G^T: channel-major rows (C, N*H*W) differ from NCHW only in the order of whole H*W planes,
+so converting is a copy of contiguous runs, whereas (N*H*W, C) rows need an element-wise
+transpose (measured: 2-3x slower, and the largest non-GEMM cost of a conv step). BLAS reads
+the transposed operands (cols^T forward, (G^T)^T for dcols) in place, without copies.
 """
 from ..autograd import Function
 from ..backend import get_array_module
 from ..kernels.im2col import col2im, im2col, window_geometry
 
 
-def _nhwc_rows(a):
-    """(N, C, H, W) -> (N*H*W, C) rows, the layout the matrix products want."""
-    return a.transpose(0, 2, 3, 1).reshape(-1, a.shape[1])
+def _cnhw(a):
+    """(N, C, H, W) -> contiguous (C, N*H*W), channel-major rows.
+
+    Only whole planes of H*W contiguous values move, so this copy runs at memory speed, unlike
+    the element-wise transpose to (N*H*W, C) rows."""
+    xp = get_array_module(a)
+    n, c, h, w = a.shape
+    return xp.ascontiguousarray(a.reshape(n, c, h * w).transpose(1, 0, 2)).reshape(c, -1)
 
 
-def _nchw(rows, n, h, w):
-    """(N*H*W, C) rows -> contiguous (N, C, H, W)."""
-    xp = get_array_module(rows)
-    return xp.ascontiguousarray(rows.reshape(n, h, w, -1).transpose(0, 3, 1, 2))
+def _nchw(rows_t, n, h, w):
+    """(C, N*H*W) channel-major rows -> contiguous (N, C, H, W), a plane-by-plane copy."""
+    xp = get_array_module(rows_t)
+    c = rows_t.shape[0]
+    planes = rows_t.reshape(c, n, h * w).transpose(1, 0, 2)
+    return xp.ascontiguousarray(planes).reshape(n, c, h, w)
 
 
 class Conv2d(Function):
@@ -37,20 +50,21 @@ class Conv2d(Function):
         self.x_shape = x.shape
         self.cols = im2col(x, self.k, self.stride, self.padding)   # (N*OH*OW, C*kh*kw)
         self.w2 = w.reshape(w.shape[0], -1)                          # (O, C*kh*kw)
-        y = self.cols @ self.w2.T                                    # (N*OH*OW, O)
+        # Y^T = W cols^T: channel-major (O, N*OH*OW), so that NCHW is a plane-by-plane copy.
+        yt = self.w2 @ self.cols.T
         if b is not None:
-            y += b
-        return _nchw(y, N, OH, OW)
+            yt += b[:, None]
+        return _nchw(yt, N, OH, OW)
 
     def backward(self, g):
-        g2 = _nhwc_rows(g)                                           # (N*OH*OW, O)
+        gt = _cnhw(g)                                                # G^T: (O, N*OH*OW)
         gx = gw = gb = None
         if self.needs_grad[0]:
-            gx = col2im(g2 @ self.w2, self.x_shape, self.k, self.stride, self.padding)
+            gx = col2im(gt.T @ self.w2, self.x_shape, self.k, self.stride, self.padding)
         if self.needs_grad[1]:
-            gw = (g2.T @ self.cols).reshape(g.shape[1], self.x_shape[1], *self.k)
+            gw = (gt @ self.cols).reshape(g.shape[1], self.x_shape[1], *self.k)
         if self.has_bias:
-            gb = g2.sum(axis=0) if self.needs_grad[2] else None
+            gb = gt.sum(axis=1) if self.needs_grad[2] else None
             return gx, gw, gb
         return gx, gw
 
@@ -96,9 +110,9 @@ class ConvTranspose2d(Function):
 
     def forward(self, x, w, b=None):
         self.x_shape = x.shape
-        self.x2 = _nhwc_rows(x)                                      # (N*H*W, Cin)
+        self.x2 = _cnhw(x)                                           # X^T: (Cin, N*H*W)
         self.w2 = w.reshape(w.shape[0], -1)                          # (Cin, Cout*kh*kw)
-        y = col2im(self.x2 @ self.w2, self.out_shape, self.k, self.stride, self.padding)
+        y = col2im(self.x2.T @ self.w2, self.out_shape, self.k, self.stride, self.padding)
         if b is not None:
             y += b.reshape(1, -1, 1, 1)
         return y
@@ -106,8 +120,8 @@ class ConvTranspose2d(Function):
     def backward(self, g):
         gcols = im2col(g, self.k, self.stride, self.padding)         # (N*H*W, Cout*kh*kw)
         N, _, H, W = self.x_shape
-        gx = _nchw(gcols @ self.w2.T, N, H, W) if self.needs_grad[0] else None
-        gw = (self.x2.T @ gcols).reshape(self.x2.shape[1], g.shape[1], *self.k) \
+        gx = _nchw(self.w2 @ gcols.T, N, H, W) if self.needs_grad[0] else None
+        gw = (self.x2 @ gcols).reshape(self.x2.shape[0], g.shape[1], *self.k) \
             if self.needs_grad[1] else None
         if self.has_bias:
             gb = g.sum(axis=(0, 2, 3)) if self.needs_grad[2] else None
