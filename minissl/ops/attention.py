@@ -25,10 +25,11 @@ class Attention(Function):
 
     def forward(self, q, k, v):
         xp = get_array_module(q)
-        s = (q @ _mT(k)) * q.dtype.type(self.scale)          # (..., L, S)
+        s = q @ _mT(k)                                       # (..., L, S), a fresh array
+        s *= q.dtype.type(self.scale)
         L, S = s.shape[-2:]
-        if self.causal:
-            s = xp.where(xp.tri(L, S, dtype=bool), s, q.dtype.type(-xp.inf))
+        if self.causal:   # position i attends to j <= i; in place, no second score array
+            xp.copyto(s, q.dtype.type(-xp.inf), where=~xp.tri(L, S, dtype=bool))
         if self.mask is not None:
             if self.mask.dtype == bool:   # True = may attend, as PyTorch
                 s = xp.where(self.mask, s, q.dtype.type(-xp.inf))
