@@ -1370,25 +1370,8 @@ def embedding_backward(indices, grad_out, num_embeddings):
 
 # ----------------------------------------------------------------------------- optimisers
 
-def _check_optim_arrays(fn, param, named):
-    """The CPU function's checks (shapes and dtypes equal to param's), minus ``writeable``,
-    which CuPy arrays do not have."""
-    if not hasattr(param, "dtype") or not hasattr(param, "shape"):
-        raise TypeError(f"{fn}: param must be an ndarray, got {type(param).__name__}")
-    if param.dtype.kind != "f":
-        raise TypeError(f"{fn}: param must be a floating-point array, got dtype {param.dtype}")
-    for name, a in named:
-        if not hasattr(a, "dtype") or not hasattr(a, "shape"):
-            raise TypeError(f"{fn}: {name} must be an ndarray, got {type(a).__name__}")
-        if a.shape != param.shape:
-            raise ValueError(f"{fn}: {name} must have param's shape {tuple(param.shape)}, "
-                             f"got {tuple(a.shape)}")
-        if a.dtype != param.dtype:
-            raise TypeError(f"{fn}: {name} must have param's dtype {param.dtype}, got "
-                            f"{a.dtype}")
-    for name, a in [("param", param)] + list(named[1:]):
-        if not getattr(a.flags, "writeable", True):
-            raise ValueError(f"{fn}: {name} is read-only; it is updated in place")
+# The CPU checks serve here too (shapes and dtypes; CuPy flags have no writeable).
+from .optim import _check_arrays as _check_optim_arrays  # noqa: E402
 
 
 def _in_place_ok(*arrays):

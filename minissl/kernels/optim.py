@@ -89,7 +89,8 @@ def adam_step_ref(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
 # --------------------------------------------------------------------------------------------
 
 def _check_arrays(fn, param, named):
-    """param: a writeable float array; every other array: param's shape and dtype."""
+    """param: a writeable float array; every other array: param's shape and dtype. Also used
+    for CuPy arrays (minissl/kernels/cuda.py), whose flags have no ``writeable``."""
     if not hasattr(param, "dtype") or not hasattr(param, "shape"):
         raise TypeError(f"{fn}: param must be an ndarray, got {type(param).__name__}")
     if param.dtype.kind != "f":
@@ -104,8 +105,7 @@ def _check_arrays(fn, param, named):
             raise TypeError(f"{fn}: {name} must have param's dtype {param.dtype}, got "
                             f"{a.dtype}")
     for name, a in [("param", param)] + list(named[1:]):     # all but grad are written
-        flags = getattr(a, "flags", None)
-        if flags is not None and not flags.writeable:
+        if not getattr(getattr(a, "flags", None), "writeable", True):
             raise ValueError(f"{fn}: {name} is read-only; it is updated in place")
 
 
