@@ -35,7 +35,9 @@ def _progress(iterable, enable, desc, total):
         from tqdm.auto import tqdm
     except ImportError:
         return iterable
-    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+    # disable=None: no bar when stderr is not a terminal (logs, CI), as tqdm documents.
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True,
+                disable=None)
 
 
 def pretrain(method, train_data, epochs, batch_size=256, lr=1e-3, optimizer=None, scheduler=None,
