@@ -7,8 +7,8 @@ batch and pushes the cross-correlation matrix towards the identity).
 """
 from dataclasses import dataclass
 
-from .. import augment, losses, nn
-from .base import SSLMethod, default_augmentation, default_encoder
+from .. import losses, nn
+from .base import TwoViewMethod
 
 
 @dataclass
@@ -17,23 +17,17 @@ class BarlowTwinsConfig:
     proj_dims: tuple = (512, 512)  # projector hidden and output widths (paper: 8192 x 3)
 
 
-class BarlowTwins(SSLMethod):
+class BarlowTwins(TwoViewMethod):
     name = "barlow_twins"
 
     def __init__(self, image_shape, config=None, encoder=None, feature_dim=None,
                  transform=None):
-        super().__init__()
+        super().__init__(image_shape, encoder, feature_dim, transform)
         c = self.config = config or BarlowTwinsConfig()
-        if encoder is None:
-            encoder, feature_dim = default_encoder(image_shape)
-        self.encoder = encoder
-        self.projector = nn.MLP((feature_dim,) + tuple(c.proj_dims))
-        self.transform = transform or default_augmentation(image_shape)
+        self.projector = nn.MLP((self.feature_dim,) + tuple(c.proj_dims))
 
     def training_step(self, x, rng):
-        v1, v2 = augment.two_views(x, self.transform, rng)
-        z1 = self.projector(self.encoder(self.as_input(v1)))           # (B, D)
-        z2 = self.projector(self.encoder(self.as_input(v2)))           # (B, D)
+        z1, z2 = self.embed_views(x, rng)                       # (B, D) each
         return losses.barlow_twins_loss(z1, z2, lambd=self.config.lambd), {}
 
 

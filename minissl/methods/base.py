@@ -63,6 +63,27 @@ class SSLMethod(nn.Module):
         return tensor(x, dtype=p.dtype, device=p.device)
 
 
+class TwoViewMethod(SSLMethod):
+    """Base of the methods that pass two augmented views of each image through one network,
+    encoder f then projector g (SimCLR, SimSiam, Barlow Twins, VICReg). Subclasses set
+    ``self.projector`` and compare the two embeddings in ``training_step``."""
+
+    def __init__(self, image_shape, encoder=None, feature_dim=None, transform=None):
+        super().__init__()
+        if encoder is None:
+            encoder, feature_dim = default_encoder(image_shape)
+        self.encoder = encoder                                   # f: x -> h (B, D)
+        self.feature_dim = feature_dim
+        self.transform = transform or default_augmentation(image_shape)
+
+    def embed_views(self, x, rng):
+        """g(f(.)) of two random views of the batch x: (z1, z2), each (B, projection width)."""
+        v1, v2 = augment.two_views(x, self.transform, rng)     # (B, C, H, W) each
+        z1 = self.projector(self.encoder(self.as_input(v1)))
+        z2 = self.projector(self.encoder(self.as_input(v2)))
+        return z1, z2
+
+
 def default_encoder(image_shape, hidden=(256, 256), widths=(32, 64, 128)):
     """The encoder used for a data set of ``image_shape`` (C, H, W), and its feature width.
 

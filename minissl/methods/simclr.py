@@ -10,8 +10,8 @@ paper's finding: the projector throws away what the augmentations vary).
 """
 from dataclasses import dataclass
 
-from .. import augment, losses, nn
-from .base import SSLMethod, default_augmentation, default_encoder
+from .. import losses, nn
+from .base import TwoViewMethod
 
 
 @dataclass
@@ -21,25 +21,18 @@ class SimCLRConfig:
     proj_dim: int = 64            # output width of the projector (the paper uses 128)
 
 
-class SimCLR(SSLMethod):
+class SimCLR(TwoViewMethod):
     name = "simclr"
 
     def __init__(self, image_shape, config=None, encoder=None, feature_dim=None,
                  transform=None):
-        super().__init__()
-        self.config = config or SimCLRConfig()
-        if encoder is None:
-            encoder, feature_dim = default_encoder(image_shape)
-        self.encoder = encoder                                   # f: x -> h (B, D)
-        self.projector = nn.MLP((feature_dim, self.config.proj_hidden, self.config.proj_dim))
-        self.transform = transform or default_augmentation(image_shape)
+        super().__init__(image_shape, encoder, feature_dim, transform)
+        c = self.config = config or SimCLRConfig()
+        self.projector = nn.MLP((self.feature_dim, c.proj_hidden, c.proj_dim))  # g
 
     def training_step(self, x, rng):
-        v1, v2 = augment.two_views(x, self.transform, rng)      # (B, C, H, W) each
-        z1 = self.projector(self.encoder(self.as_input(v1)))    # (B, proj_dim)
-        z2 = self.projector(self.encoder(self.as_input(v2)))    # (B, proj_dim)
-        loss = losses.nt_xent(z1, z2, temperature=self.config.temperature)
-        return loss, {}
+        z1, z2 = self.embed_views(x, rng)                       # (B, proj_dim) each
+        return losses.nt_xent(z1, z2, temperature=self.config.temperature), {}
 
 
 def build(data, **overrides):

@@ -8,8 +8,8 @@ The paper's finding: the stop-gradient alone (no negatives, no EMA) prevents col
 """
 from dataclasses import dataclass
 
-from .. import augment, losses, nn
-from .base import SSLMethod, default_augmentation, default_encoder
+from .. import losses, nn
+from .base import TwoViewMethod
 
 
 @dataclass
@@ -18,25 +18,19 @@ class SimSiamConfig:
     pred_hidden: int = 32      # predictor bottleneck (paper: 512 = proj_dim / 4)
 
 
-class SimSiam(SSLMethod):
+class SimSiam(TwoViewMethod):
     name = "simsiam"
 
     def __init__(self, image_shape, config=None, encoder=None, feature_dim=None,
                  transform=None):
-        super().__init__()
+        super().__init__(image_shape, encoder, feature_dim, transform)
         c = self.config = config or SimSiamConfig()
-        if encoder is None:
-            encoder, feature_dim = default_encoder(image_shape)
-        self.encoder = encoder
-        self.projector = nn.MLP((feature_dim, c.proj_dim, c.proj_dim), last_bn=True)
+        self.projector = nn.MLP((self.feature_dim, c.proj_dim, c.proj_dim), last_bn=True)
         self.predictor = nn.MLP((c.proj_dim, c.pred_hidden, c.proj_dim))
-        self.transform = transform or default_augmentation(image_shape)
 
     def training_step(self, x, rng):
-        v1, v2 = augment.two_views(x, self.transform, rng)
-        z1 = self.projector(self.encoder(self.as_input(v1)))           # (B, proj_dim)
-        z2 = self.projector(self.encoder(self.as_input(v2)))
-        p1, p2 = self.predictor(z1), self.predictor(z2)                 # (B, proj_dim)
+        z1, z2 = self.embed_views(x, rng)                       # (B, proj_dim) each
+        p1, p2 = self.predictor(z1), self.predictor(z2)         # (B, proj_dim) each
         # simsiam_loss detaches its target: the stop-gradient of the paper.
         loss = 0.5 * (losses.simsiam_loss(p1, z2) + losses.simsiam_loss(p2, z1))
         return loss, {}

@@ -9,8 +9,8 @@ spread over the batch (no collapse); the covariance term decorrelates dimensions
 """
 from dataclasses import dataclass
 
-from .. import augment, losses, nn
-from .base import SSLMethod, default_augmentation, default_encoder
+from .. import losses, nn
+from .base import TwoViewMethod
 
 
 @dataclass
@@ -21,23 +21,17 @@ class VICRegConfig:
     proj_dims: tuple = (512, 512)   # expander hidden and output widths (paper: 8192 x 3)
 
 
-class VICReg(SSLMethod):
+class VICReg(TwoViewMethod):
     name = "vicreg"
 
     def __init__(self, image_shape, config=None, encoder=None, feature_dim=None,
                  transform=None):
-        super().__init__()
+        super().__init__(image_shape, encoder, feature_dim, transform)
         c = self.config = config or VICRegConfig()
-        if encoder is None:
-            encoder, feature_dim = default_encoder(image_shape)
-        self.encoder = encoder
-        self.projector = nn.MLP((feature_dim,) + tuple(c.proj_dims))
-        self.transform = transform or default_augmentation(image_shape)
+        self.projector = nn.MLP((self.feature_dim,) + tuple(c.proj_dims))
 
     def training_step(self, x, rng):
-        v1, v2 = augment.two_views(x, self.transform, rng)
-        z1 = self.projector(self.encoder(self.as_input(v1)))           # (B, D)
-        z2 = self.projector(self.encoder(self.as_input(v2)))           # (B, D)
+        z1, z2 = self.embed_views(x, rng)                       # (B, D) each
         c = self.config
         loss = losses.vicreg_loss(z1, z2, sim_weight=c.sim_weight, var_weight=c.var_weight,
                                   cov_weight=c.cov_weight)
