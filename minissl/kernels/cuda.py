@@ -1333,20 +1333,8 @@ def embedding_backward(indices, grad_out, num_embeddings):
     need a device-to-host copy).
     """
     fn = "embedding_backward"
-    if not hasattr(indices, "dtype") or indices.dtype.kind not in "iu":
-        raise TypeError(f"{fn}: indices must be an integer array, got "
-                        f"{getattr(indices, 'dtype', type(indices).__name__)}")
-    if not hasattr(grad_out, "dtype") or grad_out.dtype.kind != "f":
-        raise TypeError(f"{fn}: grad_out must be a floating-point array, got "
-                        f"{getattr(grad_out, 'dtype', type(grad_out).__name__)}")
-    if grad_out.ndim != indices.ndim + 1 or grad_out.shape[:-1] != indices.shape:
-        raise ValueError(f"{fn}: grad_out must have shape (*indices.shape, D) = "
-                         f"{tuple(indices.shape) + ('D',)}, got {tuple(grad_out.shape)}")
-    if isinstance(num_embeddings, (bool, np.bool_)) or not isinstance(
-            num_embeddings, (int, np.integer)) or num_embeddings < 0:
-        raise ValueError(f"{fn}: num_embeddings must be a non-negative int, got "
-                         f"{num_embeddings!r}")
-    v = int(num_embeddings)
+    from .embedding import check_args        # the CPU checks, which read no device data
+    v = check_args(indices, grad_out, num_embeddings)
     be = _on_device(fn, indices=indices, grad_out=grad_out)
     xp = be.xp
     d = grad_out.shape[-1]

@@ -34,13 +34,9 @@ def embedding_backward_ref(indices, grad_out, num_embeddings):
     return grad_weight
 
 
-def embedding_backward(indices, grad_out, num_embeddings):
-    """Gradient of ``weight[indices]`` with respect to weight (num_embeddings, D).
-
-    indices: integer array of any shape; grad_out: float array of shape (*indices.shape, D).
-    """
-    if get_array_module(grad_out) is not np:  # GPU: minissl/kernels/cuda.py
-        return gpu("embedding_backward", embedding_backward_ref)(indices, grad_out, num_embeddings)
+def check_args(indices, grad_out, num_embeddings):
+    """The checks of embedding_backward's arguments that need no data (CPU and GPU alike);
+    returns num_embeddings as an int."""
     fn = "embedding_backward"
     if not hasattr(indices, "dtype") or indices.dtype.kind not in "iu":
         raise TypeError(f"{fn}: indices must be an integer array, got "
@@ -55,7 +51,18 @@ def embedding_backward(indices, grad_out, num_embeddings):
             num_embeddings, (int, np.integer)) or num_embeddings < 0:
         raise ValueError(f"{fn}: num_embeddings must be a non-negative int, got "
                          f"{num_embeddings!r}")
-    num_embeddings = int(num_embeddings)
+    return int(num_embeddings)
+
+
+def embedding_backward(indices, grad_out, num_embeddings):
+    """Gradient of ``weight[indices]`` with respect to weight (num_embeddings, D).
+
+    indices: integer array of any shape; grad_out: float array of shape (*indices.shape, D).
+    """
+    if get_array_module(grad_out) is not np:  # GPU: minissl/kernels/cuda.py
+        return gpu("embedding_backward", embedding_backward_ref)(indices, grad_out, num_embeddings)
+    fn = "embedding_backward"
+    num_embeddings = check_args(indices, grad_out, num_embeddings)
     if indices.size:
         lo, hi = int(indices.min()), int(indices.max())
         if lo < 0 or hi >= num_embeddings:
