@@ -71,6 +71,18 @@ def _positive(cls, **kw):
 
 # ----------------------------------------------------------------------------- linear, conv
 
+def _init_weight_and_bias(module, rng, weight_shape, fan_in, bias_size, dtype):
+    """PyTorch's default init of a Linear/Conv layer: weight kaiming-uniform(a=sqrt 5), i.e.
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)), then the bias (bias_size,) from the same uniform, or
+    no bias when ``bias_size`` is None."""
+    dt, rng = _dtype(dtype), get_generator(rng)
+    module.weight = _uniform(rng, weight_shape, _kaiming_uniform_bound(fan_in), dt)
+    if bias_size is not None:
+        module.bias = _uniform(rng, (bias_size,), 1 / math.sqrt(fan_in), dt)
+    else:
+        module.register_parameter("bias", None)
+
+
 class Linear(Module):
     """y = x W^T + b.  x (..., in_features) -> (..., out_features); W (out, in), b (out,)."""
 
@@ -78,13 +90,8 @@ class Linear(Module):
         super().__init__()
         _positive("Linear", in_features=in_features, out_features=out_features)
         self.in_features, self.out_features = int(in_features), int(out_features)
-        dt, rng = _dtype(dtype), get_generator(rng)
-        bound = _kaiming_uniform_bound(in_features)
-        self.weight = _uniform(rng, (out_features, in_features), bound, dt)
-        if bias:
-            self.bias = _uniform(rng, (out_features,), 1 / math.sqrt(in_features), dt)
-        else:
-            self.register_parameter("bias", None)
+        _init_weight_and_bias(self, rng, (out_features, in_features), in_features,
+                              out_features if bias else None, dtype)
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
@@ -109,15 +116,9 @@ class Conv2d(Module):
         self.kernel_size = _pair("Conv2d: kernel_size", kernel_size)
         self.stride = _pair("Conv2d: stride", stride)
         self.padding = _pair("Conv2d: padding", padding)
-        dt, rng = _dtype(dtype), get_generator(rng)
         kh, kw = self.kernel_size
-        fan_in = in_channels * kh * kw
-        self.weight = _uniform(rng, (out_channels, in_channels, kh, kw),
-                               _kaiming_uniform_bound(fan_in), dt)
-        if bias:
-            self.bias = _uniform(rng, (out_channels,), 1 / math.sqrt(fan_in), dt)
-        else:
-            self.register_parameter("bias", None)
+        _init_weight_and_bias(self, rng, (out_channels, in_channels, kh, kw),
+                              in_channels * kh * kw, out_channels if bias else None, dtype)
 
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
@@ -148,16 +149,10 @@ class ConvTranspose2d(Module):
         self.stride = _pair("ConvTranspose2d: stride", stride)
         self.padding = _pair("ConvTranspose2d: padding", padding)
         self.output_padding = _pair("ConvTranspose2d: output_padding", output_padding)
-        dt, rng = _dtype(dtype), get_generator(rng)
         kh, kw = self.kernel_size
         # PyTorch computes fan_in from weight.shape[1] (= out_channels here), see module doc.
-        fan_in = out_channels * kh * kw
-        self.weight = _uniform(rng, (in_channels, out_channels, kh, kw),
-                               _kaiming_uniform_bound(fan_in), dt)
-        if bias:
-            self.bias = _uniform(rng, (out_channels,), 1 / math.sqrt(fan_in), dt)
-        else:
-            self.register_parameter("bias", None)
+        _init_weight_and_bias(self, rng, (in_channels, out_channels, kh, kw),
+                              out_channels * kh * kw, out_channels if bias else None, dtype)
 
     def forward(self, x):
         return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
