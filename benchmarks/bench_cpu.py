@@ -22,7 +22,7 @@ import numpy as np
 
 import minissl as ms
 import minissl.functional as F
-from minissl import losses, nn, optim
+from minissl import _malloc, losses, nn, optim
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "bench",
@@ -123,16 +123,19 @@ def sgemm_gflops(n=1024, reps=10):
     return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def torch_times(reps):
-    """Median ms/step of each workload from the PyTorch reference script, same machine."""
+def torch_times(reps, malloc=False):
+    """Median ms/step of each workload from the PyTorch reference script, same machine;
+    ``malloc=True`` runs it under the glibc heap settings minissl applies to itself
+    (``minissl._malloc``), given to PyTorch's process through glibc's environment variables."""
     if not os.path.exists(REFERENCE):
         return {}, f"reference script not found at {REFERENCE}"
     try:
         import torch  # noqa: F401
     except ImportError:
         return {}, "torch is not installed (pip install torch==2.13.0)"
+    env = {**os.environ, **(_malloc.ENVIRONMENT if malloc else {})}
     out = subprocess.run([sys.executable, REFERENCE, "cpu", str(reps)], capture_output=True,
-                         text=True, check=False)
+                         text=True, check=False, env=env)
     found = dict((m.group(1), float(m.group(2))) for m in
                  re.finditer(r"^(\w+)\s+cpu median ([\d.]+) ms", out.stdout, re.M))
     return found, None if found else out.stderr.strip()[-500:]
@@ -143,6 +146,8 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--only", choices=sorted(WORKLOADS))
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--torch-malloc", action="store_true",
+                    help="also time PyTorch under minissl's glibc heap settings")
     ap.add_argument("--json", help="also write the table to this JSON file")
     args = ap.parse_args(argv)
     names = [args.only] if args.only else list(WORKLOADS)
@@ -155,16 +160,23 @@ def main(argv=None):
         rows[name] = {"minissl_ms": 1e3 * med, "minissl_min_ms": 1e3 * best,
                       "gflop": flops / 1e9, "roofline": flops / 1e9 / gf / med}
     ref, why = ({}, "--no-torch") if args.no_torch else torch_times(args.reps)
-    print(f"numpy sgemm: {gf:.0f} GFLOP/s   (median of {args.reps} steps after 3 warm-up)")
+    tuned = torch_times(args.reps, malloc=True)[0] if args.torch_malloc and ref else {}
+    print(f"numpy sgemm: {gf:.0f} GFLOP/s   (median of {args.reps} steps after 3 warm-up; "
+          f"minissl's heap settings {'on' if _malloc.TUNED else 'off'})")
     print(f"{'workload':12s} {'minissl ms':>11s} {'torch ms':>9s} {'ratio':>6s} "
-          f"{'GFLOP':>6s} {'% sgemm':>8s}")
+          f"{'GFLOP':>6s} {'% sgemm':>8s}" + (f" {'torch+heap ms':>14s} {'ratio':>6s}"
+                                              if tuned else ""))
+    nan = float("nan")
     for name, r in rows.items():
         t = ref.get(name)
         r["torch_ms"] = t
         r["ratio"] = r["minissl_ms"] / t if t else None
-        print(f"{name:12s} {r['minissl_ms']:11.1f} {t if t else float('nan'):9.1f} "
-              f"{r['ratio'] if t else float('nan'):6.2f} {r['gflop']:6.2f} "
-              f"{100 * r['roofline']:7.0f}%")
+        line = (f"{name:12s} {r['minissl_ms']:11.1f} {t or nan:9.1f} {r['ratio'] or nan:6.2f} "
+                f"{r['gflop']:6.2f} {100 * r['roofline']:7.0f}%")
+        if tuned:
+            r["torch_heap_ms"] = tuned.get(name)
+            line += f" {tuned.get(name, nan):14.1f} {r['minissl_ms'] / tuned.get(name, nan):6.2f}"
+        print(line)
     if why:
         print(f"(PyTorch not measured: {why})")
     if args.json:
