@@ -10,6 +10,8 @@ the reference script itself when it and torch are available), and their ratio.
 Ratios below 1.0 mean minissl is faster. Also printed: the share of numpy's measured sgemm
 rate that each step reaches (FLOPs of the step's matrix products / sgemm GFLOP/s).
 """
+import minissl as ms  # first, before NumPy: its process settings (minissl/_runtime.py) apply
+
 import argparse
 import json
 import os
@@ -20,9 +22,8 @@ import time
 
 import numpy as np
 
-import minissl as ms
 import minissl.functional as F
-from minissl import _malloc, losses, nn, optim
+from minissl import _runtime, losses, nn, optim
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "bench",
@@ -126,14 +127,16 @@ def sgemm_gflops(n=1024, reps=10):
 def torch_times(reps, malloc=False):
     """Median ms/step of each workload from the PyTorch reference script, same machine;
     ``malloc=True`` runs it under the glibc heap settings minissl applies to itself
-    (``minissl._malloc``), given to PyTorch's process through glibc's environment variables."""
+    (``minissl._runtime``), given to PyTorch's process through glibc's environment variables."""
     if not os.path.exists(REFERENCE):
         return {}, f"reference script not found at {REFERENCE}"
     try:
         import torch  # noqa: F401
     except ImportError:
         return {}, "torch is not installed (pip install torch==2.13.0)"
-    env = {**os.environ, **(_malloc.ENVIRONMENT if malloc else {})}
+    env = {**os.environ, **(_runtime.ENVIRONMENT if malloc else {})}
+    if _runtime.BLAS_TIMEOUT_APPLIED:   # minissl's own setting, not the user's: PyTorch runs
+        env.pop("OPENBLAS_THREAD_TIMEOUT")   # with its defaults
     out = subprocess.run([sys.executable, REFERENCE, "cpu", str(reps)], capture_output=True,
                          text=True, check=False, env=env)
     found = dict((m.group(1), float(m.group(2))) for m in
@@ -162,7 +165,8 @@ def main(argv=None):
     ref, why = ({}, "--no-torch") if args.no_torch else torch_times(args.reps)
     tuned = torch_times(args.reps, malloc=True)[0] if args.torch_malloc and ref else {}
     print(f"numpy sgemm: {gf:.0f} GFLOP/s   (median of {args.reps} steps after 3 warm-up; "
-          f"minissl's heap settings {'on' if _malloc.TUNED else 'off'})")
+          f"minissl's heap settings {'on' if _runtime.TUNED else 'off'}, OpenBLAS thread "
+          f"timeout {os.environ.get('OPENBLAS_THREAD_TIMEOUT', 'default')})")
     print(f"{'workload':12s} {'minissl ms':>11s} {'torch ms':>9s} {'ratio':>6s} "
           f"{'GFLOP':>6s} {'% sgemm':>8s}" + (f" {'torch+heap ms':>14s} {'ratio':>6s}"
                                               if tuned else ""))

@@ -5,7 +5,7 @@
 >>> (x * x).sum().backward(); x.grad
 array([[2., 4.]], dtype=float32)
 """
-from . import _malloc  # noqa: F401  (keeps freed arrays for reuse; see minissl/_malloc.py)
+from . import _runtime  # noqa: F401  (first, before NumPy loads: see minissl/_runtime.py)
 from .autograd import Function, Tensor, is_grad_enabled, no_grad, tensor
 from .backend import get_array_module, is_cuda_available
 from .gradcheck import GradcheckError, gradcheck
