@@ -12,12 +12,14 @@ is trimmed once more than 128 KiB (raised dynamically) lies free there, and bloc
 mmap threshold are mapped and unmapped one by one. The next step asks for the same memory
 again and pays a page fault, and the kernel's zeroing, for every 4 KiB page it touches: a
 third of the step time of the benchmark workloads (mlp_simclr 32 -> 20 ms). ``tune_malloc``
-raises two limits with ``mallopt``: ``M_TRIM_THRESHOLD`` = 1 GiB (up to 1 GiB of free memory
-at the top of the heap is kept for reuse) and ``M_MMAP_THRESHOLD`` = 32 MiB (the largest
-value glibc accepts: blocks up to that size come from the heap, and so are reused). The cost:
-a process that frees a large working set keeps up to 1 GiB of it reserved. Skipped where the C
-library is not glibc and when ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_`` or
-``GLIBC_TUNABLES`` is set.
+sets two limits with ``mallopt``: ``M_TRIM_THRESHOLD`` = 1 GiB (up to 1 GiB of free memory at
+the top of the heap is kept for reuse) and ``M_MMAP_MAX`` = 0 (every block comes from the heap,
+and so is reused; glibc's largest mmap threshold, 32 MiB, would still map conv_simclr's 32 MiB
+activations afresh each step: 2000 page faults a step, and 5-10 % of its time). The cost: a
+process that frees a large working set keeps up to 1 GiB of it reserved, and freed blocks
+below the top of the heap are kept for reuse rather than returned. Skipped where the C library
+is not glibc and when ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``,
+``MALLOC_MMAP_MAX_`` or ``GLIBC_TUNABLES`` is set.
 
 **OpenBLAS's idle threads.** After a matrix product, OpenBLAS's worker threads spin waiting for
 the next one for 2^28 cycles (about 0.1 s), so they are still spinning while the compiled
@@ -33,12 +35,13 @@ import os
 import sys
 
 M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-SETTINGS = {M_TRIM_THRESHOLD: 1 << 30, M_MMAP_THRESHOLD: 32 << 20}
+M_MMAP_MAX = -4
+SETTINGS = {M_TRIM_THRESHOLD: 1 << 30, M_MMAP_MAX: 0}
 # The same heap settings as glibc's environment variables (for a child process, e.g. the
 # PyTorch reference of benchmarks/bench_cpu.py --torch-malloc).
-ENVIRONMENT = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
-_USER_HEAP_CHOICE = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")
+ENVIRONMENT = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_MAX_": "0"}
+_USER_HEAP_CHOICE = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_",
+                     "GLIBC_TUNABLES")
 BLAS_THREAD_TIMEOUT = "12"   # log2 of the cycles an idle OpenBLAS thread spins before sleeping
 
 
