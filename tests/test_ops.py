@@ -23,6 +23,7 @@ import minissl.functional as F
 from minissl.backend import to_device
 from minissl.kernels._loader import load, reference_forced
 from minissl.random import manual_seed
+from minissl.ops.attention import packed_self_attention
 from minissl.testing import arrays, assert_gradcheck, broadcastable_shapes, shapes
 
 ENV = "MINISSL_REFERENCE"
@@ -1029,12 +1030,36 @@ def test_scaled_dot_product_attention(path, data, batch, L, S, E, Ev, kind):
         check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask, causal), q, k, v)
 
 
+@given(data=st.data(), B=st.integers(1, 2), T_=st.integers(1, 4), H=st.integers(1, 3),
+       D=st.integers(1, 3), kind=st.sampled_from(["none", "causal", "bool", "float"]))
+def test_packed_self_attention(path, data, B, T_, H, D, kind):
+    """The packed op equals split -> scaled_dot_product_attention -> merge, values and
+    gradients, and passes gradcheck itself."""
+    C = H * D
+    with on_path(path, "softmax") as device:
+        qkv = T(data.draw(arrays((B, T_, 3 * C))), device)
+        mask = None
+        if kind == "bool":
+            mask = data.draw(arrays((T_, T_), dtype=bool))
+            mask[:, 0] = True
+        elif kind == "float":
+            mask = data.draw(arrays((T_, T_)))
+        causal = kind == "causal"
+        y = packed_self_attention(qkv, H, attn_mask=mask, is_causal=causal)
+        heads = qkv.numpy().reshape(B, T_, 3, H, D).transpose(2, 0, 3, 1, 4)
+        want = sdpa_ref(heads[0], heads[1], heads[2], mask, causal)        # (B, H, T, D)
+        close(y, want.transpose(0, 2, 1, 3).reshape(B, T_, C), rtol=1e-10, atol=1e-12)
+        check(lambda t: packed_self_attention(t, H, mask, causal), qkv)
+
+
 def test_attention_errors():
     q = T(np.ones((2, 3, 4)))
     with pytest.raises(ValueError, match=r"scaled_dot_product_attention.*\(2, 3, 4\).*\(2, 3, 5\)"):
         F.scaled_dot_product_attention(q, T(np.ones((2, 3, 5))), q)
     with pytest.raises(ValueError, match="not both"):
         F.scaled_dot_product_attention(q, q, q, np.ones((3, 3), bool), is_causal=True)
+    with pytest.raises(ValueError, match=r"packed_self_attention.*num_heads=5.*\(2, 3, 4\)"):
+        packed_self_attention(q, 5)
 
 
 # =========================================================================== float32

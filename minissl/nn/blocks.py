@@ -16,6 +16,7 @@ D = C / H head size, L number of patches.
 import numpy as np
 
 from .. import functional as F
+from ..ops.attention import packed_self_attention
 from ..random import get_generator
 from .layers import (AdaptiveAvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Flatten, GELU,
                      LayerNorm, Linear, ReLU, Sequential, _dtype, _positive)
@@ -50,14 +51,10 @@ class MultiheadSelfAttention(Module):
         if x.ndim != 3 or x.shape[2] != self.dim:
             raise ValueError(f"MultiheadSelfAttention: expected input (B, T, {self.dim}), got "
                              f"shape {x.shape}")
-        B, T, C = x.shape
-        H = self.num_heads
-        qkv = self.qkv(x).reshape(B, T, 3, H, C // H)          # (B, T, 3, H, D)
-        qkv = qkv.permute(2, 0, 3, 1, 4)                        # (3, B, H, T, D)
-        q, k, v = qkv[0], qkv[1], qkv[2]                        # each (B, H, T, D)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           is_causal=self.causal)  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(B, T, C)                  # (B, T, C), heads side by side
+        # One op for: split qkv (B, T, 3C) into q, k, v (B, H, T, D), D = C / H, then
+        # scaled_dot_product_attention, then heads side by side again (B, T, C).
+        y = packed_self_attention(self.qkv(x), self.num_heads, attn_mask=attn_mask,
+                                  is_causal=self.causal)        # (B, T, C)
         return self.proj(y)                                     # (B, T, C)
 
     def extra_repr(self):

@@ -5,8 +5,13 @@ with q (..., L, E), k (..., S, E), v (..., S, Ev) and scale = 1/sqrt(E). Backwar
     dv = P^T g,  dP = g v^T,  dS = P * (dP - rowsum(dP * P)),  dq = dS k * scale,
     dk = dS^T q * scale.
 Only P (..., L, S) is kept for backward; the masked scores are never stored.
+``packed_self_attention`` is the same op for the packed projections of multi-head
+self-attention (``nn.MultiheadSelfAttention``): heads read from, and gradients written to,
+strided views of one (B, T, 3 C) array.
 """
 import math
+
+import numpy as np
 
 from ..autograd import Function, Tensor
 from ..backend import get_array_module
@@ -17,6 +22,44 @@ def _mT(a):
     return a.swapaxes(-1, -2)
 
 
+def _attend(q, k, v, scale, causal, mask):
+    """y = softmax(q k^T scale [+ mask]) v and the probabilities P, for (..., L, E) operands."""
+    xp = get_array_module(q)
+    s = q @ _mT(k)                                       # (..., L, S), a fresh array
+    s *= q.dtype.type(scale)
+    L, S = s.shape[-2:]
+    if causal:   # position i attends to j <= i; in place, no second score array
+        xp.copyto(s, q.dtype.type(-xp.inf), where=~xp.tri(L, S, dtype=bool))
+    if mask is not None:
+        if mask.dtype == bool:   # True = may attend, as PyTorch
+            s = xp.where(mask, s, q.dtype.type(-xp.inf))
+        else:
+            s = s + mask
+    shape = s.shape
+    p = _k.softmax_forward(s.reshape(-1, S)).reshape(shape)
+    return p @ v, p
+
+
+def _attend_backward(g, p, q, k, v, scale, needs, out=(None, None, None)):
+    """(dq, dk, dv) of ``_attend`` (None where ``needs`` is False); ``out`` may give arrays
+    (views) to write each into."""
+    def product(a, b, o):
+        if o is None:
+            return a @ b
+        if get_array_module(a) is np:
+            return np.matmul(a, b, out=o)
+        o[...] = a @ b
+        return o
+    dv = product(_mT(p), g, out[2]) if needs[2] else None
+    dp = g @ _mT(v)
+    S = p.shape[-1]
+    ds = _k.softmax_backward(dp.reshape(-1, S), p.reshape(-1, S)).reshape(p.shape)
+    ds *= q.dtype.type(scale)
+    dq = product(ds, k, out[0]) if needs[0] else None
+    dk = product(_mT(ds), q, out[1]) if needs[1] else None
+    return dq, dk, dv
+
+
 class Attention(Function):
     __slots__ = ("mask", "causal", "scale", "q", "k", "v", "p")
 
@@ -24,32 +67,49 @@ class Attention(Function):
         self.mask, self.causal, self.scale = mask, causal, scale
 
     def forward(self, q, k, v):
-        xp = get_array_module(q)
-        s = q @ _mT(k)                                       # (..., L, S), a fresh array
-        s *= q.dtype.type(self.scale)
-        L, S = s.shape[-2:]
-        if self.causal:   # position i attends to j <= i; in place, no second score array
-            xp.copyto(s, q.dtype.type(-xp.inf), where=~xp.tri(L, S, dtype=bool))
-        if self.mask is not None:
-            if self.mask.dtype == bool:   # True = may attend, as PyTorch
-                s = xp.where(self.mask, s, q.dtype.type(-xp.inf))
-            else:
-                s = s + self.mask
-        shape = s.shape
-        p = _k.softmax_forward(s.reshape(-1, S)).reshape(shape)
-        self.q, self.k, self.v, self.p = q, k, v, p
-        return p @ v
+        y, self.p = _attend(q, k, v, self.scale, self.causal, self.mask)
+        self.q, self.k, self.v = q, k, v
+        return y
 
     def backward(self, g):
-        p, q, k, v = self.p, self.q, self.k, self.v
-        dv = _mT(p) @ g if self.needs_grad[2] else None
-        dp = g @ _mT(v)
-        S = p.shape[-1]
-        ds = _k.softmax_backward(dp.reshape(-1, S), p.reshape(-1, S)).reshape(p.shape)
-        ds *= q.dtype.type(self.scale)
-        dq = ds @ k if self.needs_grad[0] else None
-        dk = _mT(ds) @ q if self.needs_grad[1] else None
-        return dq, dk, dv
+        return _attend_backward(g, self.p, self.q, self.k, self.v, self.scale, self.needs_grad)
+
+
+class PackedSelfAttention(Function):
+    """Multi-head self-attention from the packed projections: qkv (B, T, 3 C) -> y (B, T, C).
+
+    qkv holds [Q | K | V] along its last dim, each split into H heads of D = C / H; y holds
+    the heads side by side (head h in columns h D .. (h + 1) D). The same math as
+    ``Attention``, but the heads are read as strided views of qkv and dq, dk, dv are written
+    straight into one (B, T, 3, H, D) gradient: no split, permute or head merge of their own
+    in the graph, whose backward passes would each allocate and copy a (B, T, 3 C) array.
+    """
+
+    __slots__ = ("heads", "mask", "causal", "q", "k", "v", "p", "scale")
+
+    def __init__(self, heads, mask, causal):
+        self.heads, self.mask, self.causal = heads, mask, causal
+
+    def forward(self, qkv):
+        B, T, C3 = qkv.shape
+        H = self.heads
+        D = C3 // (3 * H)
+        heads = qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)    # (3, B, H, T, D) view
+        self.q, self.k, self.v = heads[0], heads[1], heads[2]
+        self.scale = 1.0 / math.sqrt(D)
+        y, self.p = _attend(self.q, self.k, self.v, self.scale, self.causal, self.mask)
+        return y.transpose(0, 2, 1, 3).reshape(B, T, H * D)              # (B, T, C), a copy
+
+    def backward(self, g):
+        B, T, C = g.shape
+        H = self.heads
+        xp = get_array_module(g)
+        dqkv = xp.empty((B, T, 3, H, C // H), dtype=g.dtype)
+        views = dqkv.transpose(2, 0, 3, 1, 4)                           # (3, B, H, T, D)
+        g4 = g.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)           # (B, H, T, D) view
+        _attend_backward(g4, self.p, self.q, self.k, self.v, self.scale, (True,) * 3,
+                         out=(views[0], views[1], views[2]))
+        return dqkv.reshape(B, T, 3 * C)
 
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):
@@ -67,10 +127,26 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):
                          f"v {v.shape} do not fit (..., L, E), (..., S, E), (..., S, Ev)")
     if is_causal and attn_mask is not None:
         raise ValueError("scaled_dot_product_attention: give attn_mask or is_causal, not both")
-    mask = None
-    if attn_mask is not None:
-        mask = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
-        mask = get_array_module(q.data).asarray(mask)
-        if mask.dtype != bool:
-            mask = mask.astype(q.dtype)
-    return Attention(mask, is_causal, 1.0 / math.sqrt(q.shape[-1]))(q, k, v)
+    return Attention(_mask_array(attn_mask, q), is_causal, 1.0 / math.sqrt(q.shape[-1]))(q, k, v)
+
+
+def _mask_array(attn_mask, like):
+    """An attention mask as an array on ``like``'s device: bool as given, else ``like``'s
+    float dtype; None stays None."""
+    if attn_mask is None:
+        return None
+    mask = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
+    mask = get_array_module(like.data).asarray(mask)
+    return mask if mask.dtype == bool else mask.astype(like.dtype)
+
+
+def packed_self_attention(qkv, num_heads, attn_mask=None, is_causal=False):
+    """Multi-head self-attention of packed projections qkv (B, T, 3 C) = [Q | K | V] -> (B, T, C),
+    heads side by side: the same values as splitting qkv into q, k, v of shape (B, H, T, C/H),
+    ``scaled_dot_product_attention`` and merging the heads, in one op (``PackedSelfAttention``)."""
+    if qkv.ndim != 3 or qkv.shape[2] % (3 * num_heads):
+        raise ValueError(f"packed_self_attention: expected qkv (B, T, 3 C) with C divisible by "
+                         f"num_heads={num_heads}, got shape {qkv.shape}")
+    if is_causal and attn_mask is not None:
+        raise ValueError("packed_self_attention: give attn_mask or is_causal, not both")
+    return PackedSelfAttention(num_heads, _mask_array(attn_mask, qkv), is_causal)(qkv)
