@@ -5,10 +5,13 @@ random inputs, with the same architectures, shapes and optimisers as the PyTorch
 The script prints minissl's median step time, PyTorch's measured in the same run (by running
 the reference script itself when it and torch are available), and their ratio.
 
-    python benchmarks/bench_cpu.py [--reps 10] [--only NAME] [--no-torch] [--json FILE]
+    python benchmarks/bench_cpu.py [--reps 10] [--rounds 3] [--only NAME] [--no-torch]
+                                   [--torch-malloc] [--json FILE]
 
-Ratios below 1.0 mean minissl is faster. Also printed: the share of numpy's measured sgemm
-rate that each step reaches (FLOPs of the step's matrix products / sgemm GFLOP/s).
+minissl and PyTorch take turns (``--rounds``), and each ratio compares the two timings of one
+round; the table shows medians over the rounds. Ratios below 1.0 mean minissl is faster. Also
+printed: the share of numpy's measured sgemm rate that each step reaches (FLOPs of the step's
+matrix products / sgemm GFLOP/s).
 """
 import minissl as ms  # first, before NumPy: its process settings (minissl/_runtime.py) apply
 
@@ -147,6 +150,8 @@ def torch_times(reps, malloc=False):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternate minissl and PyTorch this many times; report medians")
     ap.add_argument("--only", choices=sorted(WORKLOADS))
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--torch-malloc", action="store_true",
@@ -154,38 +159,60 @@ def main(argv=None):
     ap.add_argument("--json", help="also write the table to this JSON file")
     args = ap.parse_args(argv)
     names = [args.only] if args.only else list(WORKLOADS)
-    gf = sgemm_gflops()
-    rows = {}
+    steps = {}
     for name in names:
         ms.random.manual_seed(0)
-        step, flops = WORKLOADS[name](np.random.default_rng(0))
-        med, best = time_step(step, args.reps)
-        rows[name] = {"minissl_ms": 1e3 * med, "minissl_min_ms": 1e3 * best,
-                      "gflop": flops / 1e9, "roofline": flops / 1e9 / gf / med}
-    ref, why = ({}, "--no-torch") if args.no_torch else torch_times(args.reps)
-    tuned = torch_times(args.reps, malloc=True)[0] if args.torch_malloc and ref else {}
-    print(f"numpy sgemm: {gf:.0f} GFLOP/s   (median of {args.reps} steps after 3 warm-up; "
-          f"minissl's heap settings {'on' if _runtime.TUNED else 'off'}, OpenBLAS thread "
-          f"timeout {os.environ.get('OPENBLAS_THREAD_TIMEOUT', 'default')})")
+        steps[name] = WORKLOADS[name](np.random.default_rng(0))
+    # The machine's speed drifts by 10-30 % over minutes, so the libraries take turns: each
+    # round times every minissl workload, then PyTorch's, and a ratio compares one round.
+    runs = {name: [] for name in names}   # per round: (minissl s, torch ms, torch+heap ms, GF/s)
+    why = "--no-torch" if args.no_torch else None
+    for _ in range(args.rounds):
+        gf = sgemm_gflops()
+        mine = {name: time_step(steps[name][0], args.reps)[0] for name in names}
+        ref, tuned = {}, {}
+        if not args.no_torch:
+            ref, why = torch_times(args.reps)
+            if args.torch_malloc and ref:
+                tuned = torch_times(args.reps, malloc=True)[0]
+        for name in names:
+            runs[name].append((mine[name], ref.get(name), tuned.get(name), gf))
+    print(f"median of {args.rounds} rounds, each the median of {args.reps} steps after 3 "
+          f"warm-up; minissl's heap settings {'on' if _runtime.TUNED else 'off'}, OpenBLAS "
+          f"thread timeout {os.environ.get('OPENBLAS_THREAD_TIMEOUT', 'default')}")
+    heap = args.torch_malloc and not args.no_torch
     print(f"{'workload':12s} {'minissl ms':>11s} {'torch ms':>9s} {'ratio':>6s} "
           f"{'GFLOP':>6s} {'% sgemm':>8s}" + (f" {'torch+heap ms':>14s} {'ratio':>6s}"
-                                              if tuned else ""))
+                                              if heap else ""))
     nan = float("nan")
-    for name, r in rows.items():
-        t = ref.get(name)
-        r["torch_ms"] = t
-        r["ratio"] = r["minissl_ms"] / t if t else None
-        line = (f"{name:12s} {r['minissl_ms']:11.1f} {t or nan:9.1f} {r['ratio'] or nan:6.2f} "
-                f"{r['gflop']:6.2f} {100 * r['roofline']:7.0f}%")
-        if tuned:
-            r["torch_heap_ms"] = tuned.get(name)
-            line += f" {tuned.get(name, nan):14.1f} {r['minissl_ms'] / tuned.get(name, nan):6.2f}"
+
+    def median(values):
+        values = [v for v in values if v is not None]
+        return float(np.median(values)) if values else None
+
+    rows = {}
+    for name in names:
+        flops = steps[name][1]
+        r = rows[name] = {
+            "minissl_ms": 1e3 * median([m for m, _, _, _ in runs[name]]),
+            "torch_ms": median([t for _, t, _, _ in runs[name]]),
+            "ratio": median([1e3 * m / t for m, t, _, _ in runs[name] if t]),
+            "gflop": flops / 1e9,
+            "roofline": median([flops / 1e9 / gf / m for m, _, _, gf in runs[name]]),
+            "rounds": [{"minissl_ms": 1e3 * m, "torch_ms": t, "torch_heap_ms": h,
+                        "sgemm_gflops": gf} for m, t, h, gf in runs[name]]}
+        line = (f"{name:12s} {r['minissl_ms']:11.1f} {r['torch_ms'] or nan:9.1f} "
+                f"{r['ratio'] or nan:6.2f} {r['gflop']:6.2f} {100 * r['roofline']:7.0f}%")
+        if heap:
+            r["torch_heap_ms"] = median([h for _, _, h, _ in runs[name]])
+            r["ratio_heap"] = median([1e3 * m / h for m, _, h, _ in runs[name] if h])
+            line += f" {r['torch_heap_ms'] or nan:14.1f} {r['ratio_heap'] or nan:6.2f}"
         print(line)
     if why:
         print(f"(PyTorch not measured: {why})")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"sgemm_gflops": gf, "workloads": rows}, f, indent=1)
+            json.dump({"rounds": args.rounds, "reps": args.reps, "workloads": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

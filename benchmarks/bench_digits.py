@@ -13,6 +13,8 @@ own ``training_step``, PyTorch the same model written with ``torch.nn``.
     python benchmarks/bench_digits.py [--epochs 100]                 # SimCLR timing
     python benchmarks/bench_digits.py --method byol --probe --seeds 0 1 2
 """
+import minissl  # noqa: F401  first, before NumPy: its process settings (minissl/_runtime.py)
+
 import argparse
 import copy
 import time
