@@ -5,10 +5,10 @@ Recipe (the project's quality bar): encoder MLP 64-256-256 with BatchNorm and Re
 (drop last), Adam 1e-3, augmentation = shift of up to 1 pixel, 10 % pixel dropout, Gaussian
 noise 0.1. SimCLR: projector 256-256-64, NT-Xent T = 0.5. BYOL: projector 256-256-64,
 predictor 64-256-64, EMA target with the cosine schedule from tau = 0.99. Rotation: head
-256-256-4, all four rotations of each image (shifted by up to 1 pixel and flipped). Both libraries get the
-same augmented views, made by ``minissl.augment`` in NumPy from the same seeded generator (the
-same work for both), so the timings compare the training steps; minissl runs its methods'
-own ``training_step``, PyTorch the same model written with ``torch.nn``.
+256-256-4, all four rotations of each image (shifted by up to 1 pixel and flipped). Both
+libraries get the same augmented views, made by ``minissl.augment`` in NumPy from the same
+seeded generator (the same work for both), so the timings compare the training steps; minissl
+runs its methods' own ``training_step``, PyTorch the same model written with ``torch.nn``.
 
     python benchmarks/bench_digits.py [--epochs 100]                 # SimCLR timing
     python benchmarks/bench_digits.py --method byol --probe --seeds 0 1 2

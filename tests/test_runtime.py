@@ -7,8 +7,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CHOICES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_", "GLIBC_TUNABLES",
-            "MINISSL_RUNTIME", "OPENBLAS_THREAD_TIMEOUT")
+_CHOICES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_",
+            "GLIBC_TUNABLES", "MINISSL_RUNTIME", "OPENBLAS_THREAD_TIMEOUT")
 
 
 def _glibc():
