@@ -114,17 +114,47 @@ cdef extern from "minissl_kernels.h":     # MSSL_CLONES, MSSL_SIMD, MSSL_INLINE
         *sum_g = mssl_lanes_total(a);                                                             \
         *sum_gx = mssl_lanes_total(b);                                                            \
     }                                                                                             \
+    /* The batch-norm sums; with ym (the output of a fused ReLU) g_j counts only where            \
+       ym_j > 0, the ReLU's gradient mask. */                                                     \
     MSSL_CLONES static void mssl_grad_sums_##S(const T* restrict g, const T* restrict x,          \
-                                               double mean, double rstd, Py_ssize_t n,            \
-                                               double* sum_g, double* sum_gx) {                   \
-        mssl_grad_sums_inl_##S(g, x, NULL, mean, rstd, n, sum_g, sum_gx);                         \
+                                               const T* restrict ym, double mean, double rstd,    \
+                                               Py_ssize_t n, double* sum_g, double* sum_gx) {     \
+        if (!ym) {                                                                                \
+            mssl_grad_sums_inl_##S(g, x, NULL, mean, rstd, n, sum_g, sum_gx);                     \
+            return;                                                                               \
+        }                                                                                         \
+        double a[MSSL_LANES] = {0}, b[MSSL_LANES] = {0};                                          \
+        Py_ssize_t j = 0;                                                                         \
+        for (; j + MSSL_LANES <= n; j += MSSL_LANES)                                              \
+            MSSL_SIMD                                                                             \
+            for (int k = 0; k < MSSL_LANES; k++) {                                                \
+                double gm = (double)g[j + k] * (ym[j + k] > 0);                                   \
+                a[k] += gm;                                                                       \
+                b[k] += gm * ((x[j + k] - mean) * rstd);                                          \
+            }                                                                                     \
+        for (int k = 0; j < n; j++, k++) {                                                        \
+            double gm = (double)g[j] * (ym[j] > 0);                                               \
+            a[k] += gm;                                                                           \
+            b[k] += gm * ((x[j] - mean) * rstd);                                                  \
+        }                                                                                         \
+        *sum_g = mssl_lanes_total(a);                                                             \
+        *sum_gx = mssl_lanes_total(b);                                                            \
     }                                                                                             \
                                                                                                   \
-    /* y_j = (x_j - mean) * scale + shift */                                                      \
+    /* y_j = (x_j - mean) * scale + shift, then max(y_j, 0) if relu (NaN stays NaN) */            \
     MSSL_CLONES static void mssl_affine_##S(const T* restrict x, double mean, double scale,       \
-                                            double shift, T* restrict y, Py_ssize_t n) {          \
-        MSSL_SIMD                                                                                 \
-        for (Py_ssize_t j = 0; j < n; j++) y[j] = (T)((x[j] - mean) * scale + shift);             \
+                                            double shift, T* restrict y, Py_ssize_t n,            \
+                                            int relu) {                                           \
+        if (relu) {                                                                               \
+            MSSL_SIMD                                                                             \
+            for (Py_ssize_t j = 0; j < n; j++) {                                                  \
+                T v = (T)((x[j] - mean) * scale + shift);                                         \
+                y[j] = v < 0 ? (T)0 : v;                                                          \
+            }                                                                                     \
+        } else {                                                                                  \
+            MSSL_SIMD                                                                             \
+            for (Py_ssize_t j = 0; j < n; j++) y[j] = (T)((x[j] - mean) * scale + shift);         \
+        }                                                                                         \
     }                                                                                             \
                                                                                                   \
     /* Layer norm of one row: mean, rstd = 1 / sqrt(var + eps) (two passes), then                 \
@@ -181,13 +211,22 @@ cdef extern from "minissl_kernels.h":     # MSSL_CLONES, MSSL_SIMD, MSSL_INLINE
         }                                                                                         \
     }                                                                                             \
                                                                                                   \
-    /* Batch-norm input gradient: dx_j = k (g_j - c1 - (x_j - mean) rc2) */                       \
+    /* Batch-norm input gradient: dx_j = k (g_j - c1 - (x_j - mean) rc2), with g_j masked by      \
+       ym_j > 0 when ym (a fused ReLU's output) is given */                                       \
     MSSL_CLONES static void mssl_bn_dx_##S(const T* restrict g, const T* restrict x,              \
-                                           double mean, double k, double c1, double rc2,          \
-                                           T* restrict dx, Py_ssize_t n) {                        \
-        MSSL_SIMD                                                                                 \
-        for (Py_ssize_t j = 0; j < n; j++)                                                        \
-            dx[j] = (T)(k * (g[j] - c1 - (x[j] - mean) * rc2));                                   \
+                                           const T* restrict ym, double mean, double k,           \
+                                           double c1, double rc2, T* restrict dx, Py_ssize_t n) { \
+        if (ym) {                                                                                 \
+            MSSL_SIMD                                                                             \
+            for (Py_ssize_t j = 0; j < n; j++) {                                                  \
+                double gm = (double)g[j] * (ym[j] > 0);                                           \
+                dx[j] = (T)(k * (gm - c1 - (x[j] - mean) * rc2));                                 \
+            }                                                                                     \
+        } else {                                                                                  \
+            MSSL_SIMD                                                                             \
+            for (Py_ssize_t j = 0; j < n; j++)                                                    \
+                dx[j] = (T)(k * (g[j] - c1 - (x[j] - mean) * rc2));                               \
+        }                                                                                         \
     }                                                                                             \
                                                                                                   \
     /* The same passes for one row of an (N, C) matrix whose columns are the channels             \
@@ -205,33 +244,60 @@ cdef extern from "minissl_kernels.h":     # MSSL_CLONES, MSSL_SIMD, MSSL_INLINE
         for (Py_ssize_t j = 0; j < n; j++) { double d = x[j] - mean[j]; acc[j] += d * d; }        \
     }                                                                                             \
     MSSL_CLONES static void mssl_col_grad_add_##S(const T* restrict g, const T* restrict x,       \
+                                                  const T* restrict ym,                           \
                                                   const double* restrict mean,                    \
                                                   const double* restrict rstd,                    \
                                                   double* restrict sum_g,                         \
                                                   double* restrict sum_gx, Py_ssize_t n) {        \
-        MSSL_SIMD                                                                                 \
-        for (Py_ssize_t j = 0; j < n; j++) {                                                      \
-            sum_g[j] += g[j];                                                                     \
-            sum_gx[j] += g[j] * ((x[j] - mean[j]) * rstd[j]);                                     \
+        if (ym) {                                                                                 \
+            MSSL_SIMD                                                                             \
+            for (Py_ssize_t j = 0; j < n; j++) {                                                  \
+                double gm = (double)g[j] * (ym[j] > 0);                                           \
+                sum_g[j] += gm;                                                                   \
+                sum_gx[j] += gm * ((x[j] - mean[j]) * rstd[j]);                                   \
+            }                                                                                     \
+        } else {                                                                                  \
+            MSSL_SIMD                                                                             \
+            for (Py_ssize_t j = 0; j < n; j++) {                                                  \
+                sum_g[j] += g[j];                                                                 \
+                sum_gx[j] += g[j] * ((x[j] - mean[j]) * rstd[j]);                                 \
+            }                                                                                     \
         }                                                                                         \
     }                                                                                             \
     MSSL_CLONES static void mssl_row_affine_##S(const T* restrict x,                              \
                                                 const double* restrict mean,                      \
                                                 const double* restrict scale,                     \
                                                 const double* restrict shift, T* restrict y,      \
-                                                Py_ssize_t n) {                                   \
-        MSSL_SIMD                                                                                 \
-        for (Py_ssize_t j = 0; j < n; j++) y[j] = (T)((x[j] - mean[j]) * scale[j] + shift[j]);    \
+                                                Py_ssize_t n, int relu) {                         \
+        if (relu) {                                                                               \
+            MSSL_SIMD                                                                             \
+            for (Py_ssize_t j = 0; j < n; j++) {                                                  \
+                T v = (T)((x[j] - mean[j]) * scale[j] + shift[j]);                                \
+                y[j] = v < 0 ? (T)0 : v;                                                          \
+            }                                                                                     \
+        } else {                                                                                  \
+            MSSL_SIMD                                                                             \
+            for (Py_ssize_t j = 0; j < n; j++) y[j] = (T)((x[j] - mean[j]) * scale[j] + shift[j]);\
+        }                                                                                         \
     }                                                                                             \
     MSSL_CLONES static void mssl_row_bn_dx_##S(const T* restrict g, const T* restrict x,          \
+                                               const T* restrict ym,                              \
                                                const double* restrict mean,                       \
                                                const double* restrict k,                          \
                                                const double* restrict c1,                         \
                                                const double* restrict rc2, T* restrict dx,        \
                                                Py_ssize_t n) {                                    \
-        MSSL_SIMD                                                                                 \
-        for (Py_ssize_t j = 0; j < n; j++)                                                        \
-            dx[j] = (T)(k[j] * (g[j] - c1[j] - (x[j] - mean[j]) * rc2[j]));                       \
+        if (ym) {                                                                                 \
+            MSSL_SIMD                                                                             \
+            for (Py_ssize_t j = 0; j < n; j++) {                                                  \
+                double gm = (double)g[j] * (ym[j] > 0);                                           \
+                dx[j] = (T)(k[j] * (gm - c1[j] - (x[j] - mean[j]) * rc2[j]));                     \
+            }                                                                                     \
+        } else {                                                                                  \
+            MSSL_SIMD                                                                             \
+            for (Py_ssize_t j = 0; j < n; j++)                                                    \
+                dx[j] = (T)(k[j] * (g[j] - c1[j] - (x[j] - mean[j]) * rc2[j]));                   \
+        }                                                                                         \
     }
 
     MSSL_NORM_KERNELS(float, f32)
@@ -240,53 +306,55 @@ cdef extern from "minissl_kernels.h":     # MSSL_CLONES, MSSL_SIMD, MSSL_INLINE
     double mssl_sum_f32(const float* x, Py_ssize_t n) noexcept nogil
     double mssl_sum_sq_dev_f32(const float* x, double c, Py_ssize_t n) noexcept nogil
     void mssl_affine_f32(const float* x, double mean, double scale, double shift, float* y,
-                        Py_ssize_t n) noexcept nogil
+                        Py_ssize_t n, int relu) noexcept nogil
     void mssl_ln_forward_row_f32(const float* x, const float* w, const float* b, double eps,
                                 float* y, Py_ssize_t n, double* mean_out,
                                 double* rstd_out) noexcept nogil
     void mssl_ln_backward_row_f32(const float* g, const float* x, const float* w, double mean,
                                  double rstd, float* dx, double* dw_acc, double* db_acc,
                                  Py_ssize_t n) noexcept nogil
-    void mssl_grad_sums_f32(const float* g, const float* x, double mean, double rstd,
-                           Py_ssize_t n, double* sum_g, double* sum_gx) noexcept nogil
-    void mssl_bn_dx_f32(const float* g, const float* x, double mean, double k, double c1,
-                        double rc2, float* dx, Py_ssize_t n) noexcept nogil
+    void mssl_grad_sums_f32(const float* g, const float* x, const float* ym, double mean,
+                           double rstd, Py_ssize_t n, double* sum_g,
+                           double* sum_gx) noexcept nogil
+    void mssl_bn_dx_f32(const float* g, const float* x, const float* ym, double mean, double k,
+                        double c1, double rc2, float* dx, Py_ssize_t n) noexcept nogil
     void mssl_col_add_f32(const float* x, double* acc, Py_ssize_t n) noexcept nogil
     void mssl_col_add_sq_dev_f32(const float* x, const double* mean, double* acc,
                                 Py_ssize_t n) noexcept nogil
-    void mssl_col_grad_add_f32(const float* g, const float* x, const double* mean,
+    void mssl_col_grad_add_f32(const float* g, const float* x, const float* ym, const double* mean,
                               const double* rstd, double* sum_g, double* sum_gx,
                               Py_ssize_t n) noexcept nogil
     void mssl_row_affine_f32(const float* x, const double* mean, const double* scale,
-                            const double* shift, float* y, Py_ssize_t n) noexcept nogil
-    void mssl_row_bn_dx_f32(const float* g, const float* x, const double* mean, const double* k,
-                           const double* c1, const double* rc2, float* dx,
+                            const double* shift, float* y, Py_ssize_t n, int relu) noexcept nogil
+    void mssl_row_bn_dx_f32(const float* g, const float* x, const float* ym, const double* mean,
+                           const double* k, const double* c1, const double* rc2, float* dx,
                            Py_ssize_t n) noexcept nogil
 
     double mssl_sum_f64(const double* x, Py_ssize_t n) noexcept nogil
     double mssl_sum_sq_dev_f64(const double* x, double c, Py_ssize_t n) noexcept nogil
     void mssl_affine_f64(const double* x, double mean, double scale, double shift, double* y,
-                        Py_ssize_t n) noexcept nogil
+                        Py_ssize_t n, int relu) noexcept nogil
     void mssl_ln_forward_row_f64(const double* x, const double* w, const double* b, double eps,
                                 double* y, Py_ssize_t n, double* mean_out,
                                 double* rstd_out) noexcept nogil
     void mssl_ln_backward_row_f64(const double* g, const double* x, const double* w, double mean,
                                  double rstd, double* dx, double* dw_acc, double* db_acc,
                                  Py_ssize_t n) noexcept nogil
-    void mssl_grad_sums_f64(const double* g, const double* x, double mean, double rstd,
-                           Py_ssize_t n, double* sum_g, double* sum_gx) noexcept nogil
-    void mssl_bn_dx_f64(const double* g, const double* x, double mean, double k, double c1,
-                        double rc2, double* dx, Py_ssize_t n) noexcept nogil
+    void mssl_grad_sums_f64(const double* g, const double* x, const double* ym, double mean,
+                           double rstd, Py_ssize_t n, double* sum_g,
+                           double* sum_gx) noexcept nogil
+    void mssl_bn_dx_f64(const double* g, const double* x, const double* ym, double mean, double k,
+                        double c1, double rc2, double* dx, Py_ssize_t n) noexcept nogil
     void mssl_col_add_f64(const double* x, double* acc, Py_ssize_t n) noexcept nogil
     void mssl_col_add_sq_dev_f64(const double* x, const double* mean, double* acc,
                                 Py_ssize_t n) noexcept nogil
-    void mssl_col_grad_add_f64(const double* g, const double* x, const double* mean,
-                              const double* rstd, double* sum_g, double* sum_gx,
-                              Py_ssize_t n) noexcept nogil
+    void mssl_col_grad_add_f64(const double* g, const double* x, const double* ym,
+                              const double* mean, const double* rstd, double* sum_g,
+                              double* sum_gx, Py_ssize_t n) noexcept nogil
     void mssl_row_affine_f64(const double* x, const double* mean, const double* scale,
-                            const double* shift, double* y, Py_ssize_t n) noexcept nogil
-    void mssl_row_bn_dx_f64(const double* g, const double* x, const double* mean, const double* k,
-                           const double* c1, const double* rc2, double* dx,
+                            const double* shift, double* y, Py_ssize_t n, int relu) noexcept nogil
+    void mssl_row_bn_dx_f64(const double* g, const double* x, const double* ym, const double* mean,
+                           const double* k, const double* c1, const double* rc2, double* dx,
                            Py_ssize_t n) noexcept nogil
 
 
@@ -316,27 +384,34 @@ cdef inline double _sum_sq_dev(const floating* x, double c, Py_ssize_t n) noexce
 
 
 cdef inline void _affine(const floating* x, double mean, double scale, double shift, floating* y,
-                         Py_ssize_t n) noexcept nogil:
+                         Py_ssize_t n, bint relu) noexcept nogil:
     if floating is float:
-        mssl_affine_f32(x, mean, scale, shift, y, n)
+        mssl_affine_f32(x, mean, scale, shift, y, n, relu)
     else:
-        mssl_affine_f64(x, mean, scale, shift, y, n)
+        mssl_affine_f64(x, mean, scale, shift, y, n, relu)
 
 
-cdef inline void _grad_sums(const floating* g, const floating* x, double mean, double rstd,
-                            Py_ssize_t n, double* sum_g, double* sum_gx) noexcept nogil:
+cdef inline void _grad_sums(const floating* g, const floating* x, const floating* ym, double mean,
+                            double rstd, Py_ssize_t n, double* sum_g,
+                            double* sum_gx) noexcept nogil:
     if floating is float:
-        mssl_grad_sums_f32(g, x, mean, rstd, n, sum_g, sum_gx)
+        mssl_grad_sums_f32(g, x, ym, mean, rstd, n, sum_g, sum_gx)
     else:
-        mssl_grad_sums_f64(g, x, mean, rstd, n, sum_g, sum_gx)
+        mssl_grad_sums_f64(g, x, ym, mean, rstd, n, sum_g, sum_gx)
 
 
-cdef inline void _bn_dx(const floating* g, const floating* x, double mean, double k, double c1,
-                        double rc2, floating* dx, Py_ssize_t n) noexcept nogil:
+cdef inline void _bn_dx(const floating* g, const floating* x, const floating* ym, double mean,
+                        double k, double c1, double rc2, floating* dx,
+                        Py_ssize_t n) noexcept nogil:
     if floating is float:
-        mssl_bn_dx_f32(g, x, mean, k, c1, rc2, dx, n)
+        mssl_bn_dx_f32(g, x, ym, mean, k, c1, rc2, dx, n)
     else:
-        mssl_bn_dx_f64(g, x, mean, k, c1, rc2, dx, n)
+        mssl_bn_dx_f64(g, x, ym, mean, k, c1, rc2, dx, n)
+
+
+cdef inline const floating* _at(const floating* p, Py_ssize_t offset) noexcept nogil:
+    """p + offset, or NULL for a NULL p (an absent optional array stays absent)."""
+    return NULL if p == NULL else p + offset
 
 
 # ---- argument checks (the others are in csrc/minissl_checks.pxd) ----------------------------
@@ -495,8 +570,8 @@ cdef void _channel_moments(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssi
 
 cdef int _batch_norm(const floating* x, const floating* w, const floating* b, double eps,
                      floating* y, floating* mean_out, floating* var_out, floating* rstd_out,
-                     Py_ssize_t N, Py_ssize_t C, Py_ssize_t L) noexcept nogil:
-    """Returns -1 when out of memory."""
+                     Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, bint relu) noexcept nogil:
+    """y = max(., 0) of the result when relu (a fused ReLU). Returns -1 when out of memory."""
     cdef Py_ssize_t nblocks = (C + COLUMNS_PER_BLOCK - 1) // COLUMNS_PER_BLOCK, n, c, blk
     cdef bint parallel = N * C * L >= PARALLEL_MIN
     cdef double rstd
@@ -524,18 +599,20 @@ cdef int _batch_norm(const floating* x, const floating* w, const floating* b, do
     for n in prange(N, schedule="static", use_threads_if=parallel):
         if L == 1:
             if floating is float:
-                mssl_row_affine_f32(x + n * C, mean, scale, shift, y + n * C, C)
+                mssl_row_affine_f32(x + n * C, mean, scale, shift, y + n * C, C, relu)
             else:
-                mssl_row_affine_f64(x + n * C, mean, scale, shift, y + n * C, C)
+                mssl_row_affine_f64(x + n * C, mean, scale, shift, y + n * C, C, relu)
         else:
             for c in range(C):
-                _affine(x + (n * C + c) * L, mean[c], scale[c], shift[c], y + (n * C + c) * L, L)
+                _affine(x + (n * C + c) * L, mean[c], scale[c], shift[c], y + (n * C + c) * L, L,
+                        relu)
     free(mean)
     return 0
 
 
-def batch_norm_forward(x, weight, bias, double eps, y, mean, var, rstd):
-    """Batch norm of x (N, C, L) with statistics per channel; weight, bias (C,) or None."""
+def batch_norm_forward(x, weight, bias, double eps, y, mean, var, rstd, bint relu=False):
+    """Batch norm of x (N, C, L) with statistics per channel; weight, bias (C,) or None;
+    ``relu``: y = max(batch norm, 0), a fused ReLU."""
     cdef int t = float_type(NAME, x), err
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
     cdef void* px = array_data(NAME, x, t, 3, N, C, L, False)
@@ -548,48 +625,53 @@ def batch_norm_forward(x, weight, bias, double eps, y, mean, var, rstd):
     with nogil:
         if t == cnp.NPY_FLOAT32:
             err = _batch_norm(<const float*>px, <const float*>pw, <const float*>pb, eps,
-                              <float*>py, <float*>pm, <float*>pv, <float*>pr, N, C, L)
+                              <float*>py, <float*>pm, <float*>pv, <float*>pr, N, C, L, relu)
         else:
             err = _batch_norm(<const double*>px, <const double*>pw, <const double*>pb, eps,
-                              <double*>py, <double*>pm, <double*>pv, <double*>pr, N, C, L)
+                              <double*>py, <double*>pm, <double*>pv, <double*>pr, N, C, L, relu)
     if err:
         raise MemoryError()
 
 
-cdef void _column_grad_sums(const floating* g, const floating* x, Py_ssize_t N, Py_ssize_t C,
-                            Py_ssize_t c0, Py_ssize_t c1, const double* mean,
-                            const double* rstd, double* sum_g, double* sum_gx) noexcept nogil:
-    """sum_g[c] = sum_n g[n, c], sum_gx[c] = sum_n g[n, c] xhat[n, c] for c0 <= c < c1."""
+cdef void _column_grad_sums(const floating* g, const floating* x, const floating* ym,
+                            Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1,
+                            const double* mean, const double* rstd, double* sum_g,
+                            double* sum_gx) noexcept nogil:
+    """sum_g[c] = sum_n g[n, c], sum_gx[c] = sum_n g[n, c] xhat[n, c] for c0 <= c < c1
+    (g masked by ym > 0 when ym is given)."""
     cdef Py_ssize_t n
     for n in range(N):
         if floating is float:
-            mssl_col_grad_add_f32(g + n * C + c0, x + n * C + c0, mean + c0, rstd + c0,
-                                  sum_g + c0, sum_gx + c0, c1 - c0)
+            mssl_col_grad_add_f32(g + n * C + c0, x + n * C + c0, _at(ym, n * C + c0), mean + c0,
+                                  rstd + c0, sum_g + c0, sum_gx + c0, c1 - c0)
         else:
-            mssl_col_grad_add_f64(g + n * C + c0, x + n * C + c0, mean + c0, rstd + c0,
-                                  sum_g + c0, sum_gx + c0, c1 - c0)
+            mssl_col_grad_add_f64(g + n * C + c0, x + n * C + c0, _at(ym, n * C + c0), mean + c0,
+                                  rstd + c0, sum_g + c0, sum_gx + c0, c1 - c0)
 
 
-cdef void _channel_grad_sums(const floating* g, const floating* x, Py_ssize_t N, Py_ssize_t C,
-                             Py_ssize_t L, Py_ssize_t c, const double* mean, const double* rstd,
-                             double* sum_g, double* sum_gx) noexcept nogil:
+cdef void _channel_grad_sums(const floating* g, const floating* x, const floating* ym,
+                             Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, Py_ssize_t c,
+                             const double* mean, const double* rstd, double* sum_g,
+                             double* sum_gx) noexcept nogil:
     """The same sums for channel c of (N, C, L) arrays."""
     cdef Py_ssize_t n
     cdef double a = 0, b = 0, sg, sgx
     for n in range(N):
-        _grad_sums(g + (n * C + c) * L, x + (n * C + c) * L, mean[c], rstd[c], L, &sg, &sgx)
+        _grad_sums(g + (n * C + c) * L, x + (n * C + c) * L, _at(ym, (n * C + c) * L), mean[c],
+                   rstd[c], L, &sg, &sgx)
         a += sg
         b += sgx
     sum_g[c] = a
     sum_gx[c] = b
 
 
-cdef int _batch_norm_backward(const floating* g, const floating* x, const double* mean,
-                              const double* rstd, const floating* w, floating* dx, floating* dw,
-                              floating* db, Py_ssize_t N, Py_ssize_t C,
-                              Py_ssize_t L) noexcept nogil:
+cdef int _batch_norm_backward(const floating* g, const floating* x, const floating* ym,
+                              const double* mean, const double* rstd, const floating* w,
+                              floating* dx, floating* dw, floating* db, Py_ssize_t N,
+                              Py_ssize_t C, Py_ssize_t L) noexcept nogil:
     """dx = k (g - c1 - (x - mean) rc2) with k = w rstd, c1 = sum_g / n and
-    rc2 = rstd sum_gx / n, n = N * L; dw = sum_gx, db = sum_g. Returns -1 when out of memory."""
+    rc2 = rstd sum_gx / n, n = N * L; dw = sum_gx, db = sum_g. With ym (the output of a fused
+    ReLU), g is first masked by ym > 0 (the ReLU's backward). Returns -1 when out of memory."""
     cdef Py_ssize_t nblocks = (C + COLUMNS_PER_BLOCK - 1) // COLUMNS_PER_BLOCK, n, c, blk
     cdef bint parallel = N * C * L >= PARALLEL_MIN
     cdef double count = <double>(N * L)
@@ -603,11 +685,11 @@ cdef int _batch_norm_backward(const floating* g, const floating* x, const double
     cdef double* rc2 = sum_g + 4 * C
     if L == 1:
         for blk in prange(nblocks, schedule="static", use_threads_if=parallel):
-            _column_grad_sums(g, x, N, C, blk * COLUMNS_PER_BLOCK,
+            _column_grad_sums(g, x, ym, N, C, blk * COLUMNS_PER_BLOCK,
                               min((blk + 1) * COLUMNS_PER_BLOCK, C), mean, rstd, sum_g, sum_gx)
     else:
         for c in prange(C, schedule="static", use_threads_if=parallel):
-            _channel_grad_sums(g, x, N, C, L, c, mean, rstd, sum_g, sum_gx)
+            _channel_grad_sums(g, x, ym, N, C, L, c, mean, rstd, sum_g, sum_gx)
     for c in range(C):
         if w != NULL:
             dw[c] = <floating>sum_gx[c]
@@ -618,19 +700,23 @@ cdef int _batch_norm_backward(const floating* g, const floating* x, const double
     for n in prange(N, schedule="static", use_threads_if=parallel):
         if L == 1:
             if floating is float:
-                mssl_row_bn_dx_f32(g + n * C, x + n * C, mean, k, c1, rc2, dx + n * C, C)
+                mssl_row_bn_dx_f32(g + n * C, x + n * C, _at(ym, n * C), mean, k, c1, rc2,
+                                   dx + n * C, C)
             else:
-                mssl_row_bn_dx_f64(g + n * C, x + n * C, mean, k, c1, rc2, dx + n * C, C)
+                mssl_row_bn_dx_f64(g + n * C, x + n * C, _at(ym, n * C), mean, k, c1, rc2,
+                                   dx + n * C, C)
         else:
             for c in range(C):
-                _bn_dx(g + (n * C + c) * L, x + (n * C + c) * L, mean[c], k[c], c1[c], rc2[c],
-                       dx + (n * C + c) * L, L)
+                _bn_dx(g + (n * C + c) * L, x + (n * C + c) * L, _at(ym, (n * C + c) * L),
+                       mean[c], k[c], c1[c], rc2[c], dx + (n * C + c) * L, L)
     free(sum_g)
     return 0
 
 
-def batch_norm_backward(grad_y, x, mean, rstd, weight, dx, dw, db):
-    """dx (N, C, L), dw (C,) (None when weight is None), db (C,); mean, rstd float64 (C,)."""
+def batch_norm_backward(grad_y, x, mean, rstd, weight, dx, dw, db, relu_output=None):
+    """dx (N, C, L), dw (C,) (None when weight is None), db (C,); mean, rstd float64 (C,).
+    ``relu_output`` (N, C, L): the forward's output with a fused ReLU, whose mask
+    (relu_output > 0) applies to grad_y first."""
     cdef int t = float_type(NAME, x), err
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
     cdef void* pg = array_data(NAME, grad_y, t, 3, N, C, L, False)
@@ -643,16 +729,19 @@ def batch_norm_backward(grad_y, x, mean, rstd, weight, dx, dw, db):
     cdef void* pdx = array_data(NAME, dx, t, 3, N, C, L, True)
     cdef void* pdw = _optional(dw, t, C, True)
     cdef void* pdb = array_data(NAME, db, t, 1, C, 0, 0, True)
+    cdef void* pym = NULL
+    if relu_output is not None:
+        pym = array_data(NAME, relu_output, t, 3, N, C, L, False)
     if (pw == NULL) != (pdw == NULL):
         raise ValueError("minissl._ext.norm: dw must be given exactly when weight is")
     with nogil:
         if t == cnp.NPY_FLOAT32:
-            err = _batch_norm_backward(<const float*>pg, <const float*>px, pm, pr,
-                                       <const float*>pw, <float*>pdx, <float*>pdw, <float*>pdb,
-                                       N, C, L)
+            err = _batch_norm_backward(<const float*>pg, <const float*>px, <const float*>pym,
+                                       pm, pr, <const float*>pw, <float*>pdx, <float*>pdw,
+                                       <float*>pdb, N, C, L)
         else:
-            err = _batch_norm_backward(<const double*>pg, <const double*>px, pm, pr,
-                                       <const double*>pw, <double*>pdx, <double*>pdw,
+            err = _batch_norm_backward(<const double*>pg, <const double*>px, <const double*>pym,
+                                       pm, pr, <const double*>pw, <double*>pdx, <double*>pdw,
                                        <double*>pdb, N, C, L)
     if err:
         raise MemoryError()

@@ -105,6 +105,30 @@ def test_batch_norm_matches_reference(shape, dtype, layout, affine, seed):
         assert_close(a, r, dtype)
 
 
+@needs_ext
+@given(shape=st.tuples(st.integers(1, 6), st.integers(1, 70), st.sampled_from([1, 1, 2, 5, 17])),
+       dtype=st.sampled_from(DTYPES), layout=st.sampled_from(LAYOUTS),
+       affine=st.sampled_from(AFFINE), seed=st.integers(0, 2**31))
+def test_batch_norm_fused_relu_matches_reference(shape, dtype, layout, affine, seed):
+    """relu=True / relu_output: the compiled passes equal the reference, which is batch norm
+    then ReLU (forward) and ReLU's mask then batch norm (backward)."""
+    rng = np.random.default_rng(seed)
+    x = make_array(rng, shape, dtype, layout, loc=rng.normal(0, 5), scale=rng.uniform(0.1, 3))
+    g = make_array(rng, shape, dtype, layout)
+    w, b = affine_params(rng, shape[1], dtype, *affine)
+    y, mean, var, rstd = K.batch_norm_forward(x, w, b, 1e-5, relu=True)
+    ref = K.batch_norm_forward_ref(x, w, b, 1e-5, relu=True)
+    for a, r in zip((y, mean, var, rstd), ref):
+        assert_close(a, r, dtype)
+    plain = K.batch_norm_forward(x, w, b, 1e-5)[0]
+    np.testing.assert_array_equal(y, np.maximum(plain, 0))     # the same rounding, then max
+    fused = K.batch_norm_backward(g, x, mean, rstd, w, relu_output=y)
+    for a, r, c in zip(fused, K.batch_norm_backward_ref(g, x, mean, rstd, w, relu_output=y),
+                       K.batch_norm_backward(g * (y > 0), x, mean, rstd, w)):
+        assert_close(a, r, dtype)
+        assert_close(a, c, dtype)
+
+
 def test_large_inputs_run_in_parallel_and_deterministically():
     """Big enough for both threads; the partial sums have a fixed order, so the bits repeat."""
     rng = np.random.default_rng(0)
@@ -138,6 +162,12 @@ def test_compiled_entry_points_reject_what_the_wrappers_would_not_pass():
                                np.zeros((3, 2, 1)), m, m, m)
     with pytest.raises(ValueError, match="dw must be given exactly when weight is"):
         EXT.layer_norm_backward(x, x, m, m, np.ones(3), np.zeros((2, 3)), None, np.zeros(3))
+    x3, c = np.zeros((2, 3, 4)), np.zeros(3)
+    with pytest.raises(ValueError, match="minissl._ext.norm"):   # a fused ReLU's output
+        EXT.batch_norm_backward(x3, x3, c, c, None, np.zeros_like(x3), None, c.copy(),
+                                np.zeros((2, 3, 5)))
+    with pytest.raises(ValueError, match="batch_norm_backward: .*relu_output"):
+        K.batch_norm_backward(x3, x3, c, c, None, relu_output=np.zeros((2, 3, 5)))
 
 
 # --------------------------------------------------------------------------------- against PyTorch

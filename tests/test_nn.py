@@ -485,3 +485,44 @@ def test_dropout_train_and_eval(rng):
     drop.eval()
     np.testing.assert_array_equal(drop(x).data, x.data)
     assert nn.Dropout(0.0)(x) is x
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+@pytest.mark.parametrize("training", [True, False])
+def test_sequential_fuses_batch_norm_and_relu_without_changing_anything(kind, training):
+    """Sequential runs BatchNorm + ReLU as one fused op: the output, every gradient and the
+    running statistics equal those of calling the modules one by one."""
+    rng = np.random.default_rng(0)
+    if kind == "1d":
+        seq = nn.Sequential(nn.Linear(5, 6, rng=1), nn.BatchNorm1d(6), nn.ReLU(),
+                            nn.Linear(6, 3, rng=2))
+        x = rng.standard_normal((8, 5))
+    else:
+        seq = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, rng=1), nn.BatchNorm2d(3), nn.ReLU(),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        x = rng.standard_normal((4, 2, 5, 5))
+    seq = seq.double().train(training)
+    manual = copy.deepcopy(seq)
+    y = seq(ms.tensor(x))
+    z = ms.tensor(x)
+    for m in manual:
+        z = m(z)
+    np.testing.assert_allclose(y.numpy(), z.numpy(), rtol=1e-12, atol=1e-12)
+    (y * y).sum().backward()
+    (z * z).sum().backward()
+    for (name, p), q in zip(seq.named_parameters(), manual.parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-10, atol=1e-12, err_msg=name)
+    for a, b in zip(seq.buffers(), manual.buffers()):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_sequential_leaves_a_batch_norm_with_its_own_forward_alone():
+    class Shifted(nn.BatchNorm1d):
+        def forward(self, x):
+            return super().forward(x) + 1.0
+
+    seq = nn.Sequential(Shifted(3), nn.ReLU()).double()
+    x = np.random.default_rng(0).standard_normal((6, 3))
+    np.testing.assert_allclose(seq(ms.tensor(x)).numpy(),
+                               np.maximum((x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5) + 1, 0),
+                               rtol=1e-6)

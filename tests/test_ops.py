@@ -676,6 +676,42 @@ def test_batch_norm_eval(path, shape, affine, data):
             check(lambda x: F.batch_norm(x, rm_t, rv_t), x)
 
 
+@given(shape=bn_shapes(), affine=st.sampled_from(["both", "weight", "bias", "none"]),
+       training=st.booleans(), data=st.data())
+def test_batch_norm_fused_relu(path, shape, affine, training, data):
+    """batch_norm(..., relu=True) = relu(batch_norm(...)): values, running statistics and
+    gradients (gradcheck away from the ReLU's kink)."""
+    with on_path(path, "norm") as device:
+        c = shape[1]
+        x = T(data.draw(arrays(shape, min_gap=0.1)), device)
+        w = T(data.draw(arrays((c,))), device) if affine in ("both", "weight") else None
+        b = T(data.draw(arrays((c,))), device) if affine in ("both", "bias") else None
+        rm, rv = np.linspace(-1, 1, c), np.linspace(0.5, 2, c)
+        axes = (0,) + tuple(range(2, len(shape)))
+        xn = x.numpy()
+        mean, var = (xn.mean(axis=axes), xn.var(axis=axes)) if training else (rm, rv)
+        pre = bn_ref(xn, opt(w), opt(b), mean, var, 1e-5)
+        assume(np.abs(pre).min() > 1e-3)
+        fused_stats = [ms.tensor(a.copy(), device=device) for a in (rm, rv)]
+        plain_stats = [ms.tensor(a.copy(), device=device) for a in (rm, rv)]
+        y = F.batch_norm(x, *fused_stats, w, b, training=training, relu=True)
+        close(y, np.maximum(pre, 0), rtol=1e-9, atol=1e-10)
+        F.batch_norm(x, *plain_stats, w, b, training=training)
+        for f, p in zip(fused_stats, plain_stats):
+            close(f, p.numpy(), rtol=0, atol=0)
+        ts = [t for t in (x, w, b) if t is not None]
+
+        def fn(*ts):
+            it = iter(ts)
+            x_ = next(it)
+            w_ = next(it) if w is not None else None
+            b_ = next(it) if b is not None else None
+            stats = (None, None) if training else [ms.tensor(a, device=device) for a in (rm, rv)]
+            return F.batch_norm(x_, *stats, w_, b_, training=training, relu=True)
+
+        check(fn, *ts, full_limit=2000)
+
+
 def test_batch_norm_errors():
     x = T(np.ones((4, 3)))
     with pytest.raises(ValueError, match=r"batch_norm: weight of shape \(2,\).*\(4, 3\)"):

@@ -99,21 +99,26 @@ def layer_norm_backward_ref(grad_y, x, mean, rstd, weight=None):
     return dx.astype(x.dtype), dw, db
 
 
-def batch_norm_forward_ref(x, weight=None, bias=None, eps=1e-5):
-    """y = (x - mean_c) * rstd_c * weight_c + bias_c, statistics per channel over (N, L).
+def batch_norm_forward_ref(x, weight=None, bias=None, eps=1e-5, relu=False):
+    """y = (x - mean_c) * rstd_c * weight_c + bias_c, statistics per channel over (N, L);
+    with ``relu``, y = max(that, 0) (a fused ReLU).
 
     x is (N, C, L). Returns (y, mean (C,), var (C,) biased, rstd (C,)), all in x's dtype.
     """
     xp = get_array_module(x)
     x64, mean, var = _moments(x, axis=(0, 2))
     rstd = 1.0 / xp.sqrt(var + eps)
-    y = _affine((x64 - mean) * rstd, weight, bias, (1, -1, 1))
+    y = _affine((x64 - mean) * rstd, weight, bias, (1, -1, 1)).astype(x.dtype)
     flat = lambda a: a.reshape(-1).astype(x.dtype)  # noqa: E731
-    return y.astype(x.dtype), flat(mean), flat(var), flat(rstd)
+    return (xp.maximum(y, 0) if relu else y), flat(mean), flat(var), flat(rstd)
 
 
-def batch_norm_backward_ref(grad_y, x, mean, rstd, weight=None):
-    """(grad_x, grad_weight or None, grad_bias) for batch_norm_forward; see the module."""
+def batch_norm_backward_ref(grad_y, x, mean, rstd, weight=None, relu_output=None):
+    """(grad_x, grad_weight or None, grad_bias) for batch_norm_forward; see the module. With
+    ``relu_output`` (the forward's y with a fused ReLU), grad_y first goes through the ReLU's
+    backward: grad_y * (relu_output > 0)."""
+    if relu_output is not None:
+        grad_y = grad_y * (relu_output > 0)
     n = max(x.shape[0] * x.shape[2], 1)
     g = grad_y.astype(np.float64)
     mean = mean.astype(np.float64).reshape(1, -1, 1)
@@ -204,15 +209,20 @@ def layer_norm_backward(grad_y, x, mean, rstd, weight=None):
     return dx, dw, db
 
 
-def batch_norm_forward(x, weight=None, bias=None, eps=1e-5):
+def batch_norm_forward(x, weight=None, bias=None, eps=1e-5, relu=False):
     """Training-mode batch norm of x (N, C, L) with batch statistics per channel.
 
     Returns ``(y, mean, var, rstd)``: y (N, C, L); mean, biased var and rstd (C,), in x's
-    dtype. weight and bias are optional (C,). An empty batch (N * L == 0) has no statistics
-    and raises ValueError.
+    dtype. weight and bias are optional (C,). ``relu``: y = max(batch norm, 0), a ReLU fused
+    into the same pass (no second array). An empty batch (N * L == 0) has no statistics and
+    raises ValueError.
     """
-    if get_array_module(x) is not np:  # GPU: minissl/kernels/cuda.py
-        return gpu("batch_norm_forward", batch_norm_forward_ref)(x, weight, bias, eps)
+    if get_array_module(x) is not np:  # GPU: minissl/kernels/cuda.py, the ReLU a second pass
+        y, mean, var, rstd = gpu("batch_norm_forward", batch_norm_forward_ref)(x, weight, bias,
+                                                                              eps)
+        if relu:
+            get_array_module(x).maximum(y, 0, out=y)
+        return y, mean, var, rstd
     fn = "batch_norm_forward"
     _check_float(fn, "x", x, 3)
     _check_vector(fn, "weight", weight, x.shape[1], x)
@@ -222,19 +232,23 @@ def batch_norm_forward(x, weight=None, bias=None, eps=1e-5):
                          f"of shape {tuple(x.shape)}")
     ext = compiled("norm", x)
     if ext is None or x.size == 0:
-        return batch_norm_forward_ref(x, weight, bias, eps)
+        return batch_norm_forward_ref(x, weight, bias, eps, relu)
     x = np.ascontiguousarray(x)
     y = np.empty_like(x)
     c = x.shape[1]
     mean, var, rstd = (np.empty(c, dtype=x.dtype) for _ in range(3))
     ext.batch_norm_forward(x, _contig(weight, x.dtype), _contig(bias, x.dtype), float(eps),
-                           y, mean, var, rstd)
+                           y, mean, var, rstd, bool(relu))
     return y, mean, var, rstd
 
 
-def batch_norm_backward(grad_y, x, mean, rstd, weight=None):
-    """Gradients of batch_norm_forward: ``(grad_x, grad_weight or None, grad_bias)``."""
+def batch_norm_backward(grad_y, x, mean, rstd, weight=None, relu_output=None):
+    """Gradients of batch_norm_forward: ``(grad_x, grad_weight or None, grad_bias)``. With a
+    fused ReLU pass its output y as ``relu_output``: grad_y is masked by y > 0 in the same
+    passes."""
     if get_array_module(grad_y) is not np:  # GPU: minissl/kernels/cuda.py
+        if relu_output is not None:
+            grad_y = grad_y * (relu_output > 0)
         return gpu("batch_norm_backward", batch_norm_backward_ref)(grad_y, x, mean, rstd, weight)
     fn = "batch_norm_backward"
     _check_float(fn, "x", x, 3)
@@ -244,13 +258,18 @@ def batch_norm_backward(grad_y, x, mean, rstd, weight=None):
     _check_vector(fn, "mean", mean, x.shape[1], x, dtype=False)
     _check_vector(fn, "rstd", rstd, x.shape[1], x, dtype=False)
     _check_vector(fn, "weight", weight, x.shape[1], x)
+    if relu_output is not None:
+        _check_float(fn, "relu_output", relu_output, 3)
+        _check_same(fn, ("relu_output", "x"), (relu_output, x))
     ext = compiled("norm", x)
     if ext is None or x.size == 0:
-        return batch_norm_backward_ref(grad_y, x, mean, rstd, weight)
+        return batch_norm_backward_ref(grad_y, x, mean, rstd, weight, relu_output)
     grad_y, x = np.ascontiguousarray(grad_y), np.ascontiguousarray(x)
+    if relu_output is not None:
+        relu_output = np.ascontiguousarray(relu_output)
     dx = np.empty_like(x)
     dw = None if weight is None else np.empty(x.shape[1], dtype=x.dtype)
     db = np.empty(x.shape[1], dtype=x.dtype)
     ext.batch_norm_backward(grad_y, x, _contig(mean, np.float64), _contig(rstd, np.float64),
-                            _contig(weight, x.dtype), dx, dw, db)
+                            _contig(weight, x.dtype), dx, dw, db, relu_output)
     return dx, dw, db

@@ -163,7 +163,7 @@ class BasicBlock(Module):
             self.shortcut = None
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))                   # (B, C_out, H/s, W/s)
+        out = self.bn1(self.conv1(x), relu=True)                # (B, C_out, H/s, W/s), fused
         out = self.bn2(self.conv2(out))                         # (B, C_out, H/s, W/s)
         skip = x if self.shortcut is None else self.shortcut(x)
         return F.relu(out + skip)

@@ -213,7 +213,9 @@ class _BatchNorm(Module):
             self.running_var.data[...] = 1
             self.num_batches_tracked.data[...] = 0
 
-    def forward(self, x):
+    def forward(self, x, relu=False):
+        """``relu=True`` returns relu(batch_norm(x)) as one fused op (``nn.Sequential`` asks
+        for it when this module is followed by a ``ReLU``)."""
         if x.ndim not in self._expected_ndim:
             want = " or ".join(f"{d}-D" for d in self._expected_ndim)
             raise ValueError(f"{type(self).__name__}: expected {want} input, got shape {x.shape}")
@@ -230,7 +232,7 @@ class _BatchNorm(Module):
         track = not self.training or self.track_running_stats
         return F.batch_norm(x, self.running_mean if track else None,
                             self.running_var if track else None, self.weight, self.bias,
-                            use_batch, factor, self.eps)
+                            use_batch, factor, self.eps, relu=relu)
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
@@ -443,8 +445,19 @@ class Sequential(Module):
                 self.add_module(str(i), m)
 
     def forward(self, x):
-        for m in self._modules.values():
-            x = m(x)
+        modules = list(self._modules.values())
+        i = 0
+        while i < len(modules):
+            m = modules[i]
+            if (isinstance(m, _BatchNorm) and type(m).forward is _BatchNorm.forward
+                    and i + 1 < len(modules) and type(modules[i + 1]) is ReLU):
+                # BatchNorm then ReLU: one fused op, the same values and gradients with one
+                # pass and one array fewer each way (ops/norm.py BatchNormTrain).
+                x = m(x, relu=True)
+                i += 2
+            else:
+                x = m(x)
+                i += 1
         return x
 
     def append(self, module):

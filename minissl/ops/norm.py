@@ -10,6 +10,7 @@ import numpy as np
 from ..autograd import Function, Tensor
 from ..backend import get_array_module
 from ..kernels import norm as _k
+from .activation import relu as relu_op
 
 
 def _optional(*tensors):
@@ -27,26 +28,31 @@ def _split_grads(gx, gw, gb, present):
 
 
 class BatchNormTrain(Function):
-    """Training-mode batch norm on x viewed as (N, C, L) with batch statistics (see module)."""
+    """Training-mode batch norm on x viewed as (N, C, L) with batch statistics (see module).
 
-    __slots__ = ("eps", "present", "x3", "mean", "rstd", "w", "shape", "stats")
+    ``relu=True`` fuses a ReLU: y = max(bn(x), 0), and backward masks g by y > 0 inside the
+    kernel's passes; one op and one array instead of two (what ``nn.Sequential`` uses for a
+    BatchNorm followed by a ReLU)."""
 
-    def __init__(self, eps, present):
-        self.eps, self.present = eps, present
+    __slots__ = ("eps", "present", "relu", "x3", "y3", "mean", "rstd", "w", "shape", "stats")
+
+    def __init__(self, eps, present, relu=False):
+        self.eps, self.present, self.relu = eps, present, relu
 
     def forward(self, x, *wb):
         w = wb[0] if self.present[0] else None
         b = wb[-1] if self.present[1] else None
         self.shape = x.shape
         self.x3 = x.reshape(x.shape[0], x.shape[1], -1)
-        y, self.mean, var, self.rstd = _k.batch_norm_forward(self.x3, w, b, self.eps)
+        y, self.mean, var, self.rstd = _k.batch_norm_forward(self.x3, w, b, self.eps, self.relu)
+        self.y3 = y if self.relu else None
         self.w = w
         self.stats = (self.mean, var)
         return y.reshape(x.shape)
 
     def backward(self, g):
         gx, gw, gb = _k.batch_norm_backward(g.reshape(self.x3.shape), self.x3, self.mean,
-                                            self.rstd, self.w)
+                                            self.rstd, self.w, relu_output=self.y3)
         return _split_grads(gx.reshape(self.shape), gw, gb, self.present)
 
 
@@ -81,13 +87,15 @@ class BatchNormEval(Function):
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5):
+               momentum=0.1, eps=1e-5, *, relu=False):
     """Batch normalisation of x (N, C, *) per channel, as ``torch.nn.functional.batch_norm``.
 
     Training: normalise with the batch mean and biased variance, and update the running arrays
     in place: ``running = (1 - momentum) * running + momentum * batch`` with the UNBIASED batch
     variance (n / (n - 1) times the biased one), as PyTorch does. Eval: use the running arrays.
     ``running_mean``/``running_var`` may be None in training (then nothing is updated).
+    ``relu=True`` (a minissl extension) returns ``relu(batch_norm(...))``, in training as one
+    fused op.
     """
     if x.ndim < 2:
         raise ValueError(f"batch_norm: expected input (N, C, *), got shape {x.shape}")
@@ -103,12 +111,13 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
             raise ValueError("batch_norm: eval mode needs running_mean and running_var")
         rm = running_mean.data if isinstance(running_mean, Tensor) else running_mean
         rv = running_var.data if isinstance(running_var, Tensor) else running_var
-        return BatchNormEval(present, rm, rv, eps)(x, *tensors)
+        y = BatchNormEval(present, rm, rv, eps)(x, *tensors)
+        return relu_op(y) if relu else y
     n = x.numel() // max(C, 1)
     if n <= 1:
         raise ValueError(f"batch_norm: expected more than 1 value per channel when training, "
                          f"got input of shape {x.shape}")
-    fn = BatchNormTrain(eps, present)
+    fn = BatchNormTrain(eps, present, relu)
     y = fn(x, *tensors)
     mean, var = fn.stats
     for run, batch in ((running_mean, mean), (running_var, var * (n / (n - 1)))):
