@@ -617,6 +617,18 @@ def bn_ref(x, w, b, mean, var, eps):
     return y
 
 
+def check_batch_norm(x, w, b, stats=(None, None), **kwargs):
+    """gradcheck of F.batch_norm with respect to x and whichever of w, b are given."""
+    def fn(*ts):
+        it = iter(ts)
+        x_ = next(it)
+        w_ = next(it) if w is not None else None
+        b_ = next(it) if b is not None else None
+        return F.batch_norm(x_, *stats, w_, b_, **kwargs)
+
+    check(fn, *[t for t in (x, w, b) if t is not None], full_limit=2000)
+
+
 @st.composite
 def bn_shapes(draw):
     n, c = draw(st.integers(1, 3)), draw(st.integers(1, 3))
@@ -644,16 +656,7 @@ def test_batch_norm_train(path, shape, affine, momentum, data):
         n = xn.size // c
         close(rm, (1 - momentum) * rm0 + momentum * mean, rtol=1e-12)
         close(rv, (1 - momentum) * rv0 + momentum * var * n / (n - 1), rtol=1e-12)  # unbiased
-        ts = [t for t in (x, w, b) if t is not None]
-
-        def fn(*ts):
-            it = iter(ts)
-            x_ = next(it)
-            w_ = next(it) if w is not None else None
-            b_ = next(it) if b is not None else None
-            return F.batch_norm(x_, None, None, w_, b_, training=True)
-
-        check(fn, *ts, full_limit=2000)
+        check_batch_norm(x, w, b, training=True)
 
 
 @given(shape=bn_shapes(), affine=st.booleans(), data=st.data())
@@ -699,17 +702,8 @@ def test_batch_norm_fused_relu(path, shape, affine, training, data):
         F.batch_norm(x, *plain_stats, w, b, training=training)
         for f, p in zip(fused_stats, plain_stats):
             close(f, p.numpy(), rtol=0, atol=0)
-        ts = [t for t in (x, w, b) if t is not None]
-
-        def fn(*ts):
-            it = iter(ts)
-            x_ = next(it)
-            w_ = next(it) if w is not None else None
-            b_ = next(it) if b is not None else None
-            stats = (None, None) if training else [ms.tensor(a, device=device) for a in (rm, rv)]
-            return F.batch_norm(x_, *stats, w_, b_, training=training, relu=True)
-
-        check(fn, *ts, full_limit=2000)
+        stats = (None, None) if training else [ms.tensor(a, device=device) for a in (rm, rv)]
+        check_batch_norm(x, w, b, stats, training=training, relu=True)
 
 
 def test_batch_norm_errors():
