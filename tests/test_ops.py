@@ -23,6 +23,7 @@ import minissl.functional as F
 from minissl.backend import to_device
 from minissl.kernels._loader import load, reference_forced
 from minissl.random import manual_seed
+from minissl.ops import conv as conv_ops
 from minissl.ops.attention import packed_self_attention
 from minissl.testing import arrays, assert_gradcheck, broadcastable_shapes, shapes
 
@@ -497,10 +498,21 @@ def _stride_arg(s, data):
     return s[0] if s[0] == s[1] and data.draw(st.booleans()) else s
 
 
-@given(case=conv_cases(), bias=st.booleans(), data=st.data())
-def test_conv2d(path, case, bias, data):
+@contextlib.contextmanager
+def conv_products(ratio):
+    """Force conv2d's per-image products (ratio 0) or its single products (ratio inf)."""
+    saved, conv_ops.PER_IMAGE_RATIO = conv_ops.PER_IMAGE_RATIO, ratio
+    try:
+        yield
+    finally:
+        conv_ops.PER_IMAGE_RATIO = saved
+
+
+@given(case=conv_cases(), bias=st.booleans(), ratio=st.sampled_from([0, math.inf]),
+       data=st.data())
+def test_conv2d(path, case, bias, ratio, data):
     xs, ws, stride, padding, _ = case
-    with on_path(path, "im2col") as device:
+    with on_path(path, "im2col") as device, conv_products(ratio):
         x, w = T(data.draw(arrays(xs)), device), T(data.draw(arrays(ws)), device)
         b = T(data.draw(arrays((ws[0],))), device) if bias else None
         s, p = _stride_arg(stride, data), _stride_arg(padding, data)
