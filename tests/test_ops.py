@@ -499,20 +499,22 @@ def _stride_arg(s, data):
 
 
 @contextlib.contextmanager
-def conv_products(ratio):
-    """Force conv2d's per-image products (ratio 0) or its single products (ratio inf)."""
-    saved, conv_ops.PER_IMAGE_RATIO = conv_ops.PER_IMAGE_RATIO, ratio
+def conv_products(ratio, chunk_bytes):
+    """Force conv2d's per-image products (ratio 0) or its single products (ratio inf), and
+    with chunk_bytes 1 its input gradient one image at a time."""
+    saved = conv_ops.PER_IMAGE_RATIO, conv_ops.CHUNK_BYTES
+    conv_ops.PER_IMAGE_RATIO, conv_ops.CHUNK_BYTES = ratio, chunk_bytes
     try:
         yield
     finally:
-        conv_ops.PER_IMAGE_RATIO = saved
+        conv_ops.PER_IMAGE_RATIO, conv_ops.CHUNK_BYTES = saved
 
 
 @given(case=conv_cases(), bias=st.booleans(), ratio=st.sampled_from([0, math.inf]),
-       data=st.data())
-def test_conv2d(path, case, bias, ratio, data):
+       chunk_bytes=st.sampled_from([conv_ops.CHUNK_BYTES, 1]), data=st.data())
+def test_conv2d(path, case, bias, ratio, chunk_bytes, data):
     xs, ws, stride, padding, _ = case
-    with on_path(path, "im2col") as device, conv_products(ratio):
+    with on_path(path, "im2col") as device, conv_products(ratio, chunk_bytes):
         x, w = T(data.draw(arrays(xs)), device), T(data.draw(arrays(ws)), device)
         b = T(data.draw(arrays((ws[0],))), device) if bias else None
         s, p = _stride_arg(stride, data), _stride_arg(padding, data)

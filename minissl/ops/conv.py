@@ -19,12 +19,20 @@ image by image instead, Y_n = W cols_n^T (O, OH*OW), which is NCHW without any r
 dW = sum_n G_n cols_n, a stack of small (O, C*kh*kw) matrices. Measured on 256 images of 3x32x32
 with 32 filters: forward 7.0 -> 5.1 ms, dW 9.3 -> 6.7 ms; on the deeper layers, where
 C*kh*kw exceeds OH*OW, the single products stay faster.
+
+In chunks. The input gradient's dcols = G W (N*OH*OW, C*kh*kw) is only read back by col2im;
+when it is larger than 16 * CHUNK_BYTES it is computed and folded a few images at a time, so
+each chunk is still in cache when col2im reads it (256 images of 32x32x32, 64 filters:
+20.7 -> 16.3 ms).
 """
+import numpy as np
+
 from ..autograd import Function
 from ..backend import get_array_module
 from ..kernels.im2col import col2im, im2col, window_geometry
 
 PER_IMAGE_RATIO = 4
+CHUNK_BYTES = 4 << 20
 
 
 def _cnhw(a):
@@ -76,24 +84,45 @@ class Conv2d(Function):
         N, O = g.shape[:2]
         need_x, need_w = self.needs_grad[0], self.needs_grad[1]
         need_b = self.has_bias and self.needs_grad[2]
-        dcols = gw = gb = None
+        gx = gw = gb = None
         if self.per_image:
             g3 = g.reshape(N, O, -1)                                 # G_n: (N, O, OH*OW)
             if need_x:
-                dcols = (g3.transpose(0, 2, 1) @ self.w2).reshape(self.cols.shape)
+                gx = self._fold((g3.transpose(0, 2, 1) @ self.w2).reshape(self.cols.shape))
             if need_w:
                 gw = (g3 @ self.cols.reshape(N, g3.shape[2], -1)).sum(axis=0)
             if need_b:
                 gb = g3.sum(axis=(0, 2))
         else:
             gt = _cnhw(g)                                            # G^T: (O, N*OH*OW)
-            dcols = gt.T @ self.w2 if need_x else None               # (N*OH*OW, C*kh*kw)
-            gw = gt @ self.cols if need_w else None                  # (O, C*kh*kw)
-            gb = gt.sum(axis=1) if need_b else None
-        gx = col2im(dcols, self.x_shape, self.k, self.stride, self.padding) if need_x else None
+            if need_x:
+                gx = self._input_grad(gt)
+            if need_w:
+                gw = gt @ self.cols                                  # (O, C*kh*kw)
+            if need_b:
+                gb = gt.sum(axis=1)
         if gw is not None:
             gw = gw.reshape(O, self.x_shape[1], *self.k)
         return (gx, gw, gb) if self.has_bias else (gx, gw)
+
+    def _fold(self, dcols, shape=None):
+        return col2im(dcols, shape or self.x_shape, self.k, self.stride, self.padding)
+
+    def _input_grad(self, gt):
+        """dx = col2im(G W) from G^T (O, N*OH*OW); in chunks of n images when G W is larger
+        than 16 * CHUNK_BYTES (see the module docstring)."""
+        N = self.x_shape[0]
+        rows = gt.shape[1] // max(N, 1)                              # OH*OW per image
+        image_bytes = rows * self.w2.shape[1] * gt.itemsize          # one image's dcols
+        if get_array_module(gt) is not np or N * image_bytes <= 16 * CHUNK_BYTES:
+            return self._fold(gt.T @ self.w2)                        # dcols (N*OH*OW, C*kh*kw)
+        n = max(1, CHUNK_BYTES // image_bytes)
+        gx = np.empty(self.x_shape, dtype=gt.dtype)
+        for i in range(0, N, n):
+            j = min(i + n, N)
+            gx[i:j] = self._fold(gt[:, i * rows:j * rows].T @ self.w2,
+                                 (j - i,) + tuple(self.x_shape[1:]))
+        return gx
 
 
 def _pair(v):
