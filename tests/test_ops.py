@@ -527,6 +527,21 @@ def test_conv2d(path, case, bias, ratio, chunk_bytes, data):
             check(lambda x, w: F.conv2d(x, w, stride=s, padding=p), x, w)
 
 
+@pytest.mark.parametrize("ratio", [0, math.inf])
+@pytest.mark.parametrize("xs,ws", [((0, 2, 4, 4), (3, 2, 3, 3)), ((2, 0, 4, 4), (3, 0, 3, 3)),
+                                   ((2, 2, 4, 4), (0, 2, 3, 3))])
+def test_conv2d_size_zero(ratio, xs, ws):
+    """No images, no input channels or no filters: the right shapes both ways, zeros."""
+    with conv_products(ratio, conv_ops.CHUNK_BYTES):
+        x, w = T(np.ones(xs)), T(np.ones(ws))
+        y = F.conv2d(x, w, padding=1)
+        assert y.shape == (xs[0], ws[0], 4, 4)
+        close(y, np.zeros(y.shape))
+        y.sum().backward()
+        assert x.grad.shape == xs and w.grad.shape == ws
+        close(x.grad, np.zeros(xs))
+
+
 @given(case=conv_cases(transpose=True), bias=st.booleans(), data=st.data())
 def test_conv_transpose2d(path, case, bias, data):
     xs, ws, stride, padding, out_pad = case

@@ -42,7 +42,7 @@ def _cnhw(a):
     the element-wise transpose to (N*H*W, C) rows."""
     xp = get_array_module(a)
     n, c, h, w = a.shape
-    return xp.ascontiguousarray(a.reshape(n, c, h * w).transpose(1, 0, 2)).reshape(c, -1)
+    return xp.ascontiguousarray(a.reshape(n, c, h * w).transpose(1, 0, 2)).reshape(c, n * h * w)
 
 
 def _nchw(rows_t, n, h, w):
@@ -66,14 +66,14 @@ class Conv2d(Function):
         _, _, _, (OH, OW) = window_geometry("conv2d", x.shape, self.k, self.stride, self.padding)
         self.x_shape = x.shape
         self.cols = im2col(x, self.k, self.stride, self.padding)   # (N*OH*OW, C*kh*kw)
-        self.w2 = w.reshape(w.shape[0], -1)                          # (O, C*kh*kw)
-        CK = self.w2.shape[1]
+        CK = w.shape[1] * w.shape[2] * w.shape[3]
+        self.w2 = w.reshape(w.shape[0], CK)                          # (O, C*kh*kw)
         self.per_image = OH * OW >= PER_IMAGE_RATIO * CK
         if self.per_image:   # Y_n = W cols_n^T: (N, O, OH*OW), NCHW as it comes
             y = self.w2 @ self.cols.reshape(N, OH * OW, CK).transpose(0, 2, 1)
             if b is not None:
                 y += b[:, None]
-            return y.reshape(N, -1, OH, OW)
+            return y.reshape(N, self.w2.shape[0], OH, OW)
         # Y^T = W cols^T: channel-major (O, N*OH*OW), so that NCHW is a plane-by-plane copy.
         yt = self.w2 @ self.cols.T
         if b is not None:
@@ -86,11 +86,11 @@ class Conv2d(Function):
         need_b = self.has_bias and self.needs_grad[2]
         gx = gw = gb = None
         if self.per_image:
-            g3 = g.reshape(N, O, -1)                                 # G_n: (N, O, OH*OW)
+            g3 = g.reshape(N, O, g.shape[2] * g.shape[3])            # G_n: (N, O, OH*OW)
             if need_x:
                 gx = self._fold((g3.transpose(0, 2, 1) @ self.w2).reshape(self.cols.shape))
             if need_w:
-                gw = (g3 @ self.cols.reshape(N, g3.shape[2], -1)).sum(axis=0)
+                gw = (g3 @ self.cols.reshape(N, g3.shape[2], self.w2.shape[1])).sum(axis=0)
             if need_b:
                 gb = g3.sum(axis=(0, 2))
         else:
