@@ -41,10 +41,13 @@ def regenerated(tmp_path_factory):
 
 
 def test_the_stored_set_is_complete_and_small():
+    from minissl.methods import METHODS
     cases = conformance._cases()
-    assert sorted(NAMES) == sorted(c[0] for c in cases)
-    assert sum(os.path.getsize(p) for p in FILES) < 500_000
+    steps = [f"{m}_training_step" for m in METHODS]
+    assert sorted(NAMES) == sorted([c[0] for c in cases] + steps)
+    assert sum(os.path.getsize(p) for p in FILES) < 1_500_000
     ops = {c[1] for c in cases}
+    assert set(conformance.DATA_OPS) <= ops
     # Every loss of API.md and every deterministic op of minissl.functional has a case.
     from minissl import functional as F
     assert {"nt_xent", "info_nce", "clip_loss", "byol_loss", "simsiam_loss",
@@ -55,19 +58,31 @@ def test_the_stored_set_is_complete_and_small():
 @pytest.mark.parametrize("path", FILES, ids=NAMES)
 def test_minissl_reproduces_the_stored_vector(path):
     errors = conformance.check_vector(path)
-    assert "out" in errors and all(np.isfinite(e) for e in errors.values())
+    assert any(k == "out" or k.startswith("out_") for k in errors)
+    assert all(np.isfinite(e) for e in errors.values())
 
 
-@pytest.mark.parametrize("path", FILES, ids=NAMES)
+OPS = [p for p in FILES if not p.endswith("_training_step.npz")]
+STEPS = [p for p in FILES if p.endswith("_training_step.npz")]
+
+
+@pytest.mark.parametrize("path", OPS, ids=[os.path.basename(p)[:-4] for p in OPS])
 def test_file_format_is_as_documented(path):
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     meta = json.loads(str(arrays.pop("meta")))
-    assert set(meta) == {"op", "args", "kwargs", "inputs", "differentiable", "format"}
     assert meta["format"] == conformance.FORMAT
+    assert set(meta["args"]) <= set(meta["inputs"])
+    expected = {f"in_{k}" for k in meta["inputs"]}
+    if meta["op"] in conformance.DATA_OPS:
+        assert set(meta) == {"op", "args", "kwargs", "inputs", "outputs", "format"}
+        assert set(arrays) == expected | {f"out_{k}" for k in meta["outputs"]}
+        return
+    assert set(meta) == {"op", "args", "kwargs", "inputs", "differentiable", "stop_gradient",
+                         "format"}
     assert len(meta["differentiable"]) == len(meta["inputs"])
-    assert set(meta["args"]) <= set(meta["inputs"]) and meta["args"][0] == meta["inputs"][0]
-    expected = {"out", "grad_out"} | {f"in_{k}" for k in meta["inputs"]}
+    assert meta["args"][0] == meta["inputs"][0]
+    expected |= {"out", "grad_out"}
     for k, d in zip(meta["inputs"], meta["differentiable"]):
         x = arrays[f"in_{k}"]
         assert x.dtype in (np.float64, np.int64), (k, x.dtype)
@@ -76,6 +91,8 @@ def test_file_format_is_as_documented(path):
             expected.add(f"grad_{k}")
             assert arrays[f"grad_{k}"].shape == x.shape
             assert arrays[f"grad_{k}"].dtype == np.float64
+    for k in meta["stop_gradient"]:      # stored as zeros: a port must detach these
+        assert not arrays[f"grad_{k}"].any()
     after = {k for k in arrays if k.startswith("after_")}
     if meta["op"] == "batch_norm" and meta["kwargs"].get("training"):
         assert after == {"after_running_mean", "after_running_var"}
@@ -85,6 +102,47 @@ def test_file_format_is_as_documented(path):
     assert arrays["out"].dtype == np.float64
     assert arrays["grad_out"].shape == arrays["out"].shape
     assert all(np.isfinite(a).all() for a in arrays.values())
+
+
+def test_stop_gradients_are_stored():
+    ops = {json.loads(str(np.load(p)["meta"]))["op"]: p for p in OPS}
+    for op, names in (("byol_loss", ["target"]), ("simsiam_loss", ["target"]),
+                      ("info_nce", ["negatives"])):
+        meta, arrays = conformance.read_vector(ops[op])
+        assert meta["stop_gradient"] == names
+
+
+@pytest.mark.parametrize("path", STEPS, ids=[os.path.basename(p)[:-4] for p in STEPS])
+def test_training_step_format(path):
+    meta, arrays = conformance.read_vector(path)
+    method = os.path.basename(path)[:-len("_training_step.npz")]
+    assert meta["op"] == f"{method}.training_step"
+    assert {f"init_{k}" for k in meta["state"]} == {k for k in arrays if k.startswith("init_")}
+    assert {f"after_{k}" for k in meta["state"]} == {k for k in arrays
+                                                     if k.startswith("after_")}
+    assert {f"grad_{k}" for k in meta["trained"]} == {k for k in arrays
+                                                      if k.startswith("grad_")}
+    assert len(meta["draws"]) == sum(k.startswith("draw_") for k in arrays)
+    assert meta["views"] == sum(k.startswith("view_") for k in arrays)
+    assert np.isfinite(arrays["out"]) and arrays["out"].shape == ()
+    # The step moved every trained parameter that has a gradient (a bias right before a
+    # batch norm has exactly none), by -lr * grad.
+    lr = meta["kwargs"]["lr"]
+    for k in meta["trained"]:
+        g = arrays[f"grad_{k}"]
+        np.testing.assert_allclose(arrays[f"after_{k}"] - arrays[f"init_{k}"], -lr * g,
+                                   atol=1e-12, err_msg=k)
+    assert sum(arrays[f"grad_{k}"].any() for k in meta["trained"]) > len(meta["trained"]) / 2
+
+
+def test_training_step_replay_catches_a_wrong_draw(tmp_path):
+    path = os.path.join(STORED, "mae_training_step.npz")
+    meta, arrays = conformance.read_vector(path)
+    arrays["draw_0"] = arrays["draw_0"][:, ::-1].copy()      # other noise: other patches kept
+    bad = str(tmp_path / "mae_training_step.npz")
+    conformance._write_npz(bad, {"meta": np.array(json.dumps(meta)), **arrays})
+    with pytest.raises(AssertionError, match="mae_training_step.npz: after_|: out"):
+        conformance.check_vector(bad)
 
 
 def test_regenerating_gives_the_same_files(regenerated, tmp_path):
@@ -103,7 +161,8 @@ def test_regenerating_gives_the_same_files(regenerated, tmp_path):
         assert meta == stored_meta
         assert sorted(new) == sorted(stored)
         for k in stored:
-            if k.startswith("in_") or k == "grad_out":
+            if k.startswith(("in_", "init_", "view_", "draw_")) or k == "grad_out" or (
+                    stored[k].dtype.kind in "iu"):
                 assert stored[k].dtype == new[k].dtype
                 np.testing.assert_array_equal(new[k], stored[k], err_msg=k)
             else:
