@@ -118,7 +118,7 @@ def _image_parts(name):
     if name == "simclr":
         return simclr.SimCLR(shape, simclr.SimCLRConfig(proj_hidden=8, proj_dim=4), enc, 8)
     if name == "moco":
-        c = moco.MoCoConfig(queue_size=8, proj_hidden=8, proj_dim=4, bn_splits=2)
+        c = moco.MoCoConfig(queue_size=32, proj_hidden=8, proj_dim=4, bn_splits=2)
         return moco.MoCo(shape, c, nn.convert_split_batchnorm(enc, c.bn_splits), 8)
     if name == "byol":
         return byol.BYOL(shape, byol.BYOLConfig(proj_hidden=8, proj_dim=4), enc, 8)

@@ -1,7 +1,7 @@
 """The conformance vectors (tests/conformance/*.npz): this minissl reproduces the stored set,
 the files follow the documented format, regenerating them gives the same files, and
-``examples/port_check.py`` (a port checking itself) passes for minissl and PyTorch and fails
-for a port with a wrong formula."""
+``examples/port_check.py`` passes for the PyTorch port (and minissl's harness) and fails for a
+port with a wrong formula, a missing stop-gradient or its own masking noise."""
 import glob
 import importlib.util
 import json
@@ -188,16 +188,50 @@ def test_port_check_passes_for_minissl(capsys):
     port_check = load_port_check()
     assert port_check.main(["--vectors", STORED, "--framework", "minissl"]) == 0
     out = capsys.readouterr().out
+    assert "NOT a port" in out.splitlines()[0]
     assert f"{len(FILES)}/{len(FILES)} cases agree" in out
+
+
+def _summary(out):
+    return [ln for ln in out.splitlines() if "cases agree" in ln][0]
 
 
 def test_port_check_passes_for_pytorch(capsys):
     pytest.importorskip("torch")
     port_check = load_port_check()
-    assert port_check.main(["--vectors", STORED, "--framework", "torch"]) == 0
+    assert port_check.main(["--vectors", STORED]) == 0
     out = capsys.readouterr().out
-    assert f"{len(FILES)}/{len(FILES)} cases agree" in out
     assert "FAIL" not in out
+    ported = ["simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg"]
+    for name in ported:
+        assert f"ok   {name}_training_step" in out
+    unchecked = len(STEPS) - len(ported)
+    assert _summary(out).startswith(f"{len(FILES) - unchecked}/{len(FILES) - unchecked} cases")
+    assert f"{unchecked} not checked" in _summary(out)
+
+
+@pytest.mark.parametrize("mutation, prefix", [("byol_no_stop_gradient", "byol_loss"),
+                                              ("mae_own_noise", "random_masking")])
+def test_port_check_fails_a_port_with_a_known_bug(mutation, prefix, capsys):
+    """A BYOL loss without the stop-gradient fails on grad_target (stored zeros); MAE's
+    masking drawing its own noise fails on the kept indices and the mask."""
+    pytest.importorskip("torch")
+    port_check = load_port_check()
+    assert port_check.main(["--vectors", STORED, "--mutate", mutation]) == 1
+    failed = [ln.split()[1] for ln in capsys.readouterr().out.splitlines()
+              if ln.strip().startswith("FAIL")]
+    assert failed and all(name.startswith(prefix) for name in failed)
+    assert len(failed) == sum(n.startswith(prefix) for n in NAMES)
+
+
+def test_port_check_without_torch_says_so_in_one_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)          # import torch -> ImportError
+    port_check = load_port_check()
+    assert port_check.main(["--vectors", STORED]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.strip().splitlines()) == 1
+    assert "PyTorch is not installed" in captured.err
 
 
 def test_port_check_reports_a_wrong_port(monkeypatch, capsys):
@@ -206,14 +240,14 @@ def test_port_check_reports_a_wrong_port(monkeypatch, capsys):
     real = port_check.minissl_port
 
     def broken_port():
-        op, *rest = real()
+        port = real()
 
         def broken(name):
-            fn = op(name)
+            fn = port.op(name)
             if name != "nt_xent":
                 return fn
             return lambda z1, z2, temperature: fn(z1, z2, temperature=1.0)
-        return (broken, *rest)
+        return port._replace(op=broken)
 
     monkeypatch.setattr(port_check, "minissl_port", broken_port)
     assert port_check.main(["--vectors", STORED, "--framework", "minissl"]) == 1

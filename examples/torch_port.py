@@ -1,0 +1,318 @@
+"""A PyTorch port of minissl, written from the papers and their official codes, for
+``examples/port_check.py``: the SSL losses, the data ops (masking, patches, position embedding,
+schedules) and the training step of the image methods.
+
+Nothing here imports minissl: the port sees only the conformance files (their inputs, initial
+weights, augmented views and random draws), so agreement means two independent
+implementations compute the same numbers.
+"""
+import math
+
+import torch
+import torch.nn as tnn
+import torch.nn.functional as TF
+
+# ----------------------------------------------------------------------------- losses
+
+
+def nt_xent(z1, z2, temperature=0.5):
+    # SimCLR (Chen et al. 2020, eq. 1): 2N anchors, the positive is the other view,
+    # the 2N - 2 other rows are negatives, self-similarity excluded.
+    n = z1.shape[0]
+    z = TF.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.T / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    return TF.cross_entropy(sim, target)
+
+
+def info_nce(query, key, negatives, temperature=0.07):
+    # MoCo (He et al. 2020, eq. 1; builder.py): the positive logit first, then the queue's;
+    # the queue gets no gradient.
+    q, k = TF.normalize(query, dim=1), TF.normalize(key, dim=1)
+    neg = TF.normalize(negatives, dim=1).detach()
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ neg.T], dim=1) / temperature
+    return TF.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long))
+
+
+def clip_loss(image_features, text_features, logit_scale):
+    # CLIP (Radford et al. 2021, Figure 3): symmetric cross-entropy over the pairings.
+    img, txt = TF.normalize(image_features, dim=1), TF.normalize(text_features, dim=1)
+    logits = logit_scale.exp() * img @ txt.T
+    labels = torch.arange(len(img))
+    return (TF.cross_entropy(logits, labels) + TF.cross_entropy(logits.T, labels)) / 2
+
+
+def byol_loss(prediction, target):
+    # BYOL (Grill et al. 2020, eq. 2): || p/|p| - z/|z| ||^2 = 2 - 2 cos, stop-gradient on z.
+    p, z = TF.normalize(prediction, dim=1), TF.normalize(target.detach(), dim=1)
+    return (2 - 2 * (p * z).sum(1)).mean()
+
+
+def simsiam_loss(prediction, target):
+    # SimSiam (Chen & He 2021, eq. 1; nn.CosineSimilarity): -cos, stop-gradient on z.
+    return -TF.cosine_similarity(prediction, target.detach(), dim=1).mean()
+
+
+def barlow_twins_loss(z1, z2, lambd=5e-3):
+    # Barlow Twins (Zbontar et al. 2021, eq. 1): cross-correlation of the batch-
+    # standardised views (biased variance, eps 1e-5, as BatchNorm1d without affine).
+    n = z1.shape[0]
+    a = (z1 - z1.mean(0)) / torch.sqrt(z1.var(0, unbiased=False) + 1e-5)
+    b = (z2 - z2.mean(0)) / torch.sqrt(z2.var(0, unbiased=False) + 1e-5)
+    c = a.T @ b / n
+    on = ((torch.diagonal(c) - 1) ** 2).sum()
+    off = (c ** 2).sum() - (torch.diagonal(c) ** 2).sum()
+    return on + lambd * off
+
+
+def vicreg_loss(z1, z2, sim_weight=25.0, var_weight=25.0, cov_weight=1.0, eps=1e-4):
+    # VICReg (Bardes et al. 2022, eqs. 1-6; official main_vicreg.py).
+    n, d = z1.shape
+    inv = TF.mse_loss(z1, z2)
+    x, y = z1 - z1.mean(0), z2 - z2.mean(0)
+    std_x, std_y = torch.sqrt(x.var(0) + eps), torch.sqrt(y.var(0) + eps)
+    var = TF.relu(1 - std_x).mean() / 2 + TF.relu(1 - std_y).mean() / 2
+    cx, cy = x.T @ x / (n - 1), y.T @ y / (n - 1)
+    off = ~torch.eye(d, dtype=torch.bool)
+    cov = cx[off].pow(2).sum() / d + cy[off].pow(2).sum() / d
+    return sim_weight * inv + var_weight * var + cov_weight * cov
+
+
+def kl_normal(mu, logvar):
+    # VAE (Kingma & Welling 2014, appendix B): KL(N(mu, sigma^2) || N(0, I)).
+    return (-0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum(-1)).mean()
+
+
+def mae_loss(pred, target, mask, norm_pix=False):
+    # MAE (He et al. 2022; official models_mae.py forward_loss).
+    if norm_pix:
+        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6) ** 0.5
+    per_patch = ((pred - target) ** 2).mean(-1)
+    return (per_patch * mask).sum() / mask.sum()
+
+
+LOSSES = {f.__name__: f for f in (nt_xent, info_nce, clip_loss, byol_loss, simsiam_loss,
+                                  barlow_twins_loss, vicreg_loss, kl_normal, mae_loss)}
+
+# ----------------------------------------------------------------------------- data ops
+
+
+def random_masking(noise, len_keep):
+    # MAE models_mae.py random_masking, given its noise (there: torch.rand(N, L)).
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    mask = torch.ones_like(noise)
+    mask[:, :len_keep] = 0
+    return ids_shuffle[:, :len_keep], torch.gather(mask, 1, ids_restore), ids_restore
+
+
+def patchify(imgs, p):
+    # models_mae.py patchify: nchpwq -> nhwpqc.
+    n, c, h, w = imgs.shape
+    x = imgs.reshape(n, c, h // p, p, w // p, p)
+    return torch.einsum("nchpwq->nhwpqc", x).reshape(n, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(x, p, channels, grid):
+    h, w = grid
+    x = x.reshape(x.shape[0], h, w, p, p, channels)
+    return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], channels, h * p, w * p)
+
+
+def sincos_pos_embed_2d(dim, grid_size):
+    # util/pos_embed.py get_2d_sincos_pos_embed: the first half encodes the column index.
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+    rows, cols = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
+
+    def embed(pos):
+        out = pos.reshape(-1, 1).double() * omega
+        return torch.cat([out.sin(), out.cos()], dim=1)
+    return torch.cat([embed(cols), embed(rows)], dim=1)
+
+
+def bert_masking(ids, noise, u, random_ids, mask_id, mask_prob, mask_token_prob,
+                 random_token_prob):
+    # create_pretraining_data.py: n = max(1, round(T p)) positions per row, then 80/10/10.
+    n = max(1, int(round(ids.shape[1] * mask_prob)))
+    chosen = torch.zeros_like(ids, dtype=torch.bool)
+    chosen.scatter_(1, torch.argsort(noise, dim=1)[:, :n], True)
+    to_mask = chosen & (u < mask_token_prob)
+    to_random = chosen & (u >= mask_token_prob) & (u < mask_token_prob + random_token_prob)
+    inputs = torch.where(to_mask, mask_id, torch.where(to_random, random_ids, ids))
+    return inputs, torch.where(chosen, ids, -100)
+
+
+def cosine_tau(step, base_tau, total_steps):
+    # BYOL section 3.2: tau = 1 - (1 - base) (cos(pi k / K) + 1) / 2.
+    return torch.tensor([1 - (1 - base_tau) * (math.cos(math.pi * int(k) / total_steps) + 1) / 2
+                         for k in step])
+
+
+def cosine_warmup_lr(step, base_lr, warmup_steps, total_steps, final_lr):
+    def lr(t):
+        if t < warmup_steps:
+            return base_lr * t / warmup_steps
+        if t >= total_steps:
+            return final_lr
+        progress = (t - warmup_steps) / (total_steps - warmup_steps)
+        return final_lr + (base_lr - final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+    return torch.tensor([lr(int(t)) for t in step])
+
+
+DATA_OPS = {"random_masking": random_masking, "patchify": patchify, "unpatchify": unpatchify,
+            "sincos_pos_embed_2d": sincos_pos_embed_2d, "bert_masking": bert_masking,
+            "cosine_tau": cosine_tau, "cosine_warmup_lr": cosine_warmup_lr}
+
+# ----------------------------------------------------------------------------- methods
+
+
+class SplitBatchNorm1d(tnn.BatchNorm1d):
+    """MoCo's CIFAR demo SplitBatchNorm (there 2-D), for (N, C): per-slice statistics in
+    training, the slices being samples n mod S; running statistics averaged over slices."""
+
+    def __init__(self, num_features, num_splits, **kw):
+        super().__init__(num_features, **kw)
+        self.num_splits = num_splits
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        n, c = x.shape
+        s = self.num_splits
+        rm, rv = self.running_mean.repeat(s), self.running_var.repeat(s)
+        y = TF.batch_norm(x.view(-1, c * s), rm, rv, self.weight.repeat(s),
+                          self.bias.repeat(s), True, self.momentum, self.eps).view(n, c)
+        self.running_mean.copy_(rm.view(s, c).mean(0))
+        self.running_var.copy_(rv.view(s, c).mean(0))
+        self.num_batches_tracked += 1
+        return y
+
+
+def mlp_from_state(state, prefix, trailing_relu=False, bn_splits=1):
+    """nn.Sequential rebuilt from its state_dict keys: index i with a 2-D weight is a Linear,
+    with a running_mean a BatchNorm1d (affine if it has a weight), an index without keys a
+    ReLU (the official heads' layout); the digits encoder ends with a ReLU."""
+    idx = sorted({int(k[len(prefix) + 1:].split(".")[0]) for k in state
+                  if k.startswith(prefix + ".")})
+    layers = []
+    for i in range(idx[-1] + 1):
+        key = f"{prefix}.{i}."
+        if key + "running_mean" in state:
+            c = state[key + "running_mean"].shape[0]
+            affine = key + "weight" in state
+            layers.append(SplitBatchNorm1d(c, bn_splits, affine=affine) if bn_splits > 1
+                          else tnn.BatchNorm1d(c, affine=affine))
+        elif key + "weight" in state:
+            o, i_ = state[key + "weight"].shape
+            layers.append(tnn.Linear(i_, o, bias=key + "bias" in state))
+        else:
+            layers.append(tnn.ReLU())
+    if trailing_relu:
+        layers.append(tnn.ReLU())
+    return tnn.Sequential(*layers)
+
+
+class Method(tnn.Module):
+    """The networks of one method, rebuilt from the vector's state_dict keys."""
+
+    def __init__(self, meta, state):
+        super().__init__()
+        splits = meta["config"].get("bn_splits", 1)
+        for name in sorted({k.split(".")[0] for k in state if "." in k}):
+            enc = name in ("encoder", "key_encoder", "target_encoder")
+            self.add_module(name, tnn.Sequential(tnn.Flatten(), mlp_from_state(
+                state, name, enc, splits if enc else 1)) if enc else mlp_from_state(state, name))
+        for k in state:
+            if "." not in k:
+                self.register_buffer(k, state[k].clone())
+        own = self.state_dict()
+        for k, v in state.items():
+            key = k.replace("encoder.", "encoder.1.", 1) if k.split(".")[0].endswith(
+                "encoder") else k
+            own[key].copy_(v)
+        self.keymap = {k: (k.replace("encoder.", "encoder.1.", 1)
+                           if k.split(".")[0].endswith("encoder") else k) for k in state}
+        for k, p in self.named_parameters():
+            p.requires_grad = k in {self.keymap[t] for t in meta["trained"]}
+
+
+@torch.no_grad()
+def ema(target, online, tau):
+    # BYOL / MoCo momentum update; minissl also copies the BN buffers (docs/faithful.md).
+    for pt, po in zip(target.parameters(), online.parameters()):
+        pt.mul_(tau).add_((1 - tau) * po)
+    for bt, bo in zip(target.buffers(), online.buffers()):
+        bt.copy_(bo)
+
+
+def step_loss(name, net, cfg, views, draws):
+    """The loss of one training step of method ``name`` (the official forward passes)."""
+    v1, v2 = views
+    if name == "simclr":           # tf2/model.py: both views as one batch of 2N
+        z = net.projector(net.encoder(torch.cat([v1, v2])))
+        return nt_xent(z[:len(v1)], z[len(v1):], cfg["temperature"])
+    if name == "moco":             # builder.py forward, single-GPU shuffle of the demo
+        q = net.projector(net.encoder(v1))
+        perm = draws[0]
+        with torch.no_grad():
+            ema(net.key_encoder, net.encoder, cfg["momentum"])
+            ema(net.key_projector, net.projector, cfg["momentum"])
+            k = TF.normalize(net.key_projector(net.key_encoder(v2[perm])), dim=1)
+            k = k[torch.argsort(perm)]
+        net.keys = k
+        return info_nce(q, k, net.queue, cfg["temperature"])
+    if name == "byol":             # byol_experiment.py: one forward per view
+        p1 = net.predictor(net.projector(net.encoder(v1)))
+        p2 = net.predictor(net.projector(net.encoder(v2)))
+        with torch.no_grad():
+            t1 = net.target_projector(net.target_encoder(v1))
+            t2 = net.target_projector(net.target_encoder(v2))
+        return byol_loss(p1, t2) + byol_loss(p2, t1)
+    z1, z2 = net.projector(net.encoder(v1)), net.projector(net.encoder(v2))
+    if name == "simsiam":          # simsiam/builder.py + main_simsiam.py criterion
+        p1, p2 = net.predictor(z1), net.predictor(z2)
+        return 0.5 * (simsiam_loss(p1, z2) + simsiam_loss(p2, z1))
+    if name == "barlow_twins":
+        return barlow_twins_loss(z1, z2, cfg["lambd"])
+    return vicreg_loss(z1, z2, cfg["sim_weight"], cfg["var_weight"], cfg["cov_weight"])
+
+
+def end_of_step(name, net, cfg, total_steps):
+    if name == "byol":             # tau at step 0 of the cosine schedule, then the EMA
+        tau = float(cosine_tau([0], cfg["base_tau"], total_steps)[0])
+        ema(net.target_encoder, net.encoder, tau)
+        ema(net.target_projector, net.projector, tau)
+    if name == "moco":             # _dequeue_and_enqueue
+        with torch.no_grad():
+            ptr, b = int(net.queue_ptr[0]), len(net.keys)
+            net.queue[ptr:ptr + b] = net.keys
+            net.queue_ptr[0] = (ptr + b) % len(net.queue)
+
+
+METHODS = ("simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg")
+
+
+def training_step(meta, stored):
+    """{key: array} of the port's step on a stored training-step vector (same keys as the
+    file's ``out``, ``grad_*`` and ``after_*``)."""
+    name = meta["op"].split(".")[0]
+    state = {k: torch.as_tensor(stored[f"init_{k}"]) for k in meta["state"]}
+    net = Method(meta, state).train()
+    views = [torch.as_tensor(stored[f"view_{i}"]) for i in range(meta["views"])]
+    draws = [torch.as_tensor(stored[f"draw_{i}"]) for i in range(len(meta["draws"]))]
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad],
+                          lr=meta["kwargs"]["lr"])
+    loss = step_loss(name, net, meta["config"], views, draws)
+    loss.backward()
+    own = dict(net.named_parameters())
+    got = {"out": loss.detach().numpy()}
+    for k in meta["trained"]:
+        g = own[net.keymap[k]].grad
+        got[f"grad_{k}"] = (torch.zeros_like(own[net.keymap[k]]) if g is None else g).numpy()
+    opt.step()
+    end_of_step(name, net, meta["config"], meta["kwargs"]["total_steps"])
+    after = net.state_dict()
+    got.update({f"after_{k}": after[net.keymap[k]].detach().numpy() for k in meta["state"]})
+    return got
