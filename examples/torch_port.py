@@ -214,28 +214,50 @@ def mlp_from_state(state, prefix, trailing_relu=False, bn_splits=1):
     return tnn.Sequential(*layers)
 
 
+def module_from_state(state, prefix, bn_splits=1):
+    """The module under ``prefix`` rebuilt from the state_dict keys: a Linear where the
+    prefix itself has a 2-D weight, an ``mlp_from_state`` where the children are numbered, a
+    container of rebuilt children otherwise. The digits encoders (``*encoder``) flatten the
+    images first, end with a ReLU and use the split batch norm of MoCo's config."""
+    rest = {k[len(prefix) + 1:] for k in state if k.startswith(prefix + ".")}
+    if "weight" in rest and state[prefix + ".weight"].ndim == 2:
+        o, i = state[prefix + ".weight"].shape
+        return tnn.Linear(i, o, bias="bias" in rest)
+    children = sorted({k.split(".")[0] for k in rest})
+    if all(c.isdigit() for c in children):
+        if prefix.endswith("encoder"):
+            return tnn.Sequential(tnn.Flatten(), mlp_from_state(state, prefix, True, bn_splits))
+        return mlp_from_state(state, prefix)
+    box = tnn.Module()
+    for c in children:
+        box.add_module(c, module_from_state(state, f"{prefix}.{c}", bn_splits))
+    return box
+
+
+def torch_key(key):
+    """The port's name of a minissl state_dict key (the encoders gained a Flatten at 0)."""
+    head, _, tail = key.partition(".")
+    return f"{head}.1.{tail}" if head.endswith("encoder") and tail[:1].isdigit() else key
+
+
 class Method(tnn.Module):
-    """The networks of one method, rebuilt from the vector's state_dict keys."""
+    """The networks of one method, rebuilt from the vector's state_dict keys and loaded."""
 
     def __init__(self, meta, state):
         super().__init__()
         splits = meta["config"].get("bn_splits", 1)
         for name in sorted({k.split(".")[0] for k in state if "." in k}):
-            enc = name in ("encoder", "key_encoder", "target_encoder")
-            self.add_module(name, tnn.Sequential(tnn.Flatten(), mlp_from_state(
-                state, name, enc, splits if enc else 1)) if enc else mlp_from_state(state, name))
+            self.add_module(name, module_from_state(state, name, splits))
         for k in state:
             if "." not in k:
                 self.register_buffer(k, state[k].clone())
         own = self.state_dict()
+        assert sorted(own) == sorted(torch_key(k) for k in state), "port: other layout"
         for k, v in state.items():
-            key = k.replace("encoder.", "encoder.1.", 1) if k.split(".")[0].endswith(
-                "encoder") else k
-            own[key].copy_(v)
-        self.keymap = {k: (k.replace("encoder.", "encoder.1.", 1)
-                           if k.split(".")[0].endswith("encoder") else k) for k in state}
+            own[torch_key(k)].copy_(v)
+        trained = {torch_key(k) for k in meta["trained"]}
         for k, p in self.named_parameters():
-            p.requires_grad = k in {self.keymap[t] for t in meta["trained"]}
+            p.requires_grad = k in trained
 
 
 @torch.no_grad()
@@ -247,8 +269,39 @@ def ema(target, online, tau):
         bt.copy_(bo)
 
 
-def step_loss(name, net, cfg, views, draws):
+def decode(decoder, z, x):
+    return decoder.net(z).reshape(x.shape)                     # pixel logits (B, C, H, W)
+
+
+def single_input_loss(name, net, cfg, x, views, draws):
+    """The self-predictive methods: autoencoders (Vincent et al. 2008, Kingma & Welling
+    2014, Bernoulli likelihood), RotNet (Gidaris et al. 2018, all four rotations of each
+    image, image-major, counter-clockwise) and the AR(p) model."""
+    if name in ("autoencoder", "denoising"):   # the DAE's corrupted input is its view
+        inp = views[0] if views else x
+        return TF.binary_cross_entropy_with_logits(decode(net.decoder, net.encoder(inp), x), x)
+    if name == "vae":
+        h = net.encoder(x)
+        mu, logvar = net.to_mu(h), net.to_logvar(h)
+        z = mu + (0.5 * logvar).exp() * draws[0]               # reparameterisation
+        recon = TF.binary_cross_entropy_with_logits(decode(net.decoder, z, x), x,
+                                                    reduction="sum") / len(x)
+        return recon + cfg["beta"] * kl_normal(mu, logvar)
+    if name == "rotation":
+        v = views[0].repeat_interleave(4, dim=0)               # (4B, C, H, W)
+        k = torch.arange(4).repeat(len(views[0]))               # 0 1 2 3 0 1 ...
+        x4 = torch.stack([torch.rot90(img, int(r), dims=(1, 2)) for img, r in zip(v, k)])
+        return TF.cross_entropy(net.head(net.encoder(x4)), k)
+    p = cfg["order"]                                            # ar: x_t from x_{t-1..t-p}
+    L = x.shape[1]
+    lags = torch.stack([x[:, p - j:L - j] for j in range(1, p + 1)], dim=-1).reshape(-1, p)
+    return TF.mse_loss(net.linear(lags).reshape(-1), x[:, p:].reshape(-1))
+
+
+def step_loss(name, net, cfg, views, draws, x=None):
     """The loss of one training step of method ``name`` (the official forward passes)."""
+    if name in SINGLE_INPUT:
+        return single_input_loss(name, net, cfg, x, views, draws)
     v1, v2 = views
     if name == "simclr":           # tf2/model.py: both views as one batch of 2N
         z = net.projector(net.encoder(torch.cat([v1, v2])))
@@ -291,7 +344,8 @@ def end_of_step(name, net, cfg, total_steps):
             net.queue_ptr[0] = (ptr + b) % len(net.queue)
 
 
-METHODS = ("simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg")
+SINGLE_INPUT = ("autoencoder", "denoising", "vae", "rotation", "ar")
+METHODS = ("simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg") + SINGLE_INPUT
 
 
 def training_step(meta, stored):
@@ -304,15 +358,16 @@ def training_step(meta, stored):
     draws = [torch.as_tensor(stored[f"draw_{i}"]) for i in range(len(meta["draws"]))]
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad],
                           lr=meta["kwargs"]["lr"])
-    loss = step_loss(name, net, meta["config"], views, draws)
+    x = torch.as_tensor(stored[f"in_{meta['inputs'][0]}"])
+    loss = step_loss(name, net, meta["config"], views, draws, x)
     loss.backward()
     own = dict(net.named_parameters())
     got = {"out": loss.detach().numpy()}
     for k in meta["trained"]:
-        g = own[net.keymap[k]].grad
-        got[f"grad_{k}"] = (torch.zeros_like(own[net.keymap[k]]) if g is None else g).numpy()
+        g = own[torch_key(k)].grad
+        got[f"grad_{k}"] = (torch.zeros_like(own[torch_key(k)]) if g is None else g).numpy()
     opt.step()
     end_of_step(name, net, meta["config"], meta["kwargs"]["total_steps"])
     after = net.state_dict()
-    got.update({f"after_{k}": after[net.keymap[k]].detach().numpy() for k in meta["state"]})
+    got.update({f"after_{k}": after[torch_key(k)].detach().numpy() for k in meta["state"]})
     return got

@@ -80,12 +80,17 @@ for _k in _KINDS:
     setattr(ReplayGenerator, _k, _replaying(_k))
 
 
-class _RecordViews:
-    """Wraps a method's augmentation: runs it with the generator's recording paused and keeps
-    each output (a port is fed the views, not the augmentation's draws)."""
+# The attributes that hold a method's input transformations (augmentation; the denoising
+# autoencoder's corruption): a port is fed their outputs.
+_TRANSFORMS = ("transform", "corruption")
 
-    def __init__(self, transform):
-        self.transform, self.views = transform, []
+
+class _RecordViews:
+    """Wraps a method's augmentation: runs it with the generator's recording paused and
+    appends each output to ``views`` (a port is fed the views, not the augmentation's draws)."""
+
+    def __init__(self, transform, views):
+        self.transform, self.views = transform, views
 
     def __call__(self, x, rng):
         rng.paused = True
@@ -99,7 +104,7 @@ class _RecordViews:
 
 class _ReplayViews:
     def __init__(self, views):
-        self.views = list(views)
+        self.views = views              # shared by the wrapped attributes, consumed in order
 
     def __call__(self, x, rng):
         if not self.views:
@@ -207,11 +212,11 @@ def step_vector(name):
     m, batch = build_case(name)
     init = _state(m)
     rng = RecordingGenerator(STEP_SEED)
-    rec = None
-    if getattr(m, "transform", None) is not None:
-        rec = m.transform = _RecordViews(m.transform)
+    views = []
+    for attr in _TRANSFORMS:
+        if getattr(m, attr, None) is not None:
+            setattr(m, attr, _RecordViews(getattr(m, attr), views))
     loss, grads = take_step(m, batch, rng)
-    views = rec.views if rec is not None else []
     arrays = {f"in_{k}": np.asarray(v) for k, v in batch.items()}
     arrays.update({f"view_{i}": v.astype(np.float64) for i, v in enumerate(views)})
     arrays.update({f"draw_{i}": v for i, (_, v) in enumerate(rng.draws)})
@@ -237,13 +242,15 @@ def replay_step(meta, stored):
     from .autograd import tensor
     m.load_state_dict({k: tensor(stored[f"init_{k}"]) for k in meta["state"]})
     batch = {k: stored[f"in_{k}"] for k in meta["inputs"]}
-    if meta["views"]:
-        m.transform = _ReplayViews(stored[f"view_{i}"] for i in range(meta["views"]))
+    views = [stored[f"view_{i}"] for i in range(meta["views"])]
+    for attr in _TRANSFORMS:
+        if getattr(m, attr, None) is not None:
+            setattr(m, attr, _ReplayViews(views))
     rng = ReplayGenerator((k, stored[f"draw_{i}"]) for i, (k, _) in enumerate(meta["draws"]))
     loss, grads = take_step(m, batch, rng)
-    if rng.used != len(meta["draws"]):
-        raise AssertionError(f"{meta['op']}: {len(meta['draws']) - rng.used} recorded draws "
-                             "were not used")
+    if views or rng.used != len(meta["draws"]):
+        raise AssertionError(f"{meta['op']}: {len(views)} views and "
+                             f"{len(meta['draws']) - rng.used} draws were stored but not used")
     got = {"out": np.array(loss)}
     got.update({f"grad_{k}": g for k, g in grads.items()})
     got.update({f"after_{k}": v.astype(np.float64) if v.dtype.kind == "f" else v

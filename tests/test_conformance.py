@@ -202,7 +202,8 @@ def test_port_check_passes_for_pytorch(capsys):
     assert port_check.main(["--vectors", STORED]) == 0
     out = capsys.readouterr().out
     assert "FAIL" not in out
-    ported = ["simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg"]
+    ported = ["simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg", "autoencoder",
+              "denoising", "vae", "rotation", "ar"]
     for name in ported:
         assert f"ok   {name}_training_step" in out
     unchecked = len(STEPS) - len(ported)

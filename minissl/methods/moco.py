@@ -72,6 +72,8 @@ class MoCo(SSLMethod):
         self._keys = None   # keys of the current step, enqueued once backward is done
 
     def training_step(self, x, rng):
+        """Draws from ``rng``, in order: the two views (query, key), then the key batch's
+        permutation ``rng.permutation(B)``."""
         v1, v2 = augment.two_views(x, self.transform, rng)
         q = self.projector(self.encoder(self.as_input(v1)))              # (B, D) queries
         perm = rng.permutation(len(v2))                                   # shuffling BN
