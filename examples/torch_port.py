@@ -1,6 +1,7 @@
 """A PyTorch port of minissl, written from the papers and their official codes, for
 ``examples/port_check.py``: the SSL losses, the data ops (masking, patches, position embedding,
-schedules) and the training step of the image methods.
+schedules) and the training step of every method but CLIP (whose captions come from minissl's
+own templates and tokenizer).
 
 Nothing here imports minissl: the port sees only the conformance files (their inputs, initial
 weights, augmented views and random draws), so agreement means two independent
@@ -345,13 +346,94 @@ def end_of_step(name, net, cfg, total_steps):
 
 
 SINGLE_INPUT = ("autoencoder", "denoising", "vae", "rotation", "ar")
-METHODS = ("simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg") + SINGLE_INPUT
+TRANSFORMERS = ("gpt", "mlm", "mae")
+METHODS = ("simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg") + SINGLE_INPUT + \
+    TRANSFORMERS
+
+
+# The transformer methods, written as functions of their parameters P (name -> tensor).
+
+def block(P, pre, x, heads, causal):
+    """Pre-LN block (nanoGPT / timm ViT): x + attn(ln1(x)), then x + mlp(ln2(x)); qkv packed
+    as [Q | K | V] along the output of one Linear."""
+    B, T, C = x.shape
+    h = TF.layer_norm(x, (C,), P[pre + "ln1.weight"], P[pre + "ln1.bias"])
+    qkv = TF.linear(h, P[pre + "attn.qkv.weight"], P[pre + "attn.qkv.bias"])
+    q, k, v = (t.reshape(B, T, heads, C // heads).transpose(1, 2) for t in qkv.split(C, -1))
+    y = TF.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    x = x + TF.linear(y.transpose(1, 2).reshape(B, T, C), P[pre + "attn.proj.weight"],
+                      P[pre + "attn.proj.bias"])
+    h = TF.layer_norm(x, (C,), P[pre + "ln2.weight"], P[pre + "ln2.bias"])
+    h = TF.gelu(TF.linear(h, P[pre + "mlp.0.weight"], P[pre + "mlp.0.bias"]))
+    return x + TF.linear(h, P[pre + "mlp.2.weight"], P[pre + "mlp.2.bias"])
+
+
+def text_hidden(P, ids, cfg, causal):
+    x = P["wte.weight"][ids] + P["wpe.weight"][:ids.shape[1]]
+    for i in range(cfg["n_layer"]):
+        x = block(P, f"h.{i}.", x, cfg["n_head"], causal)
+    return TF.layer_norm(x, (x.shape[-1],), P["ln_f.weight"], P["ln_f.bias"])
+
+
+def transformer_loss(name, P, cfg, x, views, draws):
+    if name == "gpt":              # nanoGPT: next-token cross-entropy, head not tied here
+        logits = text_hidden(P, x[:, :-1], cfg, True) @ P["lm_head.weight"].T
+        return TF.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+    if name == "mlm":              # BERT: 80/10/10 from the draws, loss at chosen positions
+        inputs, targets = bert_masking(x, *draws, cfg["vocab_size"], cfg["mask_prob"],
+                                       cfg["mask_token_prob"], cfg["random_token_prob"])
+        h = text_hidden(P, inputs, cfg, False)
+        h = TF.gelu(TF.linear(h, P["head.0.weight"], P["head.0.bias"]))
+        h = TF.layer_norm(h, (h.shape[-1],), P["head.2.weight"], P["head.2.bias"])
+        logits = TF.linear(h, P["head.3.weight"], P["head.3.bias"])
+        return TF.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    # MAE (models_mae.py): patch embedding + fixed positions, keep the patches of the given
+    # noise, encoder, decoder with mask tokens in the original order, loss on removed patches.
+    imgs, p = views[0], cfg["patch_size"]
+    e = TF.conv2d(imgs, P["encoder.patch_embed.proj.weight"],
+                  P["encoder.patch_embed.proj.bias"], stride=p).flatten(2).transpose(1, 2)
+    e = e + P["encoder.pos_embed"]
+    B, L, D = e.shape
+    ids_keep, mask, ids_restore = random_masking(draws[0], int(L * (1 - cfg["mask_ratio"])))
+    e = torch.gather(e, 1, ids_keep[..., None].expand(-1, -1, D))
+    for i in range(cfg["depth"]):
+        e = block(P, f"encoder.blocks.{i}.", e, cfg["num_heads"], False)
+    e = TF.layer_norm(e, (D,), P["encoder.norm.weight"], P["encoder.norm.bias"])
+    d = TF.linear(e, P["decoder_embed.weight"], P["decoder_embed.bias"])
+    Dd = d.shape[-1]
+    d = torch.cat([d, P["mask_token"].expand(B, L - d.shape[1], Dd)], dim=1)
+    d = torch.gather(d, 1, ids_restore[..., None].expand(-1, -1, Dd)) + P["decoder_pos_embed"]
+    for i in range(cfg["decoder_depth"]):
+        d = block(P, f"decoder_blocks.{i}.", d, cfg["decoder_num_heads"], False)
+    d = TF.layer_norm(d, (Dd,), P["decoder_norm.weight"], P["decoder_norm.bias"])
+    pred = TF.linear(d, P["decoder_pred.weight"], P["decoder_pred.bias"])
+    return mae_loss(pred, patchify(imgs, p), mask, cfg["norm_pix"])
+
+
+def transformer_step(meta, stored):
+    name, cfg = meta["op"].split(".")[0], meta["config"]
+    trained = set(meta["trained"])
+    P = {k: torch.tensor(stored[f"init_{k}"], requires_grad=k in trained)
+         for k in meta["state"]}
+    x = torch.as_tensor(stored[f"in_{meta['inputs'][0]}"])
+    views = [torch.as_tensor(stored[f"view_{i}"]) for i in range(meta["views"])]
+    draws = [torch.as_tensor(stored[f"draw_{i}"]) for i in range(len(meta["draws"]))]
+    loss = transformer_loss(name, P, cfg, x, views, draws)
+    loss.backward()
+    opt = torch.optim.SGD([P[k] for k in meta["trained"]], lr=meta["kwargs"]["lr"])
+    got = {"out": loss.detach().numpy()}
+    got.update({f"grad_{k}": P[k].grad.numpy().copy() for k in meta["trained"]})
+    opt.step()
+    got.update({f"after_{k}": P[k].detach().numpy() for k in meta["state"]})
+    return got
 
 
 def training_step(meta, stored):
     """{key: array} of the port's step on a stored training-step vector (same keys as the
     file's ``out``, ``grad_*`` and ``after_*``)."""
     name = meta["op"].split(".")[0]
+    if name in TRANSFORMERS:
+        return transformer_step(meta, stored)
     state = {k: torch.as_tensor(stored[f"init_{k}"]) for k in meta["state"]}
     net = Method(meta, state).train()
     views = [torch.as_tensor(stored[f"view_{i}"]) for i in range(meta["views"])]

@@ -203,7 +203,7 @@ def test_port_check_passes_for_pytorch(capsys):
     out = capsys.readouterr().out
     assert "FAIL" not in out
     ported = ["simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg", "autoencoder",
-              "denoising", "vae", "rotation", "ar"]
+              "denoising", "vae", "rotation", "ar", "gpt", "mlm", "mae"]
     for name in ported:
         assert f"ok   {name}_training_step" in out
     unchecked = len(STEPS) - len(ported)
