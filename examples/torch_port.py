@@ -1,7 +1,6 @@
 """A PyTorch port of minissl, written from the papers and their official codes, for
 ``examples/port_check.py``: the SSL losses, the data ops (masking, patches, position embedding,
-schedules) and the training step of every method but CLIP (whose captions come from minissl's
-own templates and tokenizer).
+schedules) and the training step of every method.
 
 Nothing here imports minissl: the port sees only the conformance files (their inputs, initial
 weights, augmented views and random draws), so agreement means two independent
@@ -346,7 +345,7 @@ def end_of_step(name, net, cfg, total_steps):
 
 
 SINGLE_INPUT = ("autoencoder", "denoising", "vae", "rotation", "ar")
-TRANSFORMERS = ("gpt", "mlm", "mae")
+TRANSFORMERS = ("gpt", "mlm", "mae", "clip")
 METHODS = ("simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg") + SINGLE_INPUT + \
     TRANSFORMERS
 
@@ -373,6 +372,21 @@ def text_hidden(P, ids, cfg, causal):
     for i in range(cfg["n_layer"]):
         x = block(P, f"h.{i}.", x, cfg["n_head"], causal)
     return TF.layer_norm(x, (x.shape[-1],), P["ln_f.weight"], P["ln_f.bias"])
+
+
+def clip_step_loss(P, cfg, stored, views, draws, image_encoder):
+    """CLIP (openai/CLIP model.py): image features through the encoder and a bias-free
+    projection; text through a causal transformer, the feature at the end-of-text token (id
+    1), projected; the captions are the stored table indexed by label and drawn template."""
+    y = torch.as_tensor(stored["in_y"])
+    ids = torch.as_tensor(stored["const_captions"])[y, draws[0]]           # (B, T)
+    img = image_encoder(views[0]) @ P["image_proj.weight"].T
+    h = P["text.token_embedding.weight"][ids] + P["text.positional.weight"][:ids.shape[1]]
+    for i in range(cfg["text_layers"]):
+        h = block(P, f"text.blocks.{i}.", h, cfg["text_heads"], True)
+    h = TF.layer_norm(h, (h.shape[-1],), P["text.ln_final.weight"], P["text.ln_final.bias"])
+    txt = h[torch.arange(len(ids)), (ids == 1).int().argmax(1)] @ P["text.proj.weight"].T
+    return clip_loss(img, txt, P["logit_scale"])
 
 
 def transformer_loss(name, P, cfg, x, views, draws):
@@ -411,6 +425,8 @@ def transformer_loss(name, P, cfg, x, views, draws):
 
 
 def transformer_step(meta, stored):
+    """A transformer method's step, its weights as a dict of tensors; CLIP's image encoder
+    (with batch norm) as a module, its entries of the dict being that module's."""
     name, cfg = meta["op"].split(".")[0], meta["config"]
     trained = set(meta["trained"])
     P = {k: torch.tensor(stored[f"init_{k}"], requires_grad=k in trained)
@@ -418,12 +434,25 @@ def transformer_step(meta, stored):
     x = torch.as_tensor(stored[f"in_{meta['inputs'][0]}"])
     views = [torch.as_tensor(stored[f"view_{i}"]) for i in range(meta["views"])]
     draws = [torch.as_tensor(stored[f"draw_{i}"]) for i in range(len(meta["draws"]))]
-    loss = transformer_loss(name, P, cfg, x, views, draws)
+    if name == "clip":
+        enc = {k: v.detach() for k, v in P.items() if k.startswith("encoder.")}
+        image_encoder = module_from_state(enc, "encoder").train()
+        own = image_encoder.state_dict()
+        for k, v in enc.items():
+            own[torch_key(k)[len("encoder."):]].copy_(v)
+        P.update({"encoder." + k[2:]: p for k, p in image_encoder.named_parameters()})
+        loss = clip_step_loss(P, cfg, stored, views, draws, image_encoder)
+    else:
+        loss = transformer_loss(name, P, cfg, x, views, draws)
     loss.backward()
     opt = torch.optim.SGD([P[k] for k in meta["trained"]], lr=meta["kwargs"]["lr"])
     got = {"out": loss.detach().numpy()}
     got.update({f"grad_{k}": P[k].grad.numpy().copy() for k in meta["trained"]})
     opt.step()
+    if name == "clip":           # the scale is clamped at log(max_logit_scale) after a step
+        with torch.no_grad():
+            P["logit_scale"].clamp_(max=math.log(cfg["max_logit_scale"]))
+        P.update({"encoder." + k[2:]: v for k, v in image_encoder.state_dict().items()})
     got.update({f"after_{k}": P[k].detach().numpy() for k in meta["state"]})
     return got
 

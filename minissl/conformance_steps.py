@@ -9,8 +9,9 @@ File (format in ``minissl/conformance.py`` and docs/conformance.md): meta ``op``
 ``"<method>.training_step"``; ``in_<name>`` the batch (images, ids, series; CLIP also the
 labels); ``view_<i>`` the outputs of the method's augmentation, in the order the step asks for
 them (a port uses them instead of augmenting); ``draw_<i>`` every other random draw of the
-step, in order, with ``meta["draws"]`` = [[generator method, shape], ...]; ``init_<key>`` the
-state_dict before the step (parameters and buffers, PyTorch's names); ``out`` the loss;
+step, in order, with ``meta["draws"]`` = [[generator method, shape], ...]; ``const_<name>``
+data the method holds besides its weights (``meta["constants"]``: CLIP's tokenised captions,
+end-of-text id 1); ``init_<key>`` the state_dict before the step (parameters and buffers, PyTorch's names); ``out`` the loss;
 ``grad_<key>`` the gradient of every trained parameter; ``after_<key>`` the state_dict after
 the step. The widths are tiny (encoder MLP 64-8, heads of 4 to 8) so the files stay small.
 
@@ -221,10 +222,13 @@ def step_vector(name):
     arrays.update({f"view_{i}": v.astype(np.float64) for i, v in enumerate(views)})
     arrays.update({f"draw_{i}": v for i, (_, v) in enumerate(rng.draws)})
     arrays.update({f"init_{k}": v for k, v in init.items()})
+    constants = {"captions": m.captions} if name == "clip" else {}
+    arrays.update({f"const_{k}": np.asarray(v) for k, v in constants.items()})
     arrays["out"] = np.array(loss)
     arrays.update({f"grad_{k}": g for k, g in grads.items()})
     arrays.update({f"after_{k}": v for k, v in _state(m).items()})
     meta = {"op": f"{name}.training_step", "inputs": list(batch), "views": len(views),
+            "constants": list(constants),
             "draws": [[k, list(np.shape(v))] for k, v in rng.draws],
             "state": list(init), "trained": [k for k, _ in _named_trained(m)],
             "kwargs": {"optimizer": "SGD", "lr": LR, "step": 0, "total_steps": TOTAL_STEPS},
