@@ -115,6 +115,15 @@ def test_moco_key_encoder_sees_a_shuffled_batch_with_split_statistics(digits):
     np.testing.assert_allclose(m._keys, k[np.argsort(perm)], rtol=1e-5, atol=1e-6)
 
 
+def test_moco_says_when_the_batch_does_not_split(digits):
+    m = methods.build("moco", digits, queue_size=64)
+    with pytest.raises(ValueError, match=r"MoCo: a batch of 12 images .* bn_splits=8"):
+        m.training_step(digits.train_x[:12], np.random.default_rng(0))
+    m = methods.build("moco", digits, queue_size=64, bn_splits=3)
+    loss, _ = m.training_step(digits.train_x[:12], np.random.default_rng(0))
+    assert np.isfinite(loss.item())
+
+
 def test_simsiam_projector_ends_as_the_official_builder(digits):
     m = methods.build("simsiam", digits)
     proj = list(m.projector)

@@ -22,7 +22,8 @@ same). So here: the default encoder's BatchNorms are ``nn.SplitBatchNorm1d`` wit
 ``bn_splits`` slices (evaluation uses the ordinary running statistics), and the key batch is
 permuted by a draw from the step's ``rng`` before the key encoder and the keys are put back in
 order after it. A custom ``encoder`` is used as given (``nn.convert_split_batchnorm`` makes it
-split); ``bn_splits=1`` gives batch-wide statistics (the official "SyncBN" analogue).
+split); ``bn_splits=1`` gives batch-wide statistics (the official "SyncBN" analogue). The
+query and key views are two batches through two networks, as in the official ``forward``.
 
 Where this differs from the official code (all in docs/faithful.md): the sizes in
 ``MoCoConfig`` (scaled to the digits), the EMA also copies BN buffers (they never reach the
@@ -60,6 +61,8 @@ class MoCo(SSLMethod):
         if encoder is None:
             encoder, feature_dim = default_encoder(image_shape)
             encoder = nn.convert_split_batchnorm(encoder, c.bn_splits)
+        # The batch must split into the encoder's simulated devices (split batch norms).
+        self._splits = max((getattr(m, "num_splits", 1) for m in encoder.modules()), default=1)
         self.encoder = encoder                                            # f_q backbone
         self.projector = nn.MLP((feature_dim, c.proj_hidden, c.proj_dim), batch_norm=False)
         self.key_encoder = frozen_copy(self.encoder)                      # f_k (EMA)
@@ -74,6 +77,11 @@ class MoCo(SSLMethod):
     def training_step(self, x, rng):
         """Draws from ``rng``, in order: the two views (query, key), then the key batch's
         permutation ``rng.permutation(B)``."""
+        S = self._splits
+        if len(x) % S:
+            raise ValueError(f"MoCo: a batch of {len(x)} images does not split into "
+                             f"bn_splits={S} simulated devices; use a batch size divisible by "
+                             f"{S} or another bn_splits")
         v1, v2 = augment.two_views(x, self.transform, rng)
         q = self.projector(self.encoder(self.as_input(v1)))              # (B, D) queries
         perm = rng.permutation(len(v2))                                   # shuffling BN
