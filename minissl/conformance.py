@@ -34,7 +34,7 @@ the inputs named in ``args`` go by position, in that order; the remaining inputs
 keyword, under names that PyTorch's and minissl's functions share (``weight`` and ``bias`` of
 ``layer_norm``, after its ``normalized_shape``). ``op`` is the name of a
 ``torch.nn.functional`` / ``minissl.functional`` function, of a loss in ``minissl.losses``
-(whose formulas API.md states) or of a ``DATA_OPS`` entry. Every input of a loss is passed
+(formulas in its docstrings) or of a ``DATA_OPS`` entry. Every input of a loss is passed
 with ``requires_grad=True``, the detached ones included. A port loads the inputs, calls its
 own op, backpropagates ``grad_out`` and compares (``examples/port_check.py`` does it for
 PyTorch).
@@ -77,7 +77,7 @@ def _cases():
         shape = "x".join(str(s) for s in next(iter(inputs.values())).shape)
         cases.append((f"{op}{tag}_{shape}", op, kwargs, inputs, diff, args))
 
-    # --- SSL losses (minissl.losses; the formulas are in API.md and the docstrings)
+    # --- SSL losses (minissl.losses; the formulas are in their docstrings)
     for n, d in ((4, 3), (8, 5)):
         z1, z2 = _f(r, n, d), _f(r, n, d)
         add("nt_xent", {"temperature": 0.5}, {"z1": z1, "z2": z2})
