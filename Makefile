@@ -13,8 +13,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# Editable install: compiles csrc/*.pyx into minissl/_ext (falls back to NumPy if it cannot).
-$(STAMP): $(PY) setup.py pyproject.toml $(wildcard csrc/*.pyx)
+# Editable install: compiles minissl/kernels/*/_cpu.pyx in place (falls back to NumPy if it cannot).
+$(STAMP): $(PY) setup.py pyproject.toml $(wildcard minissl/kernels/*/_cpu.pyx minissl/kernels/*/*.h minissl/kernels/*.h minissl/kernels/*.pxd)
 	$(PY) -m pip install -q -e ".[test,examples]"
 	touch $(STAMP)
 
@@ -39,4 +39,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_cpu.py
 
 clean:
-	rm -rf build *.egg-info minissl/_ext/*.so csrc/*.c $(VENV)
+	rm -rf build *.egg-info minissl/kernels/*/_cpu*.so minissl/kernels/*/_cpu.c $(VENV)

@@ -13,7 +13,9 @@ runs its methods' own ``training_step``, PyTorch the same model written with ``t
     python benchmarks/bench_digits.py [--epochs 100]                 # SimCLR timing
     python benchmarks/bench_digits.py --method byol --probe --seeds 0 1 2
 """
-import minissl  # noqa: F401  first, before NumPy: its process settings (minissl/_runtime.py)
+import minissl
+
+minissl.runtime.tune()   # the process settings of a training loop (minissl/runtime.py)
 
 import argparse
 import copy

@@ -11,7 +11,7 @@ script calls the framework's own op on the same inputs, backpropagates ``grad_ou
 the largest absolute error of each case; it exits with status 1 if one exceeds the tolerance.
 
 The PyTorch port maps every functional op to ``torch.nn.functional`` under the same name, and
-writes each SSL loss from its formula (API.md; the papers cited there), not from minissl's
+writes each SSL loss from its formula (docs/api.md; the papers cited there), not from minissl's
 code: that is the point of a conformance check.
 """
 import argparse

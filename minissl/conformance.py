@@ -23,7 +23,7 @@ the inputs named in ``args`` go by position, in that order; the remaining inputs
 keyword, under names that PyTorch's and minissl's functions share (``weight`` and ``bias`` of
 ``layer_norm``, after its ``normalized_shape``). ``op`` is the name of a
 ``torch.nn.functional`` / ``minissl.functional`` function or of a loss in
-``minissl.losses`` (whose formulas API.md states). A port loads the inputs, calls its own op,
+``minissl.losses`` (whose formulas docs/api.md states). A port loads the inputs, calls its own op,
 backpropagates ``grad_out`` and compares ``out``, the ``grad_*`` and ``after_*`` arrays
 (``examples/port_check.py`` does it for PyTorch).
 
@@ -62,7 +62,7 @@ def _cases():
         shape = "x".join(str(s) for s in next(iter(inputs.values())).shape)
         cases.append((f"{op}{tag}_{shape}", op, kwargs, inputs, diff, args))
 
-    # --- SSL losses (minissl.losses; the formulas are in API.md and the docstrings)
+    # --- SSL losses (minissl.losses; the formulas are in docs/api.md and the docstrings)
     for n, d in ((4, 3), (8, 5)):
         z1, z2 = _f(r, n, d), _f(r, n, d)
         add("nt_xent", {"temperature": 0.5}, {"z1": z1, "z2": z2})

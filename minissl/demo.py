@@ -78,4 +78,6 @@ def _run_demo(out, epochs, seed, labels, draws, progress):
 
 
 def main():
+    from . import runtime
+    runtime.tune()           # the process settings of a training loop (minissl/runtime.py)
     return run_demo()
