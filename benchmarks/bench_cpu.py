@@ -43,9 +43,9 @@ def randn(*shape, rng):
 
 
 def mlp_simclr(rng):
-    enc = nn.Sequential(nn.Linear(64, 512), nn.BatchNorm1d(512), nn.ReLU(),
-                        nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(),
-                        nn.Linear(512, 128))
+    enc = nn.fuse(nn.Sequential(nn.Linear(64, 512), nn.BatchNorm1d(512), nn.ReLU(),
+                                nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(),
+                                nn.Linear(512, 128)))       # BatchNorm + ReLU as one op
     opt = optim.Adam(enc.parameters(), 1e-3)
     x1, x2 = randn(512, 64, rng=rng), randn(512, 64, rng=rng)
 
@@ -63,9 +63,9 @@ def mlp_simclr(rng):
 def conv_simclr(rng):
     def blk(i, o, s):
         return [nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
-    enc = nn.Sequential(*blk(3, 32, 1), *blk(32, 64, 2), *blk(64, 128, 2),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 128), nn.ReLU(),
-                        nn.Linear(128, 64))
+    enc = nn.fuse(nn.Sequential(*blk(3, 32, 1), *blk(32, 64, 2), *blk(64, 128, 2),
+                                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 128),
+                                nn.ReLU(), nn.Linear(128, 64)))   # BatchNorm + ReLU as one op
     opt = optim.SGD(enc.parameters(), 0.1, momentum=0.9)
     x1, x2 = randn(256, 3, 32, 32, rng=rng), randn(256, 3, 32, 32, rng=rng)
 

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from minissl import augment, data, evaluate, methods, optim, random
+from minissl import augment, data, evaluate, methods, nn, optim, random
 from minissl.methods import rotation
 from minissl.methods.base import cosine_tau
 
@@ -44,7 +44,7 @@ def batches(d, epochs, seed):
 
 def minissl_run(d, epochs, method="simclr", seed=0):
     random.manual_seed(seed)
-    m = methods.build(method, d)
+    m = nn.fuse(methods.build(method, d))       # BatchNorm + ReLU as one op
     opt = optim.Adam(m.trainable_parameters(), lr=1e-3)
     total = epochs * (len(d.train_x) // BATCH)
     t0 = time.perf_counter()

@@ -107,10 +107,10 @@ def _atomic_savez(path, **arrays):
 # ----------------------------------------------------------------------------- pretrain
 
 def _build(method_name, d, seed, device, overrides=None):
-    from . import methods, random
+    from . import methods, nn, random
     random.manual_seed(seed)
     try:
-        m = methods.build(method_name, d, **(overrides or {}))
+        m = nn.fuse(methods.build(method_name, d, **(overrides or {})))   # BN + ReLU: one op
     except TypeError as e:
         raise CLIError(f"{method_name}: bad option: {e}") from None
     return m.to(device) if device != "cpu" else m

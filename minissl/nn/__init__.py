@@ -15,6 +15,7 @@ from .blocks import (MLP, BasicBlock, ConvEncoder, MLPEncoder, MultiheadSelfAtte
 from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d,
                      ConvTranspose2d, Dropout, Embedding, Flatten, Identity, LayerNorm, Linear,
                      MaxPool2d, ModuleList, ReLU, Sequential, Sigmoid, Tanh)
+from .fuse import fuse
 from .module import IncompatibleKeys, Module, Parameter
 
 __all__ = ["Module", "Parameter", "IncompatibleKeys", "Linear", "Conv2d", "ConvTranspose2d",
@@ -22,4 +23,4 @@ __all__ = ["Module", "Parameter", "IncompatibleKeys", "Linear", "Conv2d", "ConvT
            "Sigmoid", "Tanh", "Flatten", "Identity", "Sequential", "ModuleList", "MaxPool2d",
            "AvgPool2d", "AdaptiveAvgPool2d", "MultiheadSelfAttention", "TransformerBlock",
            "PositionalEmbedding", "PatchEmbed", "BasicBlock", "ConvEncoder", "MLP",
-           "MLPEncoder", "manual_seed", "default_generator"]
+           "MLPEncoder", "manual_seed", "default_generator", "fuse"]
