@@ -5,8 +5,8 @@
 Each workload is one full training step (forward, loss, backward, optimiser step) built by
 ``bench_cpu.py``'s builders (imported, not copied) and moved to the GPU. Times are medians of
 ``--reps`` steps after 3 warm-up steps, each step followed by a stream synchronisation (the
-same protocol as the PyTorch reference script (MINISSL_TORCH_REFERENCE), which this script runs with ``cuda`` in
-the same invocation). Ratios below 1.0 mean minissl is faster.
+same protocol as the PyTorch reference script (MINISSL_TORCH_REFERENCE), which this script
+runs with ``cuda`` in the same invocation). Ratios below 1.0 mean minissl is faster.
 
 ``--graph`` also captures one whole training step in a CUDA graph (CuPy stream capture) and
 times its replays: the GPU work of a step launched with one call, without Python, autograd

@@ -16,7 +16,8 @@ def _files():
     out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
                          cwd=ROOT, capture_output=True, text=True)
     names = out.stdout.split() if out.returncode == 0 else []
-    return [n for n in names if n.endswith((".md", ".py")) and os.path.exists(os.path.join(ROOT, n))]
+    return [n for n in names
+            if n.endswith((".md", ".py")) and os.path.exists(os.path.join(ROOT, n))]
 
 
 def dangling(path, text):

@@ -16,10 +16,12 @@ cimport numpy as cnp
 cdef inline int float_type(str kernel, object a) except -1:
     """NPY_FLOAT32 or NPY_FLOAT64, the type of the float ndarray ``a``."""
     if not cnp.PyArray_Check(a):
-        raise TypeError(f"minissl.kernels.{kernel}._cpu: expected an ndarray, got {type(a).__name__}")
+        raise TypeError(f"minissl.kernels.{kernel}._cpu: expected an ndarray, got "
+                        f"{type(a).__name__}")
     cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>a)
     if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
-        raise TypeError(f"minissl.kernels.{kernel}._cpu: expected float32 or float64, got {a.dtype}")
+        raise TypeError(f"minissl.kernels.{kernel}._cpu: expected float32 or float64, got "
+                        f"{a.dtype}")
     return t
 
 
@@ -29,14 +31,16 @@ cdef inline void* array_data(str kernel, object a, int typenum, int ndim, Py_ssi
     (d0, d1) or (d0, d1, d2) as ``ndim`` says (the unused sizes are ignored), writeable if
     asked."""
     if not cnp.PyArray_Check(a):
-        raise TypeError(f"minissl.kernels.{kernel}._cpu: expected an ndarray, got {type(a).__name__}")
+        raise TypeError(f"minissl.kernels.{kernel}._cpu: expected an ndarray, got "
+                        f"{type(a).__name__}")
     cdef cnp.ndarray arr = <cnp.ndarray>a
     cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(arr)
     if (cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != ndim or dims[0] != d0
             or (ndim > 1 and dims[1] != d1) or (ndim > 2 and dims[2] != d2)
             or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
             or (writable and not cnp.PyArray_ISWRITEABLE(arr))):
-        raise ValueError(f"minissl.kernels.{kernel}._cpu: got a {a.dtype} array of shape {a.shape}, "
+        raise ValueError(f"minissl.kernels.{kernel}._cpu: got a {a.dtype} array of shape "
+                         f"{a.shape}, "
                          "not the C-contiguous array the kernel needs (call the functions of "
                          f"minissl.kernels.{kernel}, which check and convert their arguments)")
     return cnp.PyArray_DATA(arr)

@@ -1,6 +1,7 @@
 /* C helpers shared by the kernel families' C code (each <family>/<family>.h includes it):
-   the build and instruction-set macros, and a branch-free exp for float and double. Everything is static, so each extension module gets
-   its own copy and no symbol is exported. */
+   the build and instruction-set macros, and a branch-free exp for float and double.
+   Everything is static, so each extension module gets its own copy and no symbol is
+   exported. */
 #ifndef MINISSL_KERNELS_H
 #define MINISSL_KERNELS_H
 

@@ -10,6 +10,9 @@ from hypothesis import strategies as st
 
 from minissl.kernels import activation as K
 from minissl.kernels._dispatch import load
+from support.helpers import assert_close as _assert_close, make_array as _make_array
+from minissl.kernels.activation import gelu_backward_ref, gelu_forward_ref
+from support.cuda_emulator import close
 
 DTYPES = [np.float32, np.float64]
 LAYOUTS = ["contiguous", "transposed", "sliced", "readonly"]
@@ -18,26 +21,13 @@ needs_ext = pytest.mark.skipif(EXT is None, reason="Cython build missing or refe
 
 
 def make_array(rng, shape, dtype, layout="contiguous", scale=3.0):
-    shape = tuple(shape)
-    if layout == "transposed":
-        return (scale * rng.standard_normal(shape[::-1])).astype(dtype).T
-    if layout == "sliced":
-        wide = shape[:-1] + (2 * shape[-1],)
-        return (scale * rng.standard_normal(wide)).astype(dtype)[..., ::2]
-    a = (scale * rng.standard_normal(shape)).astype(dtype)
-    if layout == "readonly":
-        a.flags.writeable = False
-    return a
+    return _make_array(rng, shape, dtype, layout, scale=scale)
 
 
 def assert_close(actual, expected, dtype):
     """float32: the compiled kernel's documented accuracy (4e-7 absolute, 1.2e-6 relative
     down to x = -3, and a few ulps more deep in the left tail where gelu is tiny)."""
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype
-    if dtype == np.float64:
-        np.testing.assert_allclose(actual, expected, rtol=1e-13, atol=1e-15)
-    else:
-        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=5e-7)
+    _assert_close(actual, expected, dtype, 1e-5, 5e-7, 1e-13, 1e-15)
 
 
 def gelu_by_definition(x):
@@ -188,3 +178,22 @@ def test_bad_input_raises_with_the_function_name(call, exc, words):
         call()
     for w in words:
         assert w in str(info.value), (w, str(info.value))
+
+
+# --------------------------------------------------------------- CUDA kernels vs the reference
+# Through the public functions on device arrays: the CUDA source run by the emulator
+# (tests/support/cuda_emulator.py), or on a GPU (the ``runner`` fixture, conftest.py).
+
+@given(shape=st.lists(st.integers(0, 7), min_size=0, max_size=3),
+       dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31))
+def test_cuda_gelu_matches_reference(runner, shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    shape = tuple(shape)
+    x = np.asarray(3 * rng.standard_normal(shape), dtype=dtype)    # 0-d stays an array
+    g = np.asarray(rng.standard_normal(shape), dtype=dtype)
+    with runner as r:
+        y = r.host(K.gelu_forward(r.dev(x)))
+        dx = r.host(K.gelu_backward(r.dev(g), r.dev(x)))
+    close(np.asarray(y), np.asarray(gelu_forward_ref(x)), dtype, rtol32=1e-6, atol32=1e-6)
+    close(np.asarray(dx), np.asarray(gelu_backward_ref(g, x)), dtype, rtol32=1e-6,
+          atol32=1e-6)

@@ -7,34 +7,16 @@ from hypothesis import strategies as st
 
 from minissl.kernels import im2col as K
 from minissl.kernels._dispatch import load, reference_forced
+from support.helpers import assert_close, make_array
+from minissl.kernels.im2col import col2im_ref, im2col_ref
+from support.cuda_emulator import close, layouts, windows
+
+DTYPES = [np.float32, np.float64]
 
 LAYOUTS = ["contiguous", "transposed", "sliced", "fortran", "readonly"]
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def make_array(rng, shape, dtype, layout="contiguous"):
-    """Standard normal values of ``shape`` in the given memory layout (the views are not
-    C-contiguous, so the wrappers must copy them; a read-only array needs const kernels)."""
-    shape = tuple(shape)
-    if layout == "transposed":               # a view with the last two axes swapped
-        a = rng.standard_normal(shape[:-2] + (shape[-1], shape[-2])).astype(dtype)
-        return a.swapaxes(-1, -2)
-    if layout == "sliced":                   # every other column of a wider array
-        return rng.standard_normal(shape[:-1] + (2 * shape[-1],)).astype(dtype)[..., ::2]
-    a = rng.standard_normal(shape).astype(dtype)
-    if layout == "readonly":                 # C-contiguous but not writeable
-        a.flags.writeable = False
-    return np.asfortranarray(a) if layout == "fortran" else a
-
-
-def assert_close(actual, expected, dtype):
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype
-    if dtype == np.float64:
-        np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-12)
-    else:
-        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
-
 
 def compiled_module():
     """The built Cython module, or None (not built, or the reference is forced)."""
@@ -320,3 +302,22 @@ def test_reference_forced_by_environment(monkeypatch):
     x = make_array(np.random.default_rng(7), (2, 3, 5, 5), np.float32)
     np.testing.assert_array_equal(K.im2col(x, (3, 3), (2, 1), (1, 0)),
                                   K.im2col_ref(x, (3, 3), (2, 1), (1, 0)))
+
+
+# --------------------------------------------------------------- CUDA kernels vs the reference
+# Through the public functions on device arrays: the CUDA source run by the emulator
+# (tests/support/cuda_emulator.py), or on a GPU (the ``runner`` fixture, conftest.py).
+
+@given(g=windows(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31))
+def test_cuda_im2col_col2im_match_reference(runner, g, dtype, seed):
+    xs, ks, st_, pad, (oh, ow) = g
+    rng = np.random.default_rng(seed)
+    x = layouts(rng, xs, dtype)
+    cols_shape = (xs[0] * oh * ow, xs[1] * ks[0] * ks[1])
+    cols = layouts(rng, cols_shape, dtype)
+    with runner as r:
+        got = r.host(K.im2col(r.dev(x), ks, st_, pad))
+        back = r.host(K.col2im(r.dev(cols), xs, ks, st_, pad))
+    close(got, im2col_ref(x, ks, st_, pad), dtype, exact=True)
+    # A gather in the reference's (i, j) order: the same sums, bit for bit.
+    close(back, col2im_ref(cols, xs, ks, st_, pad), dtype, exact=True)

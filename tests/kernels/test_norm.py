@@ -8,6 +8,9 @@ from hypothesis import strategies as st
 
 from minissl.kernels import norm as K
 from minissl.kernels._dispatch import load
+from support.helpers import assert_close as _assert_close, make_array, numerical_grad
+from minissl.kernels.norm import batch_norm_backward_ref, batch_norm_forward_ref, layer_norm_backward_ref, layer_norm_forward_ref
+from support.cuda_emulator import close, layouts
 
 DTYPES = [np.float32, np.float64]
 LAYOUTS = ["contiguous", "transposed", "sliced", "readonly"]
@@ -18,52 +21,14 @@ needs_ext = pytest.mark.skipif(EXT is None, reason="Cython build missing or refe
 
 # ----------------------------------------------------------------------------------------- helpers
 
-def make_array(rng, shape, dtype, layout="contiguous", loc=0.0, scale=1.0):
-    """Normal values of ``shape`` in a given memory layout (views that are not C-contiguous,
-    or a read-only array, which the kernels must accept)."""
-    shape = tuple(shape)
-    if layout == "transposed":
-        return (loc + scale * rng.standard_normal(shape[::-1])).astype(dtype).T
-    if layout == "sliced":
-        wide = shape[:-1] + (2 * shape[-1],)
-        return (loc + scale * rng.standard_normal(wide)).astype(dtype)[..., ::2]
-    a = (loc + scale * rng.standard_normal(shape)).astype(dtype)
-    if layout == "readonly":
-        a.flags.writeable = False
-    return a
-
-
 def assert_close(actual, expected, dtype, tol32=2e-5):
-    if expected is None:
-        assert actual is None
-        return
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
-    if dtype == np.float64:
-        np.testing.assert_allclose(actual, expected, rtol=1e-11, atol=1e-11)
-    else:
-        np.testing.assert_allclose(actual, expected, rtol=tol32, atol=tol32)
+    _assert_close(actual, expected, dtype, tol32, tol32, 1e-11, 1e-11)
 
 
 def affine_params(rng, n, dtype, has_w, has_b):
     w = (1 + 0.5 * rng.standard_normal(n)).astype(dtype) if has_w else None
     b = rng.standard_normal(n).astype(dtype) if has_b else None
     return w, b
-
-
-def numerical_grad(f, x, eps=1e-6):
-    """Central differences of the scalar function f at x (float64), one entry at a time."""
-    x = x.astype(np.float64).copy()
-    grad = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + eps
-        fp = f(x)
-        x[i] = old - eps
-        fm = f(x)
-        x[i] = old
-        grad[i] = (fp - fm) / (2 * eps)
-    return grad
 
 
 # --------------------------------------------------------------------------- compiled vs reference
@@ -389,3 +354,64 @@ def test_bad_input_raises_with_the_function_name(call, exc, words):
         call()
     for w in words:
         assert w in str(info.value), (w, str(info.value))
+
+
+# --------------------------------------------------------------- CUDA kernels vs the reference
+# Through the public functions on device arrays: the CUDA source run by the emulator
+# (tests/support/cuda_emulator.py), or on a GPU (the ``runner`` fixture, conftest.py).
+
+@given(shape=st.tuples(st.integers(1, 12), st.integers(1, 40)), dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2**31), affine=st.booleans(), offset=st.sampled_from([0.0, 1e3]))
+def test_cuda_layer_norm_matches_reference(runner, shape, dtype, seed, affine, offset):
+    rng = np.random.default_rng(seed)
+    x = layouts(rng, shape, dtype) + dtype(offset)   # |mean| >> std: the two-pass variance
+    g = layouts(rng, shape, dtype)
+    w = rng.standard_normal(shape[1]).astype(dtype) if affine else None
+    b = rng.standard_normal(shape[1]).astype(dtype) if affine else None
+    y_ref, mean_ref, rstd_ref = layer_norm_forward_ref(x, w, b)
+    with runner as r:
+        y, mean, rstd = (r.host(a) for a in K.layer_norm_forward(r.dev(x), r.dev(w), r.dev(b)))
+        dx, dw, db = (r.host(a) for a in K.layer_norm_backward(
+            r.dev(g), r.dev(x), r.dev(mean_ref), r.dev(rstd_ref), r.dev(w)))
+    tol = dict(rtol32=1e-5, atol32=1e-5 * max(1.0, offset / 10))
+    close(y, y_ref, dtype, **tol)
+    close(mean, mean_ref, dtype)
+    close(rstd, rstd_ref, dtype, **tol)
+    dx_ref, dw_ref, db_ref = layer_norm_backward_ref(g, x, mean_ref, rstd_ref, w)
+    close(dx, dx_ref, dtype, rtol32=1e-4, atol32=1e-4)
+    close(db, db_ref, dtype, rtol32=1e-5, atol32=1e-5)
+    assert (dw is None) == (w is None)
+    if w is not None:
+        close(dw, dw_ref, dtype, rtol32=1e-4, atol32=1e-4)
+
+
+@given(shape=st.tuples(st.integers(1, 6), st.integers(1, 5), st.integers(1, 30)),
+       dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31), affine=st.booleans(),
+       offset=st.sampled_from([0.0, 1e3]))
+def test_cuda_batch_norm_matches_reference(runner, shape, dtype, seed, affine, offset):
+    rng = np.random.default_rng(seed)
+    x = layouts(rng, shape, dtype) + dtype(offset)
+    g = layouts(rng, shape, dtype)
+    c = shape[1]
+    w = rng.standard_normal(c).astype(dtype) if affine else None
+    b = rng.standard_normal(c).astype(dtype) if affine else None
+    y_ref, mean_ref, var_ref, rstd_ref = batch_norm_forward_ref(x, w, b)
+    with runner as r:
+        y, mean, var, rstd = (r.host(a) for a in K.batch_norm_forward(r.dev(x), r.dev(w),
+                                                                      r.dev(b)))
+        dx, dw, db = (r.host(a) for a in K.batch_norm_backward(
+            r.dev(g), r.dev(x), r.dev(mean_ref), r.dev(rstd_ref), r.dev(w)))
+    if shape[0] * shape[2] == 1:              # one value: var 0, rstd 1/sqrt(eps)
+        tol = dict(rtol32=1e-5, atol32=1e-3)
+    else:
+        tol = dict(rtol32=1e-5, atol32=1e-5 * max(1.0, offset / 10))
+    close(y, y_ref, dtype, **tol)
+    close(mean, mean_ref, dtype)
+    close(var, var_ref, dtype, rtol32=1e-5, atol32=1e-5)
+    close(rstd, rstd_ref, dtype, **tol)
+    dx_ref, dw_ref, db_ref = batch_norm_backward_ref(g, x, mean_ref, rstd_ref, w)
+    close(dx, dx_ref, dtype, rtol32=1e-4, atol32=1e-4 * max(1.0, float(np.abs(dx_ref).max())))
+    close(db, db_ref, dtype, rtol32=1e-5, atol32=1e-5)
+    assert (dw is None) == (w is None)
+    if w is not None:
+        close(dw, dw_ref, dtype, rtol32=1e-4, atol32=1e-4)

@@ -8,34 +8,16 @@ from hypothesis import strategies as st
 
 from minissl.kernels import pool as P
 from minissl.kernels._dispatch import load, reference_forced
+from support.helpers import assert_close, make_array
+from minissl.kernels.pool import avg_pool2d_backward_ref, avg_pool2d_forward_ref, max_pool2d_backward_ref, max_pool2d_forward_ref
+from support.cuda_emulator import close, layouts, windows as cuda_windows
+
+DTYPES = [np.float32, np.float64]
 
 LAYOUTS = ["contiguous", "transposed", "sliced", "fortran", "readonly"]
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def make_array(rng, shape, dtype, layout="contiguous"):
-    """Standard normal values of ``shape`` in the given memory layout (the views are not
-    C-contiguous, so the wrappers must copy them; a read-only array needs const kernels)."""
-    shape = tuple(shape)
-    if layout == "transposed":
-        a = rng.standard_normal(shape[:-2] + (shape[-1], shape[-2])).astype(dtype)
-        return a.swapaxes(-1, -2)
-    if layout == "sliced":
-        return rng.standard_normal(shape[:-1] + (2 * shape[-1],)).astype(dtype)[..., ::2]
-    a = rng.standard_normal(shape).astype(dtype)
-    if layout == "readonly":                 # C-contiguous but not writeable
-        a.flags.writeable = False
-    return np.asfortranarray(a) if layout == "fortran" else a
-
-
-def assert_close(actual, expected, dtype):
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype
-    if dtype == np.float64:
-        np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-12)
-    else:
-        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
-
 
 def out_size(size, k, s, p):
     return (size + 2 * p - k) // s + 1
@@ -398,3 +380,33 @@ def test_reference_forced_by_environment(monkeypatch):
     ref_out, ref_arg = P.max_pool2d_forward_ref(x, (3, 3), (2, 1), (1, 0))
     np.testing.assert_array_equal(out, ref_out)
     np.testing.assert_array_equal(arg, ref_arg)
+
+
+# --------------------------------------------------------------- CUDA kernels vs the reference
+# Through the public functions on device arrays: the CUDA source run by the emulator
+# (tests/support/cuda_emulator.py), or on a GPU (the ``runner`` fixture, conftest.py).
+
+@given(g=cuda_windows(pooling=True), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31),
+       values=st.sampled_from(["normal", "ties", "special"]))
+def test_cuda_pooling_matches_reference(runner, g, dtype, seed, values):
+    xs, ks, st_, pad, (oh, ow) = g
+    rng = np.random.default_rng(seed)
+    x = layouts(rng, xs, dtype)
+    if values == "ties":                       # repeated maxima: the first one wins
+        x = np.round(x / 2).astype(dtype)
+    elif values == "special":                  # all--inf windows and NaNs
+        x = np.where(rng.random(xs) < 0.6, -np.inf, x).astype(dtype)
+        x[rng.random(xs) < 0.1] = np.nan
+    g_out = layouts(rng, (xs[0], xs[1], oh, ow), dtype)
+    ref_out, ref_arg = max_pool2d_forward_ref(x, ks, st_, pad)
+    with runner as r:
+        out, arg = P.max_pool2d_forward(r.dev(x), ks, st_, pad)
+        out, arg = r.host(out), r.host(arg)
+        gx = r.host(P.max_pool2d_backward(r.dev(g_out), r.dev(ref_arg), xs, ks, st_, pad))
+        avg = r.host(P.avg_pool2d_forward(r.dev(x), ks, st_, pad))
+        gavg = r.host(P.avg_pool2d_backward(r.dev(g_out), xs, ks, st_, pad))
+    close(out, ref_out, dtype, exact=True)
+    close(arg, ref_arg, np.int64, exact=True)
+    close(gx, max_pool2d_backward_ref(g_out, ref_arg, xs, ks, st_, pad), dtype, exact=True)
+    close(avg, avg_pool2d_forward_ref(x, ks, st_, pad), dtype, exact=True)
+    close(gavg, avg_pool2d_backward_ref(g_out, xs, ks, st_, pad), dtype, exact=True)

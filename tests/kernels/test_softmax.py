@@ -8,6 +8,10 @@ from hypothesis import strategies as st
 
 from minissl.kernels import softmax as K
 from minissl.kernels._dispatch import load
+from support.helpers import assert_close as _assert_close, make_array as _make_array
+from support.helpers import numerical_grad
+from minissl.kernels.softmax import cross_entropy_backward_ref, cross_entropy_forward_ref, log_softmax_backward_ref, log_softmax_forward_ref, softmax_backward_ref, softmax_forward_ref
+from support.cuda_emulator import close, layouts
 
 DTYPES = [np.float32, np.float64]
 LAYOUTS = ["contiguous", "transposed", "sliced", "readonly"]
@@ -18,40 +22,11 @@ needs_ext = pytest.mark.skipif(EXT is None, reason="Cython build missing or refe
 # ----------------------------------------------------------------------------------------- helpers
 
 def make_array(rng, shape, dtype, layout="contiguous", scale=3.0):
-    """Normal values of ``shape`` in a given memory layout (views that are not C-contiguous,
-    or a read-only array, which the kernels must accept)."""
-    if layout == "transposed":
-        return (scale * rng.standard_normal(shape[::-1])).astype(dtype).T
-    if layout == "sliced":
-        return (scale * rng.standard_normal(shape[:-1] + (2 * shape[-1],))).astype(dtype)[..., ::2]
-    a = (scale * rng.standard_normal(shape)).astype(dtype)
-    if layout == "readonly":
-        a.flags.writeable = False
-    return a
+    return _make_array(rng, shape, dtype, layout, scale=scale)
 
 
 def assert_close(actual, expected, dtype, rtol32=2e-6, atol32=1e-6):
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
-    if dtype == np.float64:
-        np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-13)
-    else:
-        np.testing.assert_allclose(actual, expected, rtol=rtol32, atol=atol32)
-
-
-def numerical_grad(f, x, eps=1e-6):
-    """Central differences of the scalar function f at x (float64), one entry at a time."""
-    x = x.astype(np.float64).copy()
-    grad = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + eps
-        fp = f(x)
-        x[i] = old - eps
-        fm = f(x)
-        x[i] = old
-        grad[i] = (fp - fm) / (2 * eps)
-    return grad
+    _assert_close(actual, expected, dtype, rtol32, atol32, 1e-12, 1e-13)
 
 
 def targets(rng, n, c, ignore_index=-100, p_ignore=0.25):
@@ -352,3 +327,64 @@ def test_bad_input_raises_with_the_function_name(call, exc, words):
         call()
     for w in words:
         assert w in str(info.value), (w, str(info.value))
+
+
+# --------------------------------------------------------------- CUDA kernels vs the reference
+# Through the public functions on device arrays: the CUDA source run by the emulator
+# (tests/support/cuda_emulator.py), or on a GPU (the ``runner`` fixture, conftest.py).
+
+rows = st.tuples(st.integers(1, 9), st.integers(1, 70))
+
+
+@given(shape=rows, dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31),
+       scale=st.sampled_from([1.0, 30.0, 1e4]))
+def test_cuda_softmax_family_matches_reference(runner, shape, dtype, seed, scale):
+    rng = np.random.default_rng(seed)
+    x = layouts(rng, shape, dtype, scale)
+    if shape[1] > 2:
+        x[0, 1] = -np.inf                     # a masked entry (self-similarity in NT-Xent)
+    g = layouts(rng, shape, dtype)
+    y_ref, ylog_ref = softmax_forward_ref(x), log_softmax_forward_ref(x)
+    with runner as r:
+        y = r.host(K.softmax_forward(r.dev(x)))
+        ylog = r.host(K.log_softmax_forward(r.dev(x)))
+        dy = r.host(K.softmax_backward(r.dev(g), r.dev(y_ref)))
+        dylog = r.host(K.log_softmax_backward(r.dev(g), r.dev(ylog_ref)))
+    close(y, y_ref, dtype)
+    close(ylog, ylog_ref, dtype, atol32=2e-5 * max(1.0, scale / 100))
+    close(dy, softmax_backward_ref(g, y_ref), dtype, atol32=1e-5)
+    close(dylog, log_softmax_backward_ref(g, ylog_ref), dtype, atol32=1e-5)
+
+
+@given(shape=rows, dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31),
+       scale=st.sampled_from([1.0, 1e4]), ignore_index=st.sampled_from([-100, 0, 3]))
+def test_cuda_cross_entropy_matches_reference(runner, shape, dtype, seed, scale, ignore_index):
+    n, c = shape
+    rng = np.random.default_rng(seed)
+    x = layouts(rng, shape, dtype, scale)
+    t = rng.integers(0, c, n)
+    t[rng.random(n) < 0.3] = ignore_index
+    g = rng.standard_normal(n).astype(dtype)
+    loss_ref, lse_ref = cross_entropy_forward_ref(x, t, ignore_index)
+    with runner as r:
+        loss, lse = K.cross_entropy_forward(r.dev(x), r.dev(t), ignore_index)
+        loss, lse = r.host(loss), r.host(lse)
+        grad = r.host(K.cross_entropy_backward(r.dev(g), r.dev(x), r.dev(t), r.dev(lse_ref),
+                                               ignore_index))
+    assert lse.dtype == np.float64
+    np.testing.assert_allclose(lse, lse_ref, rtol=1e-12 if dtype == np.float64 else 1e-6)
+    close(loss, loss_ref, dtype, rtol32=2e-5, atol32=2e-5 * max(1.0, scale / 1e3))
+    close(grad, cross_entropy_backward_ref(g, x, t, lse_ref, ignore_index), dtype, atol32=1e-6)
+
+
+def test_cuda_cross_entropy_bad_target_gives_nan_not_a_crash(runner):
+    """The GPU cannot raise on a target value without a device-to-host copy: a target outside
+    [0, C) that is not ignore_index marks its row with NaN instead (documented)."""
+    x = np.zeros((3, 4), np.float32)
+    t = np.array([1, 4, -1])                  # 4 and -1 are out of range, ignore_index=-100
+    with runner as r:
+        loss, lse = K.cross_entropy_forward(r.dev(x), r.dev(t))
+        grad = K.cross_entropy_backward(r.dev(np.ones(3, np.float32)), r.dev(x), r.dev(t), lse)
+        loss, grad = r.host(loss), r.host(grad)
+    assert np.isfinite(loss[0]) and np.isnan(loss[1:]).all()
+    assert np.isfinite(grad[0]).all() and np.isnan(grad[1:]).all()

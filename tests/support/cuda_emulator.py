@@ -20,8 +20,10 @@ import tempfile
 import types
 
 import numpy as np
+from hypothesis import strategies as st
 
 from minissl.kernels import cuda as K
+from support.helpers import assert_close, make_array
 
 DTYPES = [np.float32, np.float64]
 
@@ -349,22 +351,27 @@ class Runner:
 
 def layouts(draw_rng, shape, dtype, scale=2.0):
     """A random array of ``shape`` in a random memory layout (contiguous, transposed view or
-    strided slice): the wrappers must make what they pass to a kernel contiguous."""
-    kind = draw_rng.integers(3)
-    if kind == 1 and len(shape) >= 2:
-        return (scale * draw_rng.standard_normal(shape[::-1])).astype(dtype).T
-    if kind == 2 and len(shape) >= 1:
-        big = (scale * draw_rng.standard_normal(shape[:-1] + (2 * shape[-1],))).astype(dtype)
-        return big[..., ::2]
-    return (scale * draw_rng.standard_normal(shape)).astype(dtype)
+    strided slice): the launchers must make what they pass to a kernel contiguous."""
+    kind = ["contiguous", "transposed", "sliced"][draw_rng.integers(3)]
+    if (kind == "transposed" and len(shape) < 2) or (kind == "sliced" and len(shape) < 1):
+        kind = "contiguous"
+    return make_array(draw_rng, shape, dtype, kind, scale=scale)
 
 
 def close(actual, expected, dtype, rtol32=3e-6, atol32=3e-6, exact=False):
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
-    if exact:
-        np.testing.assert_array_equal(actual, expected)
-    elif dtype == np.float64:
-        np.testing.assert_allclose(actual, expected, rtol=1e-11, atol=1e-12)
-    else:
-        np.testing.assert_allclose(actual, expected, rtol=rtol32, atol=atol32)
+    assert_close(actual, expected, dtype, rtol32, atol32, 1e-11, 1e-12, exact)
+
+
+@st.composite
+def windows(draw, pooling=False):
+    """(N, C, H, W), kernel, stride, padding and output size of a valid window geometry
+    (pooling: padding at most half the kernel, as PyTorch requires)."""
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    ph = draw(st.integers(0, kh // 2 if pooling else 2))
+    pw = draw(st.integers(0, kw // 2 if pooling else 2))
+    h = draw(st.integers(max(1, kh - 2 * ph), 9))
+    w = draw(st.integers(max(1, kw - 2 * pw), 9))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    return (n, c, h, w), (kh, kw), (sh, sw), (ph, pw), (oh, ow)

@@ -1,7 +1,7 @@
 """Cython kernel: the embedding backward, a deterministic scatter-add of gradient rows.
 
-The math, the reference and the validation (every index in range) live in
-reference.py and __init__.py beside this file. Here ``grad_weight`` (V, D) arrives zeroed and
+The math and the validation (every index in range) live in __init__.py, the reference in
+reference.py. Here ``grad_weight`` (V, D) arrives zeroed and
 ``grad_weight[idx[i]] += grad_out[i]`` runs for i = 0, 1, ... in order.
 
 Parallel without atomics or races: the D columns are split into blocks and each thread owns
@@ -55,7 +55,8 @@ def embedding_backward(idx, grad_out, grad_weight):
     cdef void* pw = array_data(NAME, grad_weight, t, 2, V, D, 0, True)
     for i in range(n):               # the wrapper has checked; this keeps a direct call safe
         if pi[i] < 0 or pi[i] >= V:
-            raise ValueError(f"minissl.kernels.embedding._cpu: index {pi[i]} out of range [0, {V})")
+            raise ValueError(f"minissl.kernels.embedding._cpu: index {pi[i]} out of range "
+                             f"[0, {V})")
     with nogil:
         if t == cnp.NPY_FLOAT32:
             _scatter_add(pi, <const float*>pg, <float*>pw, n, D)

@@ -23,8 +23,9 @@ the convolution backward pass that returns the gradient of x.
 The public functions check their arguments once, then run one of the three versions in this
 folder: the CUDA kernels (im2col.cu, launched by cuda.py) for CuPy arrays, the Cython kernels
 (_cpu.pyx) for float32/float64 NumPy arrays, the ``*_ref`` NumPy reference (reference.py:
-readable, the specification) otherwise. The Cython col2im is a gather (each thread builds whole input rows from the windows
-that cover them), so it is deterministic and parallel without atomics.
+readable, the specification) otherwise. The Cython col2im is a gather (each thread builds
+whole input rows from the windows that cover them), so it is deterministic and parallel
+without atomics.
 """
 import operator
 

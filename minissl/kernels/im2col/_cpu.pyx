@@ -1,8 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Cython im2col / col2im: the CPU kernels behind minissl.kernels.im2col.
 
-Same contract as the NumPy reference (``im2col_ref``, ``col2im_ref`` in
-reference.py and __init__.py beside this file), which is the specification; the Python wrappers there validate
+Same contract as the NumPy reference (``im2col_ref``, ``col2im_ref`` in reference.py),
+which is the specification; the public functions in __init__.py validate
 their arguments, make the arrays C-contiguous and allocate the outputs. These functions check
 the shapes once more (a wrong call must raise, never read out of bounds), release the GIL and
 split the work over threads with OpenMP ``prange``.

@@ -1,13 +1,13 @@
 """Cython kernels: layer norm over rows of (M, D), training-mode batch norm over (N, C, L).
 
-The math, the reference and the validation live in reference.py and __init__.py beside this file; these loops expect
-C-contiguous arrays of one float dtype (weight and bias may be None; mean and rstd passed to
+The math and the validation live in __init__.py, the reference in reference.py; these loops
+expect C-contiguous arrays of one float dtype (weight and bias may be None; mean and rstd passed to
 the backward are float64) whose shapes the wrapper has checked, with every dimension > 0.
 
 - Statistics are accumulated in double. The variance is the two-pass sum of squared
   deviations from the double-precision mean (no E[x^2] - E[x]^2 cancellation), and the
   normalisation itself is computed in double and rounded once.
-- The reductions are small C functions (block below) so that GCC can vectorise them:
+- The reductions are small C functions (norm.h, norm_impl.h) so that GCC can vectorise them:
   ``#pragma omp simd reduction`` allows it to split a floating-point sum over vector lanes,
   which it may not do on its own, and ``target_clones`` builds them for AVX-512, AVX2 and
   baseline x86-64 and picks one at load time. The lane count is fixed on a machine, so the
@@ -98,7 +98,7 @@ cdef Py_ssize_t ROWS_PER_BLOCK = 64
 cdef Py_ssize_t COLUMNS_PER_BLOCK = 64
 
 
-# ---- the C kernels above, dispatched on the fused type --------------------------------------
+# ---- the C kernels of norm.h, dispatched on the fused type ----------------------------------
 
 cdef inline double _sum(const floating* x, Py_ssize_t n) noexcept nogil:
     if floating is float:

@@ -35,7 +35,8 @@ def layer_norm_forward(x, weight=None, bias=None, eps=1e-5):
 
 def layer_norm_backward(grad_y, x, mean, rstd, weight=None):
     """GPU :func:`minissl.kernels.norm.layer_norm_backward` -> (dx, dw or None, db)."""
-    be = cu.device_backend("layer_norm_backward", grad_y=grad_y, x=x, mean=mean, rstd=rstd, weight=weight)
+    be = cu.device_backend("layer_norm_backward", grad_y=grad_y, x=x, mean=mean, rstd=rstd,
+                           weight=weight)
     if not cu.kernel_ok(x, grad_y) or x.size == 0:
         return R.layer_norm_backward_ref(grad_y, x, mean, rstd, weight)
     xp = be.xp

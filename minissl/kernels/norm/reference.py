@@ -9,7 +9,6 @@ from ...backend import get_array_module
 
 def _moments(x, axis):
     """Mean and biased variance over ``axis``, in float64, keepdims; 0 and 0 for empty groups."""
-    xp = get_array_module(x)
     n = 1
     for a in axis:
         n *= x.shape[a]

@@ -1,7 +1,7 @@
 # distutils: extra_compile_args = -fno-math-errno -ffp-contract=off
 """Cython kernels: fused, in-place SGD and Adam/AdamW updates over flat contiguous arrays.
 
-The formulas, the reference and the validation live in reference.py and __init__.py beside this file. Each kernel
+The formulas and the validation live in __init__.py, the reference in reference.py. Each kernel
 reads every element once and writes it once, where the NumPy version runs a dozen array
 operations with temporaries. The arithmetic is that of PyTorch's single-tensor optimisers,
 operation for operation and in the arrays' own precision (the scalars are rounded to it first,
@@ -9,7 +9,7 @@ as PyTorch rounds them to float for float32 tensors), so results agree with PyTo
 rounding; they are bit-identical to the reference wherever the compiler keeps the operations
 unfused.
 
-The loops are C (block below) so that GCC's ``target_clones`` can build them for AVX-512, AVX2
+The loops are C (optim.h, optim_impl.h) so that GCC's ``target_clones`` can build them for AVX-512, AVX2
 and baseline x86-64 and pick one at load time; ``-fno-math-errno`` (first line) lets sqrt
 vectorise, as nothing here reads errno. Elements are independent, so chunks of the arrays run
 in parallel without changing any result.
@@ -55,12 +55,12 @@ cdef int _check_disjoint(char** ptrs, int count, Py_ssize_t nbytes) except -1:
         for j in range(i + 1, count):
             if ptrs[i] != NULL and ptrs[j] != NULL and ptrs[i] < ptrs[j] + nbytes \
                     and ptrs[j] < ptrs[i] + nbytes:
-                raise ValueError("minissl.kernels.optim._cpu: the parameter, its gradient and its state "
-                                 "arrays must be distinct, non-overlapping arrays")
+                raise ValueError("minissl.kernels.optim._cpu: the parameter, its gradient and "
+                                 "its state arrays must be distinct, non-overlapping arrays")
     return 0
 
 
-# ---- entry points (called by reference.py and __init__.py beside this file) --------------------------------------
+# ---- entry points (called by __init__.py) -------------------------------------------------------
 # Flat C-contiguous arrays of one float dtype, updated in place in chunks spread over threads.
 
 def sgd_step(param, grad, buf, double lr, double momentum, double one_minus_dampening,

@@ -24,7 +24,8 @@ Classification with Deep Convolutional Neural Networks" (NeurIPS 2012).
 The public functions check their arguments once, then run one of the three versions in this
 folder: the CUDA kernels (pool.cu, launched by cuda.py) for CuPy arrays, the Cython kernels
 (_cpu.pyx) for float32/float64 NumPy arrays, the ``*_ref`` NumPy reference (reference.py, the
-specification) otherwise. Both backward passes are gathers over input pixels (deterministic, race-free).
+specification) otherwise. Both backward passes are gathers over input pixels
+(deterministic, race-free).
 """
 import numpy as np
 

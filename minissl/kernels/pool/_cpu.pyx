@@ -1,8 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Cython 2-D max and average pooling: the CPU kernels behind minissl.kernels.pool.
 
-Same contract as the NumPy reference (``*_ref`` in reference.py and __init__.py beside this file), which is the
-specification; the Python wrappers there validate arguments, make arrays C-contiguous and
+Same contract as the NumPy reference (``*_ref`` in reference.py), which is the
+specification; the public functions in __init__.py validate arguments, make arrays C-contiguous and
 allocate outputs. These functions check the shapes once more (a wrong call must raise, never
 read out of bounds), release the GIL and split the work with OpenMP ``prange``: forward over
 the N C planes, backward over the N C H input rows. Every output element has exactly one

@@ -1,6 +1,6 @@
 """Cython kernels: softmax, log-softmax and fused softmax-cross-entropy over rows of (M, C).
 
-The math, the reference and the validation live in reference.py and __init__.py beside this file; these loops
+The math and the validation live in __init__.py, the reference in reference.py; these loops
 expect C-contiguous arrays of one float dtype whose shapes the wrapper has checked, with
 M * C > 0.
 
@@ -8,7 +8,7 @@ Layout of the work:
 - Rows run in parallel (OpenMP ``prange``, static schedule). Each row is reduced by one
   thread, always in the same order, so results do not depend on the thread count.
 - The passes over one row (max, sum of exponentials, dot products) are small C functions in
-  the block below. They are C rather than Cython for two reasons: GCC's ``target_clones``
+  softmax.h. They are C rather than Cython for two reasons: GCC's ``target_clones``
   compiles each of them for AVX-512, AVX2 and baseline x86-64 and picks the best at load time
   (a portable binary that still uses the wide vectors), and ``#pragma omp simd reduction``
   lets the compiler vectorise a floating-point sum, which it otherwise may not reorder.
@@ -209,7 +209,7 @@ cdef int _check_targets(const int64_t* t, Py_ssize_t N, Py_ssize_t C,
     return 0
 
 
-# ---- entry points (called by reference.py and __init__.py beside this file) ------------------------------------
+# ---- entry points (called by __init__.py) -------------------------------------------------------
 # Arrays are C-contiguous, of one float dtype (lse float64, target int64), with M * C > 0.
 
 def softmax_forward(x, y):
