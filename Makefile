@@ -29,14 +29,18 @@ test-reference: $(STAMP)
 test-all: $(STAMP)
 	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -m "slow or not slow"
 
+# OpenBLAS reads its idle-thread timeout when NumPy loads, before minissl.runtime.tune() can
+# set it (minissl/runtime.py): the training targets give it in the environment (yours wins).
+BLAS_TIMEOUT := OPENBLAS_THREAD_TIMEOUT=$${OPENBLAS_THREAD_TIMEOUT:-12}
+
 demo: $(STAMP)
-	$(PY) -m minissl demo
+	$(BLAS_TIMEOUT) $(PY) -m minissl demo
 
 torch: $(STAMP)
 	$(PY) -m pip install -q torch==2.13.0
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_cpu.py
+	$(BLAS_TIMEOUT) $(PY) benchmarks/bench_cpu.py
 
 clean:
 	rm -rf build *.egg-info minissl/kernels/*/_cpu*.so minissl/kernels/*/_cpu.c $(VENV)

@@ -51,13 +51,14 @@ class Conv2dRef(Function):
 
     def forward(self, x, w, b=None):
         _, _, _, (OH, OW) = window_geometry("conv2d", x.shape, self.k, self.stride, self.padding)
+        N, O = x.shape[0], w.shape[0]
         self.x_shape = x.shape
         self.cols = im2col(x, self.k, self.stride, self.padding)   # (N*OH*OW, C*kh*kw)
-        self.w2 = w.reshape(w.shape[0], -1)                          # (O, C*kh*kw)
+        self.w2 = w.reshape(O, w.shape[1] * w.shape[2] * w.shape[3])  # (O, C*kh*kw)
         y = self.cols @ self.w2.T                                    # (N*OH*OW, O)
         if b is not None:
             y = y + b
-        return y.reshape(x.shape[0], OH, OW, -1).transpose(0, 3, 1, 2).copy()
+        return y.reshape(N, OH, OW, O).transpose(0, 3, 1, 2).copy()
 
     def backward(self, g):
         N, O, OH, OW = g.shape
