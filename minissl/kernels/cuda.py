@@ -11,16 +11,16 @@ How the kernels are built
 * One CUDA source per kernel family, written against an element type ``T``.
   ``source(family, dtype)`` prepends ``typedef float T;`` or ``typedef double T;`` and the
   shared helpers (``common.cuh``); ``cupy.RawModule`` compiles it with NVRTC on the first
-  call that needs it, and the module is kept (CuPy also caches the binary on disk), so importing this file
-  imports nothing from CuPy and costs nothing on a CPU-only machine.
-* Launches go through one small backend object (``_backend()``): CuPy's ``RawKernel`` in
+  call that needs it, and the module is kept (CuPy also caches the binary on disk), so
+  importing this file imports nothing from CuPy and costs nothing on a CPU-only machine.
+* Launches go through one small backend object (``backend()``): CuPy's ``RawKernel`` in
   normal use. Every scalar argument is passed as a NumPy scalar of the C parameter's exact
   type (``np.int32`` for ``int``, ``np.int64`` for ``long long``, ``dtype.type`` for ``T``,
   ``np.float64`` for ``double``): RawKernel copies arguments by their size, so a Python int
   (sent as 8 bytes) for an ``int`` parameter would be silently wrong. The tests swap in a CPU
   emulator of the same launches (tests/support/cuda_emulator.py), which checks every
-  argument against the C signature and runs the very same CUDA source on host threads, and compile every family
-  with NVRTC wherever its library is installed, GPU or not.
+  argument against the C signature and runs the very same CUDA source on host threads, and
+  compile every family with NVRTC wherever its library is installed, GPU or not.
 * Only ``RawKernel``: one mechanism, explicit launch geometry, and reductions whose order is
   fixed by the code, not by a library.
 
