@@ -1,4 +1,4 @@
-"""Tests of minissl.losses (the SSL objectives), in the style of lightly's loss tests.
+"""Tests of minissl.losses (the SSL objectives), in the style of lightly's tests/loss/.
 
 Each loss is pinned four ways:
   * to a hand-written NumPy reference (loops over anchors / pairs, float64) over a grid of

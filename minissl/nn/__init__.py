@@ -21,6 +21,6 @@ from .module import IncompatibleKeys, Module, Parameter
 __all__ = ["Module", "Parameter", "IncompatibleKeys", "Linear", "Conv2d", "ConvTranspose2d",
            "BatchNorm1d", "BatchNorm2d", "LayerNorm", "Embedding", "Dropout", "ReLU", "GELU",
            "Sigmoid", "Tanh", "Flatten", "Identity", "Sequential", "ModuleList", "MaxPool2d",
-           "AvgPool2d", "AdaptiveAvgPool2d", "MultiheadSelfAttention", "TransformerBlock",
+           "AvgPool2d", "AdaptiveAvgPool2d", "MultiheadSelfAttention", "TransformerBlock", "fuse",
            "PositionalEmbedding", "PatchEmbed", "BasicBlock", "ConvEncoder", "MLP",
-           "MLPEncoder", "manual_seed", "default_generator", "fuse"]
+           "MLPEncoder", "manual_seed", "default_generator"]
