@@ -48,7 +48,7 @@ def test_the_stored_set_is_complete_and_small():
     assert sum(os.path.getsize(p) for p in FILES) < 1_500_000
     ops = {c[1] for c in cases}
     assert set(conformance.DATA_OPS) <= ops
-    # Every loss of API.md and every deterministic op of minissl.functional has a case.
+    # Every loss of docs/api.md and every deterministic op of minissl.functional has a case.
     from minissl import functional as F
     assert {"nt_xent", "info_nce", "clip_loss", "byol_loss", "simsiam_loss",
             "barlow_twins_loss", "vicreg_loss", "kl_normal", "mae_loss"} <= ops
