@@ -7,7 +7,7 @@ batch and pushes the cross-correlation matrix towards the identity).
 """
 from dataclasses import dataclass
 
-from .. import losses, nn
+from .. import distributed as dist, losses, nn
 from .base import TwoViewMethod
 
 
@@ -28,6 +28,7 @@ class BarlowTwins(TwoViewMethod):
 
     def training_step(self, x, rng):
         z1, z2 = self.embed_views(x, rng)                       # (B, D) each
+        z1, z2 = dist.all_gather(z1), dist.all_gather(z2)      # global-batch statistics
         return losses.barlow_twins_loss(z1, z2, lambd=self.config.lambd), {}
 
 

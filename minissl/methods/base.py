@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from .. import augment, nn
+from .. import augment, distributed as dist, nn
 from ..autograd import Tensor, no_grad, tensor
 
 
@@ -79,6 +79,7 @@ class TwoViewMethod(SSLMethod):
     def embed_views(self, x, rng):
         """g(f(.)) of two random views of the batch x: (z1, z2), each (B, projection width)."""
         v1, v2 = augment.two_views(x, self.transform, rng)     # (B, C, H, W) each
+        v1, v2 = dist.shard(v1, v2)              # data-parallel: this rank's B/N rows
         z1 = self.projector(self.encoder(self.as_input(v1)))
         z2 = self.projector(self.encoder(self.as_input(v2)))
         return z1, z2

@@ -11,7 +11,7 @@ target are what keeps the representation from collapsing.
 """
 from dataclasses import dataclass
 
-from .. import augment, losses, nn
+from .. import augment, distributed as dist, losses, nn
 from ..autograd import no_grad
 from .base import (SSLMethod, cosine_tau, default_augmentation, default_encoder, ema_update,
                    frozen_copy)
@@ -43,7 +43,7 @@ class BYOL(SSLMethod):
         self.tau = c.base_tau
 
     def training_step(self, x, rng):
-        v1, v2 = augment.two_views(x, self.transform, rng)
+        v1, v2 = dist.shard(*augment.two_views(x, self.transform, rng))   # this rank's rows
         v1, v2 = self.as_input(v1), self.as_input(v2)
         p1 = self.predictor(self.projector(self.encoder(v1)))            # (B, proj_dim)
         p2 = self.predictor(self.projector(self.encoder(v2)))            # (B, proj_dim)

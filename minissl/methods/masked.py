@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import functional as F
-from .. import losses, nn
+from .. import distributed as dist, losses, nn
 from ..autograd import Tensor, no_grad
 from ..backend import get_array_module, to_device
 from ..ops.shape import cat
@@ -171,6 +171,7 @@ class MaskedLM(SSLMethod):
         """``batch``: int ids (B, T), T <= block_size. Masks them with ``rng`` and returns the
         masked-LM loss and the accuracy at the chosen positions."""
         inputs, targets = self.mask_tokens(batch, rng)          # (B, T) each
+        inputs, targets = dist.shard(inputs, targets)           # this rank's rows
         logits = self(inputs)                                   # (B, T, V)
         B, T, V = logits.shape
         flat_t = get_array_module(logits.data).asarray(targets.reshape(-1))
@@ -409,18 +410,23 @@ class MAE(SSLMethod):
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))          # (B, L, p p C)
 
-    def forward(self, x, rng):
+    def forward(self, x, rng, masking=None):
         """``(pred, mask)``: predicted patches (B, L, p p C) Tensor and mask (B, L) host array
-        for a fresh random masking of images x (B, C, H, W)."""
+        for a fresh random masking of images x (B, C, H, W) (or the given ``masking``, a
+        ``random_masking`` result)."""
         x = self.as_input(x)
         self._check_images(x)
-        ids_keep, mask, ids_restore = self.random_masking(x.shape[0], rng)
+        masking = masking or self.random_masking(x.shape[0], rng)
+        ids_keep, mask, ids_restore = masking
         latent = self.encoder.forward_tokens(x, ids_keep)      # (B, K, D)
         return self.forward_decoder(latent, ids_restore), mask
 
     def training_step(self, x, rng):
         x = self.as_input(x)
-        pred, mask = self(x, rng)                               # (B, L, P), (B, L)
+        # Data-parallel: the masks of the global batch, this rank's rows of them and of x.
+        masking = dist.shard(*self.random_masking(x.shape[0], rng))
+        x = dist.shard(x)
+        pred, mask = self(x, rng, masking)                      # (B, L, P), (B, L)
         target = Tensor(self.patchify(x.data))                  # (B, L, P), a constant
         loss = losses.mae_loss(pred, target, mask, norm_pix=self.config.norm_pix)
         return loss, {}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import augment, losses, nn
+from .. import augment, distributed as dist, losses, nn
 from .. import functional as F
 from ..autograd import no_grad
 from ..backend import get_array_module
@@ -53,14 +53,14 @@ class MoCo(SSLMethod):
         self._keys = None   # keys of the current step, enqueued once backward is done
 
     def training_step(self, x, rng):
-        v1, v2 = augment.two_views(x, self.transform, rng)
+        v1, v2 = dist.shard(*augment.two_views(x, self.transform, rng))   # this rank's rows
         q = self.projector(self.encoder(self.as_input(v1)))              # (B, D) queries
         with no_grad():
             ema_update(self.key_encoder, self.encoder, self.config.momentum)
             ema_update(self.key_projector, self.projector, self.config.momentum)
             k = F.normalize(self.key_projector(self.key_encoder(self.as_input(v2))), dim=1)
         loss = losses.info_nce(q, k, self.queue, temperature=self.config.temperature)
-        self._keys = k.data                                               # (B, D)
+        self._keys = dist.all_gather(k).data    # (B, D) global: one queue on every rank
         return loss, {}
 
     def on_step_end(self, step, total_steps):

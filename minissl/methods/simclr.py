@@ -10,7 +10,7 @@ paper's finding: the projector throws away what the augmentations vary).
 """
 from dataclasses import dataclass
 
-from .. import losses, nn
+from .. import distributed as dist, losses, nn
 from .base import TwoViewMethod
 
 
@@ -32,6 +32,7 @@ class SimCLR(TwoViewMethod):
 
     def training_step(self, x, rng):
         z1, z2 = self.embed_views(x, rng)                       # (B, proj_dim) each
+        z1, z2 = dist.all_gather(z1), dist.all_gather(z2)      # negatives from all ranks
         return losses.nt_xent(z1, z2, temperature=self.config.temperature), {}
 
 
