@@ -29,7 +29,7 @@ from .ops import (AllGather, all_gather, all_reduce, all_reduce_gradients,
 from .sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = ["init", "is_initialized", "rank", "world_size", "barrier", "backend",
-           "launched_by_mpi", "prepare", "single_process", "broadcast_parameters", "all_reduce_gradients",
+           "launched_by_mpi", "launched_rank", "prepare", "single_process", "broadcast_parameters", "all_reduce_gradients",
            "all_gather", "all_reduce", "shard", "AllGather", "SyncBatchNorm",
            "convert_sync_batchnorm", "DistributedError", "abort"]
 
@@ -51,6 +51,14 @@ def launched_by_mpi():
         except ValueError:
             pass
     return False
+
+
+def launched_rank():
+    """This process's rank as its launcher set it (before ``init()``; 0 if not launched)."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
 
 
 def init(backend=None, timeout=None):

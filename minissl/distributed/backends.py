@@ -197,6 +197,8 @@ class NCCLBackend:
         return self.cp.ascontiguousarray(a)
 
     def allreduce_sum(self, a):
+        if isinstance(a, np.ndarray):              # host values (a loss, metrics): MPI
+            return self.mpi.allreduce_sum(a)
         a = self._ready(a)
         out = self.cp.empty_like(a)
         self.comm.allReduce(a.data.ptr, out.data.ptr, a.size, self._types(a.dtype),
@@ -205,6 +207,8 @@ class NCCLBackend:
         return out
 
     def allgather(self, a):
+        if isinstance(a, np.ndarray):
+            return self.mpi.allgather(a)
         # NCCL gathers equal counts: pad every rank's rows to the longest, then cut.
         meta = np.concatenate(self.mpi.allgather(_signature(a)[None]))   # host agreement
         _check_signatures(meta, "all_gather", self.rank)
@@ -220,6 +224,8 @@ class NCCLBackend:
         return [out[r, :counts[r]] for r in range(self.size)]
 
     def broadcast(self, a, root=0):
+        if isinstance(a, np.ndarray):
+            return self.mpi.broadcast(a, root)
         if not a.flags.c_contiguous:
             raise ValueError(f"broadcast: the array {a.shape} must be C-contiguous (in place)")
         self._ready(a)
