@@ -53,15 +53,28 @@ class MoCo(SSLMethod):
         self._keys = None   # keys of the current step, enqueued once backward is done
 
     def training_step(self, x, rng):
-        v1, v2 = dist.shard(*augment.two_views(x, self.transform, rng))   # this rank's rows
-        q = self.projector(self.encoder(self.as_input(v1)))              # (B, D) queries
+        v1, v2 = augment.two_views(x, self.transform, rng)
+        q = self.projector(self.encoder(self.as_input(dist.shard(v1))))  # (B, D) queries
         with no_grad():
             ema_update(self.key_encoder, self.encoder, self.config.momentum)
             ema_update(self.key_projector, self.projector, self.config.momentum)
-            k = F.normalize(self.key_projector(self.key_encoder(self.as_input(v2))), dim=1)
-        loss = losses.info_nce(q, k, self.queue, temperature=self.config.temperature)
-        self._keys = dist.all_gather(k).data    # (B, D) global: one queue on every rank
+            k = F.normalize(self._key_embeddings(v2, rng), dim=1)
+        loss = losses.info_nce(q, dist.shard(k), self.queue, temperature=self.config.temperature)
+        self._keys = k.data                                               # (B, D)
         return loss, {}
+
+    # Data-parallel: the key encoder keeps per-rank BatchNorm and sees the key batch shuffled
+    # across ranks (the paper's shuffle BN); ``key_bn_groups = k`` makes one process compute
+    # what k ranks compute (the tests' reference). Queries use SyncBatchNorm.
+    local_batchnorm = ("key_encoder", "key_projector")
+    key_bn_groups = None
+
+    def _key_embeddings(self, v2, rng):
+        """Keys of the whole global key batch v2 (B, D), identical on every rank."""
+        key = lambda v: self.key_projector(self.key_encoder(self.as_input(v)))  # noqa: E731
+        if dist.world_size() == 1 and self.key_bn_groups is None:
+            return key(v2)
+        return dist.shuffled_forward(key, v2, rng, self.key_bn_groups)
 
     def on_step_end(self, step, total_steps):
         # After backward: the loss's graph read the queue, so it must not change before.

@@ -151,3 +151,21 @@ def test_a_stuck_rank_gives_a_clear_timeout_error_instead_of_a_hang():
             backends.MPIBackend(timeout=1.0, comm=comm).barrier()
         assert time.monotonic() - t0 < 2.5
     dist.barrier()                         # polling it lets the late barrier complete
+
+
+def test_shuffled_forward_undoes_its_permutation_and_normalises_per_group():
+    X = _global((4 * dist.world_size(), 3))
+    out = dist.shuffled_forward(lambda v: ms.tensor(v) * 2.0, X, np.random.default_rng(0))
+    np.testing.assert_array_equal(out.numpy(), 2 * X)          # rows back in their order
+    bn_ = nn.BatchNorm1d(3, dtype=np.float64)                 # per-rank BN on one group each
+    bn = lambda v: bn_(ms.tensor(v))                          # noqa: E731
+    got = dist.shuffled_forward(bn, X, np.random.default_rng(1)).numpy()
+    with dist.single_process():
+        want = dist.shuffled_forward(bn, X, np.random.default_rng(1)).numpy()   # 1 group
+    perm = np.random.default_rng(1).permutation(len(X))
+    groups = np.empty(len(X), int)
+    groups[perm] = np.arange(len(X)) // 4                     # the group each row fell in
+    for g in range(dist.world_size()):                        # each group: mean 0, var 1
+        np.testing.assert_allclose(got[groups == g].mean(0), 0, atol=1e-12)
+        np.testing.assert_allclose(got[groups == g].var(0), 1, rtol=1e-2)   # eps
+    assert not np.allclose(got, want)                         # != BN over the whole batch
