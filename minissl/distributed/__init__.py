@@ -38,9 +38,9 @@ _LOCAL = LocalBackend()
 _backend = None          # None until init(): then a backend object of .backends
 
 # The variables the usual launchers set in each rank: MPICH / Intel MPI (PMI), Open MPI,
-# PMIx, and Slurm's srun.
-_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS",
-              "SLURM_NTASKS")
+# PMIx, and Slurm's srun (the job step's size: SLURM_NTASKS is also set in a batch script's
+# own single process, which must stay a world of one).
+_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS")
 
 
 def launched_by_mpi():
