@@ -41,7 +41,7 @@ class Meter:
 
     def __init__(self, backend):
         self.bytes = self.seconds = 0.0
-        for name in ("allreduce_sum", "allgather", "broadcast"):
+        for name in ("allreduce_sum", "reduce_scatter_sum", "allgather", "broadcast"):
             setattr(backend, name, self._wrap(getattr(backend, name)))
 
     def _wrap(self, fn):

@@ -22,9 +22,10 @@ algorithm with link latency a and bandwidth w (the alpha-beta model):
 
 The collectives of a step, counted on the method itself (one single-process step with hooks):
 gradients (all parameters, float32, 25 MiB buckets), SyncBatchNorm (two all-reduces forward,
-one backward per BatchNorm call, 2C + 1, C and 2C values), the gathers (forward all-gather of
-N b D values, backward all-reduce of the same size, as implemented), MoCo's keys (a gather,
-no backward), the loss and the metrics (a few scalars).
+one backward per BatchNorm call, 2C + 1, C and 2C values; an upper bound, as the no-grad
+target passes of BYOL have no backward), the gathers (forward all-gather of N b D values,
+backward reduce-scatter of the same size, costed as an all-gather), MoCo's keys (a gather, no
+backward), the loss and the metrics (a few scalars).
 
 ``--fixed`` models the two changes that would remove the terms growing with N (not
 implemented): each rank draws only its own rows' randomness (a counter-based generator per
@@ -144,7 +145,7 @@ def model(measured, name, n, net, b, gpu_speedup, fixed=False):
         gathers, backward_gathers = [], 0
     comm = sum(allreduce(S, n, a, w) for S in reduces)
     comm += sum(allgather(S * n, n, a, w) for S in gathers)
-    comm += sum(allreduce(S * n, n, a, w) for S in gathers[:backward_gathers])
+    comm += sum(allgather(S * n, n, a, w) for S in gathers[:backward_gathers])  # reduce-scatter
     t = compute + comm
     t_ref = t1 / (gpu_speedup if net == "gpu" else 1)
     return t, comm, t_ref / t

@@ -68,7 +68,8 @@ def test_a_gather_without_the_sum_over_ranks_fails_the_gradcheck(monkeypatch):
     """The bug of lightly #1528/#1977: backward returns only this rank's slice of its own
     gradient. The checks above must catch it, or they prove nothing."""
     def wrong_backward(self, grad):
-        return grad[self.start:self.stop]
+        start = sum(self.counts[:dist.rank()])
+        return grad[start:start + self.counts[dist.rank()]]
     monkeypatch.setattr(dist.AllGather, "backward", wrong_backward)
     X = _global((2 * dist.world_size(), 3))
     W = _rank_weights((3, 2))
