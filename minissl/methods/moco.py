@@ -10,7 +10,9 @@ The query encoder f_q is trained by InfoNCE: the query must pick its key (the sa
 another augmentation, from the key encoder f_k) among the K keys of previous batches kept in a
 queue. f_k is an exponential moving average of f_q (no gradient), so the queued keys stay
 consistent while f_q moves. Shuffled BN (the paper's multi-GPU trick against BN leakage) does
-not apply on one device: each view is normalised with its own batch statistics here.
+not apply on one device: each view is normalised with its own batch statistics here. Under
+data-parallel training (``minissl.distributed``) the key encoder does use it: per-rank
+BatchNorm over a shared permutation of the global key batch (``shuffled_forward``).
 """
 from dataclasses import dataclass
 
