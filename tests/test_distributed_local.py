@@ -67,11 +67,23 @@ def test_unknown_backend_is_a_clear_error(monkeypatch):
 
 def test_shuffled_forward_in_groups_in_one_process():
     X = np.random.default_rng(0).standard_normal((8, 3))
-    bn = nn.BatchNorm1d(3, dtype=np.float64)
-    out = dist.shuffled_forward(lambda v: bn(ms.tensor(v)), X, np.random.default_rng(1),
-                                groups=2).numpy()
+    out = dist.shuffled_forward(lambda v: ms.tensor(v) * 2.0, X, np.random.default_rng(1)
+                                .permutation(8))
+    np.testing.assert_array_equal(out.numpy(), 2 * X)          # rows back in their order
+    bn = nn.SplitBatchNorm1d(3, num_splits=2, dtype=np.float64)
     perm = np.random.default_rng(1).permutation(8)
-    for g in range(2):                              # each group of the permutation: mean 0
-        np.testing.assert_allclose(out[perm[4 * g:4 * (g + 1)]].mean(0), 0, atol=1e-12)
-    with pytest.raises(ValueError, match="does not split into 3 groups"):
-        dist.shuffled_forward(lambda v: v, X, np.random.default_rng(1), groups=3)
+    out = dist.shuffled_forward(lambda v: bn(ms.tensor(v)), X, perm, groups=2).numpy()
+    for g in range(2):                # group g: shuffled positions i = g mod 2, rows perm[i]
+        np.testing.assert_allclose(out[perm[g::2]].mean(0), 0, atol=1e-12)
+
+
+def test_group_rows_keep_whole_split_batchnorm_groups_on_a_rank():
+    # 4 groups (row i in group i mod 4) over 2 ranks: rank 1 holds groups 2 and 3, in order,
+    # so that its SplitBatchNorm with 2 splits sees group 2 at local rows 0, 2 and 3 at 1, 3.
+    np.testing.assert_array_equal(dist.group_rows(8, 4, rank=1, size=2), [2, 3, 6, 7])
+    np.testing.assert_array_equal(dist.group_rows(8, 1, rank=1, size=2), [4, 5, 6, 7])
+    np.testing.assert_array_equal(dist.group_rows(8, 8), np.arange(8))   # one process
+    with pytest.raises(ValueError, match="3 batch-norm groups of a batch of 12 rows cannot"):
+        dist.group_rows(12, 3, rank=0, size=2)
+    with pytest.raises(ValueError, match="does not split evenly over 2 ranks"):
+        dist.group_rows(7, 1, rank=0, size=2)

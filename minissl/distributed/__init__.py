@@ -25,14 +25,17 @@ import os
 
 from .backends import DEFAULT_TIMEOUT, DistributedError, LocalBackend, MPIBackend, NCCLBackend
 from .ops import (AllGather, all_gather, all_reduce, all_reduce_gradients,
-                  broadcast_parameters, shard)
+                  broadcast_parameters, group_rows, shard)
 from .shuffle_bn import shuffled_forward
-from .sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
+from .sync_batchnorm import (SyncBatchNorm, SyncSplitBatchNorm1d, SyncSplitBatchNorm2d,
+                             convert_sync_batchnorm)
 
 __all__ = ["init", "is_initialized", "rank", "world_size", "barrier", "backend",
-           "launched_by_mpi", "launched_rank", "prepare", "single_process", "broadcast_parameters", "all_reduce_gradients",
-           "all_gather", "all_reduce", "shard", "AllGather", "SyncBatchNorm",
-           "convert_sync_batchnorm", "shuffled_forward", "DistributedError", "abort"]
+           "launched_by_mpi", "launched_rank", "prepare", "single_process",
+           "broadcast_parameters", "all_reduce_gradients", "all_gather", "all_reduce", "shard",
+           "group_rows", "AllGather", "SyncBatchNorm", "SyncSplitBatchNorm1d",
+           "SyncSplitBatchNorm2d", "convert_sync_batchnorm", "shuffled_forward",
+           "DistributedError", "abort"]
 
 _LOCAL = LocalBackend()
 _backend = None          # None until init(): then a backend object of .backends
@@ -128,14 +131,10 @@ def abort(code=1):
 
 def prepare(module):
     """Make ``module`` ready for data-parallel training, in place (a no-op in a world of one):
-    BatchNorm layers become SyncBatchNorm (same tensors), except in the children named in
-    ``module.local_batchnorm`` (e.g. MoCo's key encoder, normalised by shuffle BN), and
-    every rank takes rank 0's parameters and buffers. Returns ``module``."""
+    BatchNorm layers become SyncBatchNorm and SplitBatchNorm layers SyncSplitBatchNorm (same
+    tensors), and every rank takes rank 0's parameters and buffers. Returns ``module``."""
     if world_size() > 1:
-        keep = set(getattr(module, "local_batchnorm", ()))
-        for name, child in module._modules.items():
-            if child is not None and name not in keep:
-                module._modules[name] = convert_sync_batchnorm(child)
+        convert_sync_batchnorm(module)
         broadcast_parameters(module)
     return module
 

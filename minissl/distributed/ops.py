@@ -63,10 +63,36 @@ def all_reduce(value, op="mean"):
     return float(a[0]) if scalar else a
 
 
-def shard(*arrays):
-    """This rank's rows of arrays holding the whole global batch: rows
-    [r B/N, (r + 1) B/N) of each (B must be divisible by N). One array in, one out; several
-    in, a tuple out. The single-process path returns the arrays themselves.
+def group_rows(n, groups=1, rank=None, size=None):
+    """The rows (a host int array) of a global batch of ``n`` that rank ``rank`` (default:
+    this rank) of ``size`` ranks holds. ``groups=1``: the contiguous rows [r n/N, (r+1) n/N).
+    ``groups=G > 1``: the batch is normalised in G groups as ``nn.SplitBatchNorm`` with G
+    splits groups it in one process (row i in group i mod G), every group stays on one rank,
+    and rank r holds groups [r G/N, (r+1) G/N): its rows in order, so that a SplitBatchNorm
+    with G/N splits on the rank computes exactly those groups (local row j is in group
+    r G/N + j mod (G/N))."""
+    world = _world()
+    r = world.rank if rank is None else rank
+    N = world.size if size is None else size
+    if n % N:
+        raise ValueError(f"shard: a global batch of {n} rows does not split evenly over {N} "
+                         f"ranks; use a batch size divisible by the number of ranks")
+    if groups == 1:
+        return np.arange(r * (n // N), (r + 1) * (n // N))
+    if groups % N or n % groups:
+        raise ValueError(f"shard: {groups} batch-norm groups of a batch of {n} rows cannot "
+                         f"be spread over {N} ranks: the groups must be a multiple of the "
+                         f"ranks and divide the batch")
+    g = groups // N
+    i = np.arange(n)
+    return i[(i % groups) // g == r]
+
+
+def shard(*arrays, groups=1):
+    """This rank's rows of arrays holding the whole global batch: rows ``group_rows(B,
+    groups)`` of each, by default [r B/N, (r + 1) B/N) (B must be divisible by N). One array
+    in, one out; several in, a tuple out. The single-process path returns the arrays
+    themselves.
 
     Every rank draws the randomness of the WHOLE global batch from the same generator and
     keeps its rows, so N ranks see exactly the views, masks and noise that one process with
@@ -76,13 +102,11 @@ def shard(*arrays):
     out = []
     for a in arrays:
         if world.size > 1:
-            n = len(a)
-            if n % world.size:
-                raise ValueError(f"shard: a global batch of {n} rows does not split evenly "
-                                 f"over {world.size} ranks; use a batch size divisible by "
-                                 f"the number of ranks")
-            b = n // world.size
-            a = a[world.rank * b:(world.rank + 1) * b]
+            rows = group_rows(len(a), groups)
+            if groups == 1:
+                a = a[rows[0]:rows[-1] + 1]
+            else:
+                a = a[get_array_module(a.data if isinstance(a, Tensor) else a).asarray(rows)]
         out.append(a)
     return out[0] if len(out) == 1 else tuple(out)
 
@@ -133,5 +157,5 @@ def all_reduce_gradients(params, bucket_bytes=25 * 2 ** 20):
             offset += n
 
 
-__all__ = ["AllGather", "all_gather", "all_reduce", "shard", "broadcast_parameters",
-           "all_reduce_gradients", "backends"]
+__all__ = ["AllGather", "all_gather", "all_reduce", "shard", "group_rows",
+           "broadcast_parameters", "all_reduce_gradients", "backends"]

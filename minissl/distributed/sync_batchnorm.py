@@ -10,10 +10,15 @@ together). With SyncBatchNorm, N ranks compute exactly what one process computes
 Written on raw arrays and the backend's all-reduce (not on the batch-norm kernels): two
 all-reduces forward (sums then centred squares: the two-pass variance, as exact as the
 single-process op), one backward (the two sums of the input gradient's formula).
+
+``nn.SplitBatchNorm`` with S splits (MoCo's shuffling BN) normalises S groups of the global
+batch; on N ranks each rank holds S/N whole groups (``shard(..., groups=S)``), so the groups
+need no collective; only the running statistics are averaged over the ranks
+(``SyncSplitBatchNorm1d/2d``).
 """
 from ..autograd import Function
 from ..backend import get_array_module
-from ..nn import Module
+from ..nn import Module, SplitBatchNorm1d, SplitBatchNorm2d
 from ..nn.layers import _BatchNorm
 
 
@@ -97,13 +102,56 @@ class SyncBatchNorm(_BatchNorm):
         return y.relu() if relu else y
 
 
+class _SplitOnRanks:
+    """``SplitBatchNorm`` with ``num_splits`` = S groups of the GLOBAL batch, on N ranks: the
+    rank's S/N groups as a SplitBatchNorm with S/N splits (its rows must be
+    ``shard(..., groups=S)``); then the running statistics, each rank's the average of its
+    groups' updates, are averaged over the ranks: the average over all S groups, as one
+    process with the global batch computes it. Forward values and backward need no
+    collective (no group spans two ranks). In one process it IS ``SplitBatchNorm``."""
+
+    def _splits_here(self):
+        size = _world().size
+        if self.num_splits % size:
+            raise ValueError(f"{type(self).__name__}: num_splits={self.num_splits} groups "
+                             f"cannot be spread over {size} ranks (use a multiple of {size})")
+        return self.num_splits // size
+
+    def forward(self, x, relu=False):
+        y = super().forward(x, relu=relu)
+        world = _world()
+        if self.training and self.track_running_stats and world.size > 1:
+            xp = get_array_module(self.running_mean.data)
+            both = world.allreduce_sum(xp.concatenate([self.running_mean.data,
+                                                       self.running_var.data])) / world.size
+            C = self.num_features
+            self.running_mean.data[...], self.running_var.data[...] = both[:C], both[C:]
+        return y
+
+
+class SyncSplitBatchNorm1d(_SplitOnRanks, SplitBatchNorm1d):
+    """``SplitBatchNorm1d`` on N ranks (see ``_SplitOnRanks``)."""
+
+
+class SyncSplitBatchNorm2d(_SplitOnRanks, SplitBatchNorm2d):
+    """``SplitBatchNorm2d`` on N ranks (see ``_SplitOnRanks``)."""
+
+
 def convert_sync_batchnorm(module):
     """Replace every BatchNorm1d/2d inside ``module`` (and ``module`` itself) by a
-    SyncBatchNorm holding THE SAME parameter and buffer tensors (an optimiser built before
-    keeps working); returns the converted module, as
-    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` does."""
-    if isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNorm):
-        sync = SyncBatchNorm.__new__(SyncBatchNorm)
+    SyncBatchNorm, and every ``SplitBatchNorm1d/2d`` by ``SyncSplitBatchNorm1d/2d``, holding
+    THE SAME parameter and buffer tensors (an optimiser built before keeps working); returns
+    the converted module, as ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` does."""
+    split = {SplitBatchNorm1d: SyncSplitBatchNorm1d, SplitBatchNorm2d: SyncSplitBatchNorm2d}
+    if isinstance(module, _BatchNorm) and type(module) in split:
+        kind = split[type(module)] if module.num_splits > 1 else SyncBatchNorm
+    elif isinstance(module, _BatchNorm) and not isinstance(module, (SyncBatchNorm,
+                                                                    _SplitOnRanks)):
+        kind = SyncBatchNorm
+    else:
+        kind = None
+    if kind is not None:
+        sync = kind.__new__(kind)
         for key, value in module.__dict__.items():
             object.__setattr__(sync, key, type(value)(value) if isinstance(value, (dict, set))
                                else value)

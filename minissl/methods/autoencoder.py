@@ -354,7 +354,7 @@ class VAE(SSLMethod):
         """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I) drawn on the host from ``rng``."""
         # Data-parallel: the noise of the global batch, this rank's rows of it.
         eps = rng.standard_normal((len(mu) * dist.world_size(),) + tuple(mu.shape[1:]))
-        eps = self.as_input(dist.shard(eps).astype(np.float32))
+        eps = self.as_input(dist.shard(eps))                    # in the model's dtype
         return mu + (logvar * 0.5).exp() * eps                  # (B, L)
 
     def training_step(self, x, rng):

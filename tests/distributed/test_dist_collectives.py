@@ -155,18 +155,53 @@ def test_a_stuck_rank_gives_a_clear_timeout_error_instead_of_a_hang():
 
 
 def test_shuffled_forward_undoes_its_permutation_and_normalises_per_group():
-    X = _global((4 * dist.world_size(), 3))
-    out = dist.shuffled_forward(lambda v: ms.tensor(v) * 2.0, X, np.random.default_rng(0))
-    np.testing.assert_array_equal(out.numpy(), 2 * X)          # rows back in their order
-    bn_ = nn.BatchNorm1d(3, dtype=np.float64)                 # per-rank BN on one group each
-    bn = lambda v: bn_(ms.tensor(v))                          # noqa: E731
-    got = dist.shuffled_forward(bn, X, np.random.default_rng(1)).numpy()
-    with dist.single_process():
-        want = dist.shuffled_forward(bn, X, np.random.default_rng(1)).numpy()   # 1 group
+    N = dist.world_size()
+    X = _global((4 * N, 3))
     perm = np.random.default_rng(1).permutation(len(X))
-    groups = np.empty(len(X), int)
-    groups[perm] = np.arange(len(X)) // 4                     # the group each row fell in
-    for g in range(dist.world_size()):                        # each group: mean 0, var 1
-        np.testing.assert_allclose(got[groups == g].mean(0), 0, atol=1e-12)
-        np.testing.assert_allclose(got[groups == g].var(0), 1, rtol=1e-2)   # eps
-    assert not np.allclose(got, want)                         # != BN over the whole batch
+    out = dist.shuffled_forward(lambda v: ms.tensor(v) * 2.0, X, perm)
+    np.testing.assert_array_equal(out.numpy(), 2 * X)          # rows back in their order
+    S = 2 * N                                                 # two groups on every rank
+    bn_ = dist.convert_sync_batchnorm(nn.SplitBatchNorm1d(3, num_splits=S, dtype=np.float64))
+    bn = lambda v: bn_(ms.tensor(v))                          # noqa: E731
+    got = dist.shuffled_forward(bn, X, perm, S).numpy()
+    with dist.single_process():                               # the same S groups in one
+        want = dist.shuffled_forward(bn, X, perm, S).numpy()  # process: the same keys
+    assert_close(got, want, 1e-12, "shuffled split BN, N ranks vs one process")
+    for g in range(S):        # group g: shuffled positions i = g mod S, i.e. rows perm[i]
+        np.testing.assert_allclose(got[perm[g::S]].mean(0), 0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (4, 3, 2, 2)])
+def test_split_batchnorm_on_ranks_equals_split_batchnorm_on_the_global_batch(shape):
+    """SplitBatchNorm with S splits over the global batch = each rank's S/N groups (rows
+    ``shard(..., groups=S)``) with the running statistics averaged over ranks."""
+    N = dist.world_size()
+    S = 2 * N
+    X = _global((shape[0] * N,) + shape[1:]) * 2 + 1
+    G = _global(X.shape, seed=1)
+    kind = nn.SplitBatchNorm1d if len(shape) < 4 else nn.SplitBatchNorm2d
+    ref = kind(shape[1], num_splits=S, dtype=np.float64)
+    ref.weight.data[...] = [0.5, -1.0, 2.0]
+    ref.bias.data[...] = [0.1, 0.2, -0.3]
+    sync = dist.convert_sync_batchnorm(kind(shape[1], num_splits=S, dtype=np.float64))
+    sync.load_state_dict(ref.state_dict())
+    assert isinstance(sync, (dist.SyncSplitBatchNorm1d, dist.SyncSplitBatchNorm2d))
+    xg = ms.tensor(X.copy(), requires_grad=True)
+    with dist.single_process():
+        for _ in range(2):
+            yg = ref(xg)
+    (yg * ms.tensor(G)).sum().backward()
+    xl = ms.tensor(np.array(dist.shard(X, groups=S)), requires_grad=True)
+    for _ in range(2):
+        yl = sync(xl)
+    (yl * ms.tensor(dist.shard(G, groups=S))).sum().backward()
+    assert_close(yl.numpy(), dist.shard(yg.numpy(), groups=S), 1e-12, "forward")
+    assert_close(xl.grad, dist.shard(xg.grad, groups=S), 1e-12, "input gradient")
+    dist.all_reduce_gradients(sync.parameters())
+    for name in ("weight", "bias"):
+        assert_close(getattr(sync, name).grad * N, getattr(ref, name).grad, 1e-12, name)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert_close(getattr(sync, name).data, getattr(ref, name).data, 1e-12, name)
+    with pytest.raises(ValueError, match="cannot be spread over"):
+        dist.convert_sync_batchnorm(kind(3, num_splits=N + 1))(ms.tensor(_global(
+            (N + 1,) + shape[1:])))
