@@ -18,6 +18,7 @@ from . import runtime
 
 USAGE_ERROR = 2
 MAX_MESSAGE = 400   # characters of an error line; longer messages are cut
+_JOB = {"training": False}   # True while the ranks of a data-parallel run train together
 
 
 class CLIError(Exception):
@@ -134,6 +135,18 @@ def _check_resume(meta, args, ckpt_path):
                            f"not {want}; resume with the same value")
 
 
+def _init_distributed(args):
+    """Under mpiexec/srun: join the job (NCCL for --device cuda, else MPI). Returns whether
+    this process is rank 0, the one that writes files and prints."""
+    from . import distributed as dist
+    if dist.launched_by_mpi() and not dist.is_initialized():
+        dist.init("nccl" if args.device == "cuda" else "mpi")
+    if args.batch_size % dist.world_size():
+        raise CLIError(f"--batch-size {args.batch_size} (the global batch) must be divisible "
+                       f"by the {dist.world_size()} ranks")
+    return dist.rank() == 0
+
+
 def cmd_pretrain(args):
     from . import checkpoint, methods, random
     from .train import make_optimizer, pretrain
@@ -149,6 +162,7 @@ def cmd_pretrain(args):
             raise CLIError(f"--resume: no checkpoint at {ckpt_path}")
         meta = checkpoint.load(ckpt_path)      # the metadata only: check it before building
         _check_resume(meta, args, ckpt_path)
+    lead = _init_distributed(args)   # data-parallel: rank 0 alone writes and prints
     method = _build(args.method, d, args.seed, args.device)
     opt = make_optimizer(method, args.optimizer, lr=args.lr)
     train_x = method.training_data(d)
@@ -163,17 +177,21 @@ def cmd_pretrain(args):
             random.default_generator().bit_generator.state = meta["rng_state"]
         # The checkpoint's history is the record of the epochs it holds; an epoch logged
         # after the last checkpoint (a kill between the two writes) is dropped.
-        _atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in history))
+        if lead:
+            _atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in history))
         if start >= args.epochs:
-            print(f"already trained for {start} epochs (asked {args.epochs}); nothing to do")
+            if lead:
+                print(f"already trained for {start} epochs (asked {args.epochs}); nothing to do")
             return 0
-    else:
+    elif lead:
         os.makedirs(args.out, exist_ok=True)
         if os.path.exists(log_path):
             os.remove(log_path)
     probe = args.probe_every and method.data_kind == "images"
 
     def on_epoch_end(epoch, record):
+        if not lead:
+            return
         if probe and (epoch + 1) % args.probe_every == 0:
             from .evaluate import few_label_probe
             tr, te = method.features(d.train_x), method.features(d.test_x)
@@ -195,9 +213,13 @@ def cmd_pretrain(args):
                        if isinstance(v, float) and k != "seconds")
         print(f"epoch {epoch + 1}/{args.epochs} {msg}", flush=True)
 
+    _JOB["training"] = True   # from here on, a failing rank must end the job (see main)
     pretrain(method, train_x, args.epochs, args.batch_size, optimizer=opt, seed=args.seed,
              device=args.device, start_epoch=start, progress=not args.no_progress,
              on_epoch_end=on_epoch_end)
+    _JOB["training"] = False
+    if not lead:
+        return 0
     if not args.no_plots:
         _plots(args.out, method, d, history)
     print(f"checkpoint: {ckpt_path}\nmetrics: {log_path}")
@@ -397,7 +419,7 @@ def main(argv=None):
             warnings.showwarning = _one_line_warning
             return args.fn(args)
     except CLIError as e:
-        print(f"minissl: error: {e}", file=sys.stderr)
+        _error_line(str(e))
     except KeyboardInterrupt:
         print("minissl: interrupted", file=sys.stderr)
         return 130
@@ -408,8 +430,23 @@ def main(argv=None):
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if len(msg) > MAX_MESSAGE:   # e.g. the key list of a checkpoint of another model
             msg = msg[:MAX_MESSAGE - 4] + " ..."
-        print(f"minissl: error: {msg}", file=sys.stderr)
+        _error_line(msg)
     return USAGE_ERROR
+
+
+def _error_line(msg):
+    """Print the error; under mpiexec, end the whole job if the ranks were training.
+
+    Before training, every rank checks the same arguments and files and fails alike: rank 0
+    alone prints and all exit 2. During training, a rank that fails alone would leave the
+    others blocked in their next collective (until its timeout), so it prints with its rank
+    and ends the job at once (MPI_Abort, which MPI reports in a line of its own)."""
+    from . import distributed as dist     # imports no MPI
+    if _JOB["training"] and dist.world_size() > 1:
+        print(f"minissl: error: rank {dist.rank()}: {msg}", file=sys.stderr, flush=True)
+        dist.abort(USAGE_ERROR)
+    elif not dist.launched_by_mpi() or dist.launched_rank() == 0:
+        print(f"minissl: error: {msg}", file=sys.stderr)
 
 
 if __name__ == "__main__":

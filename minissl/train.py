@@ -5,12 +5,17 @@
 Mini-batches come from ``data.DataLoader`` (the order of epoch e depends only on (seed, e)),
 the augmentations from a generator seeded by (seed, epoch), so a run resumed at epoch e
 replays exactly the batches and views of an uninterrupted run.
+
+Data-parallel (under mpiexec/srun after ``distributed.init()``): every rank iterates over the
+same global batches and draws the same randomness; the method keeps its rows
+(``distributed.shard``) and gathers what its loss needs; gradients are averaged. N ranks then
+train exactly as one process with the global batch ``batch_size`` (tests/distributed).
 """
 import time
 
 import numpy as np
 
-from . import optim
+from . import distributed as dist, optim
 from .backend import to_device
 from .data import DataLoader
 
@@ -52,6 +57,7 @@ def pretrain(method, train_data, epochs, batch_size=256, lr=1e-3, optimizer=None
     ``lr``, ``seconds``, ``samples_per_s`` and the mean of every metric the method reports.
     ``on_epoch_end(epoch, record)`` is called after each epoch (checkpointing, logging).
     """
+    dist.prepare(method)              # data-parallel: SyncBatchNorm, rank 0's weights
     optimizer = optimizer or make_optimizer(method, lr=lr)
     arrays = train_data if isinstance(train_data, tuple) else (train_data,)
     arrays = tuple(to_device(a, device) for a in arrays)
@@ -66,19 +72,20 @@ def pretrain(method, train_data, epochs, batch_size=256, lr=1e-3, optimizer=None
         rng = np.random.default_rng([seed, epoch, 1])   # the augmentations of this epoch
         t0 = time.perf_counter()
         sums, n = {}, 0
-        bar = _progress(loader, progress, f"{method.name} epoch {epoch + 1}/{epochs}",
-                        steps_per_epoch)
+        bar = _progress(loader, progress and dist.rank() == 0,   # one bar, rank 0's
+                        f"{method.name} epoch {epoch + 1}/{epochs}", steps_per_epoch)
         for i, batch in enumerate(bar):
             x = batch if isinstance(train_data, tuple) else batch[0]
             step = epoch * steps_per_epoch + i
             optimizer.zero_grad()
             loss, metrics = method.training_step(x, rng)
             loss.backward()
+            dist.all_reduce_gradients(method.parameters())   # mean over ranks (no-op on one)
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             method.on_step_end(step, total)
-            value = loss.item()
+            value = dist.all_reduce(loss.item())             # the global batch's loss
             if not np.isfinite(value):
                 raise FloatingPointError(f"{method.name}: the loss became {value} at epoch "
                                          f"{epoch + 1}, step {i + 1}; lower the learning rate")
@@ -89,6 +96,7 @@ def pretrain(method, train_data, epochs, batch_size=256, lr=1e-3, optimizer=None
             if hasattr(bar, "set_postfix"):
                 el = time.perf_counter() - t0
                 bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{n * loader.batch_size / el:.0f}")
+        sums.update({k: dist.all_reduce(v) for k, v in sums.items() if k != "loss"})
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()},
                   "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,

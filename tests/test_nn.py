@@ -527,3 +527,12 @@ def test_sequential_leaves_a_batch_norm_with_its_own_forward_alone():
     np.testing.assert_allclose(seq(ms.tensor(x)).numpy(),
                                np.maximum((x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5) + 1, 0),
                                rtol=1e-6)
+
+
+def test_split_batchnorm_takes_batchnorms_fused_relu():
+    # BasicBlock calls bn(x, relu=True): MoCo's split BN in a conv encoder must accept it.
+    x = ms.tensor(np.random.default_rng(0).standard_normal((4, 3, 2, 2)))
+    bn = nn.SplitBatchNorm2d(3, num_splits=2, dtype=np.float64)
+    np.testing.assert_allclose(bn(x, relu=True).numpy(), np.maximum(bn(x).numpy(), 0))
+    block = nn.convert_split_batchnorm(nn.BasicBlock(3, 4), 2)
+    assert block(x.float()).shape == (4, 4, 2, 2)

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import augment, losses, nn
+from .. import augment, distributed as dist, losses, nn
 from .. import functional as F
 from ..autograd import no_grad
 from ..backend import get_array_module
@@ -250,7 +250,8 @@ class Autoencoder(SSLMethod):
     def training_step(self, x, rng):
         # BatchNorm in training mode needs two rows to have a variance.
         _check_images(f"{type(self).__name__}.training_step", x, self.image_shape, 2)
-        logits = self(self.corrupt(x, rng))                      # (B, C, H, W)
+        inputs, x = dist.shard(self.corrupt(x, rng), x)         # this rank's rows
+        logits = self(inputs)                                    # (B, C, H, W)
         loss = reconstruction_loss(logits, self.as_input(x), self.config.recon_loss)
         return loss, {}
 
@@ -351,11 +352,14 @@ class VAE(SSLMethod):
 
     def reparameterize(self, mu, logvar, rng):
         """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I) drawn on the host from ``rng``."""
-        eps = self.as_input(rng.standard_normal(mu.shape))      # in the model's dtype
+        # Data-parallel: the noise of the global batch, this rank's rows of it.
+        eps = rng.standard_normal((len(mu) * dist.world_size(),) + tuple(mu.shape[1:]))
+        eps = self.as_input(dist.shard(eps))                    # in the model's dtype
         return mu + (logvar * 0.5).exp() * eps                  # (B, L)
 
     def training_step(self, x, rng):
         _check_images("VAE.training_step", x, self.image_shape, 2)
+        x = dist.shard(x)                                       # this rank's rows
         mu, logvar = self.encode(x)                             # (B, L) each
         z = self.reparameterize(mu, logvar, rng)                # (B, L)
         logits = self.decoder(z)                                # (B, C, H, W)

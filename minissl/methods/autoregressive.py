@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import functional as F
-from .. import nn
+from .. import distributed as dist, nn
 from ..autograd import Tensor, no_grad
 from ..backend import get_array_module, to_device
 from ..random import get_generator
@@ -187,12 +187,13 @@ class CharGPT(SSLMethod):
         """``batch``: int ids (B, T + 1) (e.g. rows of ``text_windows``) or a pair ``(x, y)``
         of (B, T) arrays as ``TextCorpus.windows`` returns; inputs [:, :-1], targets [:, 1:]."""
         if isinstance(batch, (tuple, list)):
-            x, y = batch
+            x, y = dist.shard(*batch)                           # this rank's rows
         else:
             if getattr(batch, "ndim", 0) != 2 or batch.shape[1] < 2:
                 raise ValueError(f"{type(self).__name__}.training_step: expected token ids "
                                  f"(B, T + 1) with T >= 1, got shape "
                                  f"{getattr(batch, 'shape', None)}")
+            batch = dist.shard(batch)                           # this rank's rows
             x, y = batch[:, :-1], batch[:, 1:]                  # (B, T) each
         loss = self.loss(x, y)
         return loss, {"bits_per_char": loss.item() / math.log(2)}
@@ -331,7 +332,7 @@ class ARModel(SSLMethod):
 
     def training_step(self, batch, rng=None):
         p = self.config.order
-        x = batch.data if isinstance(batch, Tensor) else batch
+        x = dist.shard(batch.data if isinstance(batch, Tensor) else batch)   # this rank's rows
         lags, y = self.lagged(x, p)                             # (M, p), (M,)
         pred = self.linear(self.as_input(lags)).reshape(-1)     # (M,)
         loss = F.mse_loss(pred, self.as_input(y))

@@ -12,7 +12,7 @@ as the official ``forward(y1, y2)`` does. Differences (docs/faithful.md): the wi
 """
 from dataclasses import dataclass
 
-from .. import losses
+from .. import distributed as dist, losses
 from .base import TwoViewMethod, projection_head
 
 
@@ -34,6 +34,7 @@ class BarlowTwins(TwoViewMethod):
 
     def training_step(self, x, rng):
         z1, z2 = self.embed_views(x, rng)                       # (B, D) each
+        z1, z2 = dist.all_gather(z1), dist.all_gather(z2)      # global-batch statistics
         return losses.barlow_twins_loss(z1, z2, lambd=self.config.lambd), {}
 
 

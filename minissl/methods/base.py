@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from .. import augment, nn
+from .. import augment, distributed as dist, nn
 from ..autograd import Tensor, no_grad, tensor
 from ..backend import get_array_module
 
@@ -83,13 +83,19 @@ class TwoViewMethod(SSLMethod):
         ``joint=False``: each view is its own batch (its own batch-norm statistics), as the
         official SimSiam, Barlow Twins, VICReg and BYOL codes call their networks.
         ``joint=True``: the 2B views go through f and g as ONE batch, statistics over both
-        views, as the official SimCLR does (``tf.concat`` of the views along the batch)."""
+        views, as the official SimCLR does (``tf.concat`` of the views along the batch).
+
+        Data-parallel (N ranks): the views are drawn for the global batch and each rank keeps
+        its B/N rows of each (jointly: a batch of 2B/N); SyncBatchNorm makes the statistics
+        those of the global batch (of 2B views: TF's cross-replica BN), so the callers gather
+        z1 and z2 where their loss needs the global batch."""
         v1, v2 = augment.two_views(x, self.transform, rng)     # (B, C, H, W) each
+        v1, v2 = dist.shard(v1, v2)              # data-parallel: this rank's B/N rows
         if joint:
-            B = len(v1)
+            b = len(v1)
             xp = get_array_module(v1)
             z = self.projector(self.encoder(self.as_input(xp.concatenate([v1, v2]))))
-            return z[:B], z[B:]                                 # (B, D) each
+            return z[:b], z[b:]                                 # (B, D) each
         z1 = self.projector(self.encoder(self.as_input(v1)))
         z2 = self.projector(self.encoder(self.as_input(v2)))
         return z1, z2

@@ -15,7 +15,7 @@ Differences (docs/faithful.md): the widths, base_tau 0.99, Adam instead of LARS.
 """
 from dataclasses import dataclass
 
-from .. import augment, losses, nn
+from .. import augment, distributed as dist, losses, nn
 from ..autograd import no_grad
 from .base import (SSLMethod, cosine_tau, default_augmentation, default_encoder, ema_update,
                    frozen_copy)
@@ -47,7 +47,7 @@ class BYOL(SSLMethod):
         self.tau = c.base_tau
 
     def training_step(self, x, rng):
-        v1, v2 = augment.two_views(x, self.transform, rng)
+        v1, v2 = dist.shard(*augment.two_views(x, self.transform, rng))   # this rank's rows
         v1, v2 = self.as_input(v1), self.as_input(v2)
         p1 = self.predictor(self.projector(self.encoder(v1)))            # (B, proj_dim)
         p2 = self.predictor(self.projector(self.encoder(v2)))            # (B, proj_dim)

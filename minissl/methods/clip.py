@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import losses, nn
+from .. import distributed as dist, losses, nn
 from .. import functional as F
 from ..autograd import no_grad
 from .base import SSLMethod, default_augmentation, default_encoder
@@ -108,7 +108,11 @@ class CLIP(SSLMethod):
         x = self.transform(x, rng)                                      # light augmentation
         pick = rng.integers(0, len(TEMPLATES), len(y))
         ids = self.captions[y, pick]                                    # (B, T)
-        loss = losses.clip_loss(self.encode_image(x), self.encode_text(ids), self.logit_scale)
+        x, ids = dist.shard(x, ids)                         # data-parallel: this rank's rows
+        # The loss over the global batch: every rank's pairs are negatives of every other.
+        img = dist.all_gather(self.encode_image(x))
+        txt = dist.all_gather(self.encode_text(ids))
+        loss = losses.clip_loss(img, txt, self.logit_scale)
         return loss, {"logit_scale": float(np.exp(self.logit_scale.item()))}
 
     def on_step_end(self, step, total_steps):

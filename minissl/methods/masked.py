@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import functional as F
-from .. import augment, losses, nn
+from .. import augment, distributed as dist, losses, nn
 from ..autograd import Tensor, no_grad
 from ..backend import get_array_module, to_device
 from ..ops.shape import cat
@@ -168,6 +168,7 @@ class MaskedLM(SSLMethod):
         """``batch``: int ids (B, T), T <= block_size. Masks them with ``rng`` and returns the
         masked-LM loss and the accuracy at the chosen positions."""
         inputs, targets = self.mask_tokens(batch, rng)          # (B, T) each
+        inputs, targets = dist.shard(inputs, targets)           # this rank's rows
         logits = self(inputs)                                   # (B, T, V)
         B, T, V = logits.shape
         flat_t = get_array_module(logits.data).asarray(targets.reshape(-1))
@@ -462,13 +463,17 @@ class MAE(SSLMethod):
 
     def training_step(self, x, rng):
         """Augments the images x (B, C, H, W) with ``self.transform`` (the official crop and
-        flip), then masks them with noise drawn from ``rng`` after the augmentation's draws."""
+        flip), then masks them with noise (B, L) drawn from ``rng`` after the augmentation's
+        draws. Data-parallel: both are drawn for the global batch; this rank keeps its rows."""
         if isinstance(x, Tensor):
             x = x.data
         self._check_images(x)
         rng = get_generator(rng)
-        x = self.as_input(self.transform(x, rng))               # (B, C, H, W)
-        pred, mask = self(x, rng)                               # (B, L, P), (B, L)
+        x = self.transform(x, rng)                              # (B, C, H, W)
+        noise = rng.random((len(x), self.num_patches))          # (B, L)
+        x, noise = dist.shard(x, noise)                         # this rank's rows
+        x = self.as_input(x)
+        pred, mask = self(x, rng, noise)                        # (B, L, P), (B, L)
         target = Tensor(self.patchify(x.data))                  # (B, L, P), a constant
         loss = losses.mae_loss(pred, target, mask, norm_pix=self.config.norm_pix)
         return loss, {}

@@ -25,6 +25,16 @@ order after it. A custom ``encoder`` is used as given (``nn.convert_split_batchn
 split); ``bn_splits=1`` gives batch-wide statistics (the official "SyncBN" analogue). The
 query and key views are two batches through two networks, as in the official ``forward``.
 
+Data-parallel (``minissl.distributed``), one design with the above: the ``bn_splits`` = S
+groups are groups of the GLOBAL batch, whatever the number of ranks N, and each rank computes
+S/N whole groups (``dist.shard(..., groups=S)``; its BatchNorms become
+``SyncSplitBatchNorm``, running statistics averaged over ranks). The key batch is permuted
+across ranks by the shared draw, each rank encodes its groups of the shuffled batch, and the
+keys are gathered and unshuffled (``dist.shuffled_forward``): the real cross-process shuffle
+BN, which with S = N is exactly the official ``_batch_shuffle_ddp`` (one group per GPU), and
+N ranks compute exactly what one process computes. S must be a multiple of N (or 1: then one
+group spans the ranks, a SyncBatchNorm). The queue gets the keys of all ranks.
+
 Where this differs from the official code (all in docs/faithful.md): the sizes in
 ``MoCoConfig`` (scaled to the digits), the EMA also copies BN buffers (they never reach the
 features), and the loss is asymmetric as in the main repository (the CIFAR demo also offers a
@@ -34,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import augment, losses, nn
+from .. import augment, distributed as dist, losses, nn
 from .. import functional as F
 from ..autograd import no_grad
 from ..backend import get_array_module
@@ -83,14 +93,16 @@ class MoCo(SSLMethod):
                              f"bn_splits={S} simulated devices; use a batch size divisible by "
                              f"{S} or another bn_splits")
         v1, v2 = augment.two_views(x, self.transform, rng)
-        q = self.projector(self.encoder(self.as_input(v1)))              # (B, D) queries
+        # Queries: this rank's bn_splits groups of the global batch (all of it in one process).
+        q = self.projector(self.encoder(self.as_input(dist.shard(v1, groups=S))))  # (B, D)
         perm = rng.permutation(len(v2))                                   # shuffling BN
         with no_grad():
             ema_update(self.key_encoder, self.encoder, self.config.momentum)
             ema_update(self.key_projector, self.projector, self.config.momentum)
-            k = self.key_projector(self.key_encoder(self.as_input(v2[_on(v2, perm)])))  # (B, D)
-            k = F.normalize(k, dim=1)[_on(k.data, np.argsort(perm))]   # unshuffled keys
-        loss = losses.info_nce(q, k, self.queue, temperature=self.config.temperature)
+            key = lambda v: self.key_projector(self.key_encoder(self.as_input(v)))  # noqa: E731
+            k = F.normalize(dist.shuffled_forward(key, v2, perm, S), dim=1)  # (B, D) in order
+        loss = losses.info_nce(q, dist.shard(k, groups=S), self.queue,
+                               temperature=self.config.temperature)
         self._keys = k.data                                               # (B, D)
         return loss, {}
 
@@ -110,11 +122,6 @@ class MoCo(SSLMethod):
         idx = (ptr + xp.arange(b)) % K
         self.queue.data[idx] = keys[:b].astype(self.queue.dtype, copy=False)
         self.queue_ptr.data[0] = (ptr + b) % K
-
-
-def _on(like, index):
-    """A host index array on the device of array ``like`` (CuPy indexes with CuPy arrays)."""
-    return get_array_module(like).asarray(index)
 
 
 def build(data, **overrides):

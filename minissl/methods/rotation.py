@@ -35,7 +35,7 @@ from typing import Optional
 
 import numpy as np
 
-from .. import augment, nn
+from .. import augment, distributed as dist, nn
 from .. import functional as F
 from ..backend import get_array_module
 from .base import SSLMethod, default_encoder
@@ -139,6 +139,7 @@ class RotNet(SSLMethod):
             raise ValueError(f"RotNet.training_step: expected images (B, "
                              f"{', '.join(map(str, self.image_shape))}), got shape {shape}")
         xr, k = self.rotate(x, rng)                                      # (4B, C, H, W), (4B,)
+        xr, k = dist.shard(xr, k)                # data-parallel: this rank's rows
         logits = self(xr)                                                # (4B, 4)
         target = get_array_module(logits.data).asarray(k)
         loss = F.cross_entropy(logits, target)

@@ -19,10 +19,15 @@ ResNet; ``ProjectionHead`` with ``LinearLayer(use_bn=True)`` on every layer):
 
 Differences (docs/faithful.md): the widths, 2 projector layers (the SimCLR paper's head;
 the official code's default ``num_proj_layers=3`` is SimCLRv2's), temperature 0.5.
+
+Data-parallel (``minissl.distributed``): each rank encodes its B/N rows of each view as one
+batch of 2B/N, SyncBatchNorm takes the statistics over all 2B views (the official code's
+cross-replica ``global_bn``), and z1, z2 are gathered so that NT-Xent's negatives come from
+every rank.
 """
 from dataclasses import dataclass
 
-from .. import losses
+from .. import distributed as dist, losses
 from .base import TwoViewMethod, projection_head
 
 
@@ -45,7 +50,8 @@ class SimCLR(TwoViewMethod):
                                          hidden_bias=False, out_bias=False, out_bn="scale")
 
     def training_step(self, x, rng):
-        z1, z2 = self.embed_views(x, rng, joint=self.config.joint_batch)  # (B, proj_dim) each
+        z1, z2 = self.embed_views(x, rng, joint=self.config.joint_batch)  # (B/N, proj_dim) each
+        z1, z2 = dist.all_gather(z1), dist.all_gather(z2)      # (B, proj_dim): all ranks' rows
         return losses.nt_xent(z1, z2, temperature=self.config.temperature), {}
 
 

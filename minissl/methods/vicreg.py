@@ -14,7 +14,7 @@ spread over the batch (no collapse); the covariance term decorrelates dimensions
 """
 from dataclasses import dataclass
 
-from .. import losses
+from .. import distributed as dist, losses
 from .base import TwoViewMethod, projection_head
 
 
@@ -38,6 +38,7 @@ class VICReg(TwoViewMethod):
 
     def training_step(self, x, rng):
         z1, z2 = self.embed_views(x, rng)                       # (B, D) each
+        z1, z2 = dist.all_gather(z1), dist.all_gather(z2)      # global-batch statistics
         c = self.config
         loss = losses.vicreg_loss(z1, z2, sim_weight=c.sim_weight, var_weight=c.var_weight,
                                   cov_weight=c.cov_weight)

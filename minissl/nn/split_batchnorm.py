@@ -40,10 +40,16 @@ class _Split:
         _positive(type(self).__name__, num_splits=num_splits)
         self.num_splits = int(num_splits)
 
-    def forward(self, x):
-        S = self.num_splits
+    def _splits_here(self):
+        """The slices of the batch this process normalises (``minissl.distributed`` spreads
+        the ``num_splits`` slices of the global batch over the ranks)."""
+        return self.num_splits
+
+    def forward(self, x, relu=False):
+        """``relu=True``: relu of the result, as ``BatchNorm``'s fused flag (BasicBlock)."""
+        S = self._splits_here()
         if S == 1 or not self.training:
-            return super().forward(x)                  # one batch: BatchNorm itself
+            return super().forward(x, relu=relu)       # one batch: BatchNorm itself
         if x.ndim not in self._expected_ndim or x.shape[1] != self.num_features:
             return super().forward(x)                  # BatchNorm's error for the shape
         N, C = x.shape[:2]
@@ -69,7 +75,7 @@ class _Split:
         if self.affine:
             shape = (1, C) + (1,) * len(rest)
             y = y * self.weight.reshape(*shape) + self.bias.reshape(*shape)
-        return y
+        return y.relu() if relu else y
 
     def extra_repr(self):
         return super().extra_repr() + f", num_splits={self.num_splits}"
