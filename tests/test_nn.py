@@ -529,10 +529,25 @@ def test_sequential_leaves_a_batch_norm_with_its_own_forward_alone():
                                rtol=1e-6)
 
 
-def test_split_batchnorm_takes_batchnorms_fused_relu():
-    # BasicBlock calls bn(x, relu=True): MoCo's split BN in a conv encoder must accept it.
-    x = ms.tensor(np.random.default_rng(0).standard_normal((4, 3, 2, 2)))
+def test_split_batchnorm_honours_fuse():
+    # nn.fuse sets fused_relu on BasicBlock's bn1: MoCo's split BN in a conv encoder applies it.
+    rng = np.random.default_rng(0)
+    x = ms.tensor(rng.standard_normal((4, 3, 2, 2)))
     bn = nn.SplitBatchNorm2d(3, num_splits=2, dtype=np.float64)
-    np.testing.assert_allclose(bn(x, relu=True).numpy(), np.maximum(bn(x).numpy(), 0))
-    block = nn.convert_split_batchnorm(nn.BasicBlock(3, 4), 2)
-    assert block(x.float()).shape == (4, 4, 2, 2)
+    plain = bn(x).numpy()
+    bn.fused_relu = True
+    np.testing.assert_allclose(bn(x).numpy(), np.maximum(plain, 0))
+    block = nn.convert_split_batchnorm(nn.BasicBlock(3, 4, rng=rng).double(), 2)
+    unfused = block(x).numpy()
+    np.testing.assert_allclose(nn.fuse(block)(x).numpy(), unfused, rtol=1e-12, atol=1e-12)
+
+
+def test_convert_split_batchnorm_after_fuse_keeps_the_relu():
+    # A fused Sequential's ReLU passes its input through; the split BN must take over the ReLU.
+    rng = np.random.default_rng(1)
+    x = ms.tensor(rng.standard_normal((8, 5)))
+    seq = nn.Sequential(nn.Linear(5, 6, rng=rng), nn.BatchNorm1d(6), nn.ReLU()).double()
+    want = seq(x).numpy()
+    nn.fuse(seq)
+    np.testing.assert_allclose(nn.convert_split_batchnorm(seq, 1)(x).numpy(), want,
+                               rtol=1e-12, atol=1e-12)

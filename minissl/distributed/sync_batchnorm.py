@@ -83,9 +83,9 @@ class SyncBatchNorm(_BatchNorm):
 
     _expected_ndim = (2, 3, 4, 5)
 
-    def forward(self, x, relu=False):
+    def forward(self, x):
         if not self.training or _world().size == 1:
-            return super().forward(x, relu=relu)
+            return super().forward(x)
         if x.ndim not in self._expected_ndim or x.shape[1] != self.num_features:
             raise ValueError(f"SyncBatchNorm: expected input (N, {self.num_features}, *), got "
                              f"shape {x.shape}")
@@ -99,7 +99,7 @@ class SyncBatchNorm(_BatchNorm):
             unbiased = fn.var * (fn.count / (fn.count - 1))
             self.running_mean.data[...] = (1 - m) * self.running_mean.data + m * fn.mean
             self.running_var.data[...] = (1 - m) * self.running_var.data + m * unbiased
-        return y.relu() if relu else y
+        return y.relu() if self.fused_relu else y
 
 
 class _SplitOnRanks:
@@ -117,8 +117,8 @@ class _SplitOnRanks:
                              f"cannot be spread over {size} ranks (use a multiple of {size})")
         return self.num_splits // size
 
-    def forward(self, x, relu=False):
-        y = super().forward(x, relu=relu)
+    def forward(self, x):
+        y = super().forward(x)
         world = _world()
         if self.training and self.track_running_stats and world.size > 1:
             xp = get_array_module(self.running_mean.data)

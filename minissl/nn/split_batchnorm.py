@@ -45,11 +45,11 @@ class _Split:
         the ``num_splits`` slices of the global batch over the ranks)."""
         return self.num_splits
 
-    def forward(self, x, relu=False):
-        """``relu=True``: relu of the result, as ``BatchNorm``'s fused flag (BasicBlock)."""
+    def forward(self, x):
+        """With ``fused_relu`` (``nn.fuse``) returns the relu of the result, as BatchNorm."""
         S = self._splits_here()
         if S == 1 or not self.training:
-            return super().forward(x, relu=relu)       # one batch: BatchNorm itself
+            return super().forward(x)                  # one batch: BatchNorm itself
         if x.ndim not in self._expected_ndim or x.shape[1] != self.num_features:
             return super().forward(x)                  # BatchNorm's error for the shape
         N, C = x.shape[:2]
@@ -75,7 +75,7 @@ class _Split:
         if self.affine:
             shape = (1, C) + (1,) * len(rest)
             y = y * self.weight.reshape(*shape) + self.bias.reshape(*shape)
-        return y.relu() if relu else y
+        return y.relu() if self.fused_relu else y
 
     def extra_repr(self):
         return super().extra_repr() + f", num_splits={self.num_splits}"
@@ -106,6 +106,7 @@ def convert_split_batchnorm(module, num_splits):
             if getattr(module, name) is not None:
                 setattr(new, name, getattr(module, name))
         new.train(module.training)
+        new.fused_relu = module.fused_relu         # nn.fuse may have made the next ReLU a no-op
         return new
     for name, child in list(module.named_children()):
         new = convert_split_batchnorm(child, num_splits)
