@@ -12,19 +12,29 @@ Reverse mode (the chain rule, from the output back): for ``y = f(x1, .., xn)`` a
 loss ``L``, ``backward`` receives ``dL/dy`` and returns ``dL/dxi = (dy/dxi)^T dL/dy`` for every
 input, i.e. the vector-Jacobian product.
 """
+import threading
+
 import numpy as np
 
 from .backend import device_of, get_array_module, to_device, xp_for
 
-_grad_enabled = True
+
+class _GradMode(threading.local):
+    # Per thread, as PyTorch's: an evaluation thread inside ``no_grad`` must not switch off
+    # the graph of a training step in another thread. Each thread starts with grad enabled.
+    enabled = True
+
+
+_grad_mode = _GradMode()
 
 
 def is_grad_enabled():
-    return _grad_enabled
+    """Whether ops called from this thread record a graph (see ``no_grad``)."""
+    return _grad_mode.enabled
 
 
 class no_grad:
-    """Context manager (and decorator): no graph is recorded inside.
+    """Context manager (and decorator): no graph is recorded inside, in the calling thread.
 
     >>> with no_grad():
     ...     y = model(x)          # y.requires_grad is False, nothing is saved for backward
@@ -33,14 +43,12 @@ class no_grad:
     __slots__ = ("_prev",)
 
     def __enter__(self):
-        global _grad_enabled
-        self._prev = _grad_enabled
-        _grad_enabled = False
+        self._prev = _grad_mode.enabled
+        _grad_mode.enabled = False
         return self
 
     def __exit__(self, *exc):
-        global _grad_enabled
-        _grad_enabled = self._prev
+        _grad_mode.enabled = self._prev
         return False
 
     def __call__(self, fn):
@@ -74,7 +82,7 @@ class Function:
             # NumPy returns scalars, not 0-d arrays, from ops on 0-d arrays and full
             # reductions; a Tensor always holds an ndarray (in-place updates, .numpy(), dtype).
             out = np.asarray(out)
-        if _grad_enabled:
+        if _grad_mode.enabled:
             for t in inputs:
                 if t.requires_grad:
                     self.inputs = inputs
