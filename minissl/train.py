@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from . import optim
-from .backend import to_device
+from .backend import get_array_module, to_device
 from .data import DataLoader
 
 
@@ -26,6 +26,20 @@ def make_optimizer(method, name="adam", lr=1e-3, weight_decay=0.0):
     if name == "lars":
         return optim.LARS(params, lr=lr, weight_decay=weight_decay or 1e-6)
     raise ValueError(f"unknown optimizer {name!r}: adam, adamw, sgd or lars")
+
+
+def first_nonfinite(module):
+    """The name of the first floating parameter or buffer of ``module`` holding a NaN or an
+    infinity, or None. One sum per array (no temporary array): a sum is finite when every
+    element is, unless finite elements overflow it, which the exact test then rules out."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name, t in module._state_items():
+            a = t.data
+            if a.dtype.kind == "f" and a.size and not np.isfinite(float(a.sum())):
+                xp = get_array_module(a)
+                if not bool(xp.isfinite(a).all()):
+                    return name
+    return None
 
 
 def _progress(iterable, enable, desc, total):
@@ -73,14 +87,18 @@ def pretrain(method, train_data, epochs, batch_size=256, lr=1e-3, optimizer=None
             step = epoch * steps_per_epoch + i
             optimizer.zero_grad()
             loss, metrics = method.training_step(x, rng)
+            value = loss.item()
+            if not np.isfinite(value):
+                raise FloatingPointError(f"{method.name}: the loss became {value} at epoch "
+                                         f"{epoch + 1}, step {i + 1}; lower the learning rate")
             loss.backward()
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             method.on_step_end(step, total)
-            value = loss.item()
-            if not np.isfinite(value):
-                raise FloatingPointError(f"{method.name}: the loss became {value} at epoch "
+            bad = first_nonfinite(method)
+            if bad is not None:
+                raise FloatingPointError(f"{method.name}: {bad} became non-finite at epoch "
                                          f"{epoch + 1}, step {i + 1}; lower the learning rate")
             sums["loss"] = sums.get("loss", 0.0) + value
             for k, v in metrics.items():
