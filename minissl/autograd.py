@@ -75,9 +75,19 @@ class Function:
 
     # Subclasses with __slots__ stay lean; those without get a __dict__ for their saved arrays.
     __slots__ = ("inputs", "needs_grad", "__dict__")
+    # The dtype policy, applied here for every op: inputs are float32 or float64; integer and
+    # bool inputs only for the ops that are exact on them (+ - *, negation, sum, max, shape
+    # and indexing ops, where, masked_fill, casts), which set this to True. Anything else
+    # (float16, whose sums and norms overflow; an int fed to sigmoid or a mean) is refused
+    # with a TypeError naming the op and the dtype, never computed wrongly.
+    integer_inputs = False
 
     def __call__(self, *inputs):
-        out = self.forward(*[t.data for t in inputs])
+        arrays = [t.data for t in inputs]
+        for a in arrays:
+            if a.dtype.char not in "fd":
+                _check_dtype(self, a.dtype)
+        out = self.forward(*arrays)
         if isinstance(out, np.generic):
             # NumPy returns scalars, not 0-d arrays, from ops on 0-d arrays and full
             # reductions; a Tensor always holds an ndarray (in-place updates, .numpy(), dtype).
@@ -99,6 +109,14 @@ class Function:
     @property
     def name(self):
         return type(self).__name__
+
+
+def _check_dtype(fn, dtype):
+    if fn.integer_inputs and dtype.kind in "biu":
+        return
+    takes = "float32, float64 or integers" if fn.integer_inputs else "float32 or float64"
+    raise TypeError(f"{fn.name}: got an input of dtype {dtype}; {fn.name} takes {takes} "
+                    f"(cast first, e.g. x.float())")
 
 
 def _topological_order(root):

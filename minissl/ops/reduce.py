@@ -32,6 +32,8 @@ def _expand_back(g, axes, keepdim, shape):
 class Sum(Function):
     """y = sum_{axes} x;  dx = g broadcast back along the summed axes."""
 
+    integer_inputs = True
+
     __slots__ = ("dim", "keepdim", "axes", "shape")
 
     def __init__(self, dim=None, keepdim=False):
@@ -73,6 +75,8 @@ class Max(Function):
     The even split on ties equals ``torch.amax``; ``torch.max(dim)`` gives the whole gradient
     to the first maximum instead. The two agree wherever the maximum is unique.
     """
+
+    integer_inputs = True
 
     __slots__ = ("dim", "keepdim", "axes", "x", "y")
 
