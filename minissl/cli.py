@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 # ----------------------------------------------------------------------------- helpers
 
-def _positive(kind):
+def _positive(kind, most=None):
     def parse(text):
         try:
             v = kind(text)
@@ -40,8 +40,13 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
         if not (v > 0 and math.isfinite(v)):
             raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+        if most is not None and v > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most}, got {text}")
         return v
     return parse
+
+
+MAX_DRAWS = 100   # each draw fits a probe; past ~100 the mean's error is far below the spread
 
 
 def _nonnegative_int(text):
@@ -436,7 +441,7 @@ def make_parser():
                     help="linear probe or cosine kNN on frozen features, or fine-tuning")
     ev.add_argument("--labels-per-class", type=_positive(int), default=10,
                     help="labelled training images per class the protocol may use")
-    ev.add_argument("--draws", type=_positive(int), default=5,
+    ev.add_argument("--draws", type=_positive(int, MAX_DRAWS), default=5,
                     help="random draws of the labelled images averaged (linear)")
     ev.add_argument("--data", help="evaluate on this data set instead of the checkpoint's")
     ev.add_argument("--seed", type=_nonnegative_int, default=0)

@@ -119,4 +119,7 @@ class Var(Function):
 
     def backward(self, g):
         g = _expand_back(g, self.axes, self.keepdim, self.centered.shape)
-        return (g * self.centered * (2.0 / self.denom)).astype(self.centered.dtype, copy=False)
+        # One element, unbiased: the forward is NaN (n - 1 = 0), and so is its gradient, as
+        # in PyTorch; never a ZeroDivisionError.
+        scale = 2.0 / self.denom if self.denom > 0 else float("nan")
+        return (g * self.centered * scale).astype(self.centered.dtype, copy=False)
