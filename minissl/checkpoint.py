@@ -376,6 +376,8 @@ def load(path, model=None, optimizer=None, scheduler=None):
         optim_state = _optimizer_state(z, optimizer, path) if optimizer is not None else None
         sched_state = (_state_of(z, "scheduler", scheduler, "scheduler").get("state")
                        if scheduler is not None else None)
+        if scheduler is not None and not isinstance(sched_state, dict):
+            raise CheckpointError(f"{path}: malformed scheduler state (not an object)")
     # Apply. The optimiser validates fully before changing anything; the model was checked.
     if optim_state is not None:
         try:
@@ -385,8 +387,8 @@ def load(path, model=None, optimizer=None, scheduler=None):
     if sched_state is not None:
         try:
             scheduler.load_state_dict(sched_state)
-        except (ValueError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{path}: {e}") from None
+        except (ValueError, TypeError, AttributeError, OverflowError, KeyError) as e:
+            raise CheckpointError(f"{path}: malformed scheduler state ({e})") from None
     if model_state is not None:
         model.load_state_dict(model_state)
     return extra

@@ -1,9 +1,18 @@
 """The command line: ``minissl pretrain|eval|embed|list|demo|conformance`` (also
 ``python -m minissl ...``).
 
-Bad input (an unknown method or data set, a missing or corrupt checkpoint, a bad number,
-``--device cuda`` without a GPU) exits with status 2 and one line on stderr, never a traceback;
-files are written atomically, so a killed run leaves the previous checkpoint intact.
+Bad input (an unknown method or data set, a missing, corrupt or hand-edited checkpoint or data
+file, a bad number, ``--device cuda`` without a GPU) exits with status 2 and one line on
+stderr, never a traceback; files are written atomically, so a killed run (SIGKILL included)
+leaves the previous checkpoint intact, and SIGTERM cleans up as Ctrl-C does.
+
+``pretrain --resume`` continues the run exactly: the result equals the uninterrupted run of
+``--epochs``. Everything else that shapes the run (seed, batch size, data, ``--limit``,
+optimiser, learning rate, the method's settings, the steps per epoch) must be the
+checkpoint's; ``--epochs`` may change unless the method schedules over the whole run (BYOL's
+EMA rate), which is refused with what to do. A run stops with status 2 when the loss or a
+weight becomes non-finite, keeping the last finite checkpoint; one run at a time writes to an
+``--out`` folder (see ``minissl.rundir``).
 """
 import argparse
 import dataclasses

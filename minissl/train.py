@@ -30,15 +30,17 @@ def make_optimizer(method, name="adam", lr=1e-3, weight_decay=0.0):
 
 def first_nonfinite(module):
     """The name of the first floating parameter or buffer of ``module`` holding a NaN or an
-    infinity, or None. One sum per array (no temporary array): a sum is finite when every
-    element is, unless finite elements overflow it, which the exact test then rules out."""
+    infinity, or None. Fast path, run after every step: one sum per array and one host
+    transfer in all (a sum is finite when every element is, unless finite elements overflow
+    it, which the exact test per array then rules out)."""
+    items = [(n, t.data) for n, t in module._state_items()
+             if t.data.dtype.kind == "f" and t.data.size]
     with np.errstate(over="ignore", invalid="ignore"):
-        for name, t in module._state_items():
-            a = t.data
-            if a.dtype.kind == "f" and a.size and not np.isfinite(float(a.sum())):
-                xp = get_array_module(a)
-                if not bool(xp.isfinite(a).all()):
-                    return name
+        if not items or np.isfinite(float(sum(a.sum() for _, a in items))):
+            return None
+        for name, a in items:
+            if not bool(get_array_module(a).isfinite(a).all()):
+                return name
     return None
 
 
