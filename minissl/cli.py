@@ -240,21 +240,17 @@ def _pretrain(args, d):
     start, history, saved = 0, [], []
     if args.resume:
         start, history = meta["epoch"], list(meta.get("history", []))
+        if start < args.epochs:   # everything checked before anything is written
+            _check_schedule(meta, run, method, args, ckpt_path)
+            checkpoint.load(ckpt_path, method, opt)
+            _check_finite_weights(method, ckpt_path)
+            _restore_rng(meta, ckpt_path)
         # The checkpoint's history is the record of the epochs it holds; an epoch logged
         # after the last checkpoint (a kill between the two writes) is dropped.
         _atomic_write_text(log_path, _jsonl(history))
         if start >= args.epochs:
             print(f"already trained for {start} epochs (asked {args.epochs}); nothing to do")
             return 0
-        _check_schedule(meta, run, method, args, ckpt_path)
-        checkpoint.load(ckpt_path, method, opt)
-        _check_finite_weights(method, ckpt_path)
-        if "rng_state" in meta:
-            try:
-                random.default_generator().bit_generator.state = meta["rng_state"]
-            except (TypeError, ValueError, KeyError):
-                raise CLIError(f"{ckpt_path}: metadata field 'rng_state' is not a state of "
-                               "minissl's generator") from None
         saved.append(start)
     probe = args.probe_every and method.data_kind == "images"
 
@@ -294,6 +290,16 @@ def _pretrain(args, d):
         _plots(args.out, method, d, history)
     print(f"checkpoint: {ckpt_path}\nmetrics: {log_path}")
     return 0
+
+
+def _restore_rng(meta, path):
+    from . import random
+    if "rng_state" in meta:
+        try:
+            random.default_generator().bit_generator.state = meta["rng_state"]
+        except (TypeError, ValueError, KeyError):
+            raise CLIError(f"{path}: metadata field 'rng_state' is not a state of minissl's "
+                           "generator") from None
 
 
 def _check_finite_weights(method, path):

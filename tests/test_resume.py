@@ -9,6 +9,7 @@ the whole run's steps. Runs are tiny (two steps an epoch) and in-process where p
 """
 import os
 import random as pyrandom
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,17 +75,17 @@ def test_resume_to_more_epochs_equals_the_longer_run(method, straight, tmp_path,
 def test_resume_to_other_epochs_is_refused_when_the_schedule_spans_the_run(method, straight,
                                                                            tmp_path):
     out = tmp_path / "run"
-    import shutil
     shutil.copytree(straight(method, 1), out)
-    before = (out / "checkpoint.npz").read_bytes()
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "loss": 0.5}\n')     # a line the checkpoint does not hold
+    before = {n: (out / n).read_bytes() for n in ("checkpoint.npz", "metrics.jsonl")}
     proc = run_cli(*args_for(method, 2, out, "--resume"))
     assert_usage_error(proc, "--epochs 1", "new run")
-    assert (out / "checkpoint.npz").read_bytes() == before
+    assert {n: (out / n).read_bytes() for n in before} == before     # a refusal writes nothing
 
 
 def test_resume_with_other_method_settings_is_refused(straight, tmp_path, monkeypatch, capsys):
     """A MoCo queue of another size (or an EMA of another momentum) is another schedule."""
-    import shutil
     out = tmp_path / "run"
     shutil.copytree(straight("moco", 1), out)
     from minissl.methods import moco
