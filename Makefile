@@ -13,8 +13,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# Editable install: compiles csrc/*.pyx into minissl/_ext (falls back to NumPy if it cannot).
-$(STAMP): $(PY) setup.py pyproject.toml $(wildcard csrc/*.pyx)
+# Editable install: compiles minissl/kernels/*/_cpu.pyx in place (falls back to NumPy if it cannot).
+$(STAMP): $(PY) setup.py pyproject.toml $(wildcard minissl/kernels/*/_cpu.pyx minissl/kernels/*/*.h minissl/kernels/*.h minissl/kernels/*.pxd)
 	$(PY) -m pip install -q -e ".[test,examples]"
 	touch $(STAMP)
 
@@ -29,14 +29,18 @@ test-reference: $(STAMP)
 test-all: $(STAMP)
 	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -m "slow or not slow"
 
+# OpenBLAS reads its idle-thread timeout when NumPy loads, before minissl.runtime.tune() can
+# set it (minissl/runtime.py): the training targets give it in the environment (yours wins).
+BLAS_TIMEOUT := OPENBLAS_THREAD_TIMEOUT=$${OPENBLAS_THREAD_TIMEOUT:-12}
+
 demo: $(STAMP)
-	$(PY) -m minissl demo
+	$(BLAS_TIMEOUT) $(PY) -m minissl demo
 
 torch: $(STAMP)
 	$(PY) -m pip install -q torch==2.13.0
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_cpu.py
+	$(BLAS_TIMEOUT) $(PY) benchmarks/bench_cpu.py
 
 clean:
-	rm -rf build *.egg-info minissl/_ext/*.so csrc/*.c $(VENV)
+	rm -rf build *.egg-info minissl/kernels/*/_cpu*.so minissl/kernels/*/_cpu.c $(VENV)

@@ -1,8 +1,12 @@
-"""Build script: compiles every Cython source in csrc/ into minissl._ext.<name>.
+"""Build script: compiles each kernel family's Cython entry points,
+minissl/kernels/<family>/_cpu.pyx, into the extension module minissl.kernels.<family>._cpu.
+
+A family's C code (<family>.h beside the .pyx) and the shared helpers in minissl/kernels
+(minissl_kernels.h, minissl_checks.pxd) are found through the include paths.
 
 The build is optional by design: if Cython, numpy headers or a C compiler are missing, or a
 source fails to compile, the package still installs and minissl falls back to the NumPy
-reference kernels with one warning (see minissl/kernels/_loader.py).
+reference kernels with one warning (see minissl/kernels/_dispatch.py).
 """
 import glob
 import os
@@ -48,16 +52,18 @@ def _extensions():
     # MINISSL_ONLY=a,b builds just those sources (handy while working on one kernel).
     only = set(filter(None, os.environ.get("MINISSL_ONLY", "").split(",")))
     exts = []
-    for path in sorted(glob.glob(os.path.join("csrc", "*.pyx"))):
-        name = os.path.splitext(os.path.basename(path))[0]
+    shared = os.path.join("minissl", "kernels")
+    for path in sorted(glob.glob(os.path.join(shared, "*", "_cpu.pyx"))):
+        family = os.path.dirname(path)
+        name = os.path.basename(family)
         if only and name not in only:
             continue
         exts.append(Extension(
-            f"minissl._ext.{name}", [path],
-            include_dirs=["csrc", numpy.get_include()],
+            f"minissl.kernels.{name}._cpu", [path],
+            include_dirs=[family, shared, numpy.get_include()],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=flags, extra_link_args=link))
-    return cythonize(exts, language_level=3, compiler_directives={
+    return cythonize(exts, language_level=3, include_path=[shared], compiler_directives={
         "boundscheck": False, "wraparound": False, "cdivision": True,
         "initializedcheck": False})
 

@@ -1,4 +1,4 @@
-"""The three benchmark workloads of ../shared/bench/torch_reference.py, built in minissl.
+"""The three benchmark workloads of the PyTorch reference script, built in minissl.
 
 Each workload is one full training step (forward, loss, backward, optimiser step) on fixed
 random inputs, with the same architectures, shapes and optimisers as the PyTorch reference.
@@ -13,7 +13,11 @@ round; the table shows medians over the rounds. Ratios below 1.0 mean minissl is
 printed: the share of numpy's measured sgemm rate that each step reaches (FLOPs of the step's
 matrix products / sgemm GFLOP/s).
 """
-import minissl as ms  # first, before NumPy: its process settings (minissl/_runtime.py) apply
+import minissl as ms
+
+# The heap and OpenMP settings (minissl/runtime.py); for OpenBLAS's, set
+# OPENBLAS_THREAD_TIMEOUT=12 in the shell (NumPy is loaded by now).
+TUNING = ms.runtime.tune()
 
 import argparse
 import json
@@ -26,11 +30,12 @@ import time
 import numpy as np
 
 import minissl.functional as F
-from minissl import _runtime, losses, nn, optim
+from minissl import losses, nn, optim, runtime
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REFERENCE = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "bench",
-                                          "torch_reference.py"))
+# The PyTorch reference script (same workloads in torch; prints "<name> cpu median <ms> ms"),
+# kept outside this repository: give its path in MINISSL_TORCH_REFERENCE.
+REFERENCE = os.environ.get("MINISSL_TORCH_REFERENCE", "")
 
 
 def randn(*shape, rng):
@@ -38,9 +43,9 @@ def randn(*shape, rng):
 
 
 def mlp_simclr(rng):
-    enc = nn.Sequential(nn.Linear(64, 512), nn.BatchNorm1d(512), nn.ReLU(),
-                        nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(),
-                        nn.Linear(512, 128))
+    enc = nn.fuse(nn.Sequential(nn.Linear(64, 512), nn.BatchNorm1d(512), nn.ReLU(),
+                                nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(),
+                                nn.Linear(512, 128)))       # BatchNorm + ReLU as one op
     opt = optim.Adam(enc.parameters(), 1e-3)
     x1, x2 = randn(512, 64, rng=rng), randn(512, 64, rng=rng)
 
@@ -58,9 +63,9 @@ def mlp_simclr(rng):
 def conv_simclr(rng):
     def blk(i, o, s):
         return [nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
-    enc = nn.Sequential(*blk(3, 32, 1), *blk(32, 64, 2), *blk(64, 128, 2),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 128), nn.ReLU(),
-                        nn.Linear(128, 64))
+    enc = nn.fuse(nn.Sequential(*blk(3, 32, 1), *blk(32, 64, 2), *blk(64, 128, 2),
+                                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 128),
+                                nn.ReLU(), nn.Linear(128, 64)))   # BatchNorm + ReLU as one op
     opt = optim.SGD(enc.parameters(), 0.1, momentum=0.9)
     x1, x2 = randn(256, 3, 32, 32, rng=rng), randn(256, 3, 32, 32, rng=rng)
 
@@ -130,15 +135,15 @@ def sgemm_gflops(n=1024, reps=10):
 def torch_times(reps, malloc=False):
     """Median ms/step of each workload from the PyTorch reference script, same machine;
     ``malloc=True`` runs it under the glibc heap settings minissl applies to itself
-    (``minissl._runtime``), given to PyTorch's process through glibc's environment variables."""
-    if not os.path.exists(REFERENCE):
-        return {}, f"reference script not found at {REFERENCE}"
+    (``minissl.runtime``), given to PyTorch's process through glibc's environment variables."""
+    if not REFERENCE or not os.path.exists(REFERENCE):
+        return {}, f"reference script not found (MINISSL_TORCH_REFERENCE={REFERENCE!r})"
     try:
         import torch  # noqa: F401
     except ImportError:
         return {}, "torch is not installed (pip install torch==2.13.0)"
-    env = {**os.environ, **(_runtime.ENVIRONMENT if malloc else {})}
-    if _runtime.BLAS_TIMEOUT_APPLIED:   # minissl's own setting, not the user's: PyTorch runs
+    env = {**os.environ, **(runtime.ENVIRONMENT if malloc else {})}
+    if TUNING.blas_thread_timeout:   # minissl's own setting, not the user's: PyTorch runs
         env.pop("OPENBLAS_THREAD_TIMEOUT")   # with its defaults
     out = subprocess.run([sys.executable, REFERENCE, "cpu", str(reps)], capture_output=True,
                          text=True, check=False, env=env)
@@ -178,7 +183,7 @@ def main(argv=None):
         for name in names:
             runs[name].append((mine[name], ref.get(name), tuned.get(name), gf))
     print(f"median of {args.rounds} rounds, each the median of {args.reps} steps after 3 "
-          f"warm-up; minissl's heap settings {'on' if _runtime.TUNED else 'off'}, OpenBLAS "
+          f"warm-up; minissl's heap settings {'on' if TUNING.heap else 'off'}, OpenBLAS "
           f"thread timeout {os.environ.get('OPENBLAS_THREAD_TIMEOUT', 'default')}")
     heap = args.torch_malloc and not args.no_torch
     print(f"{'workload':12s} {'minissl ms':>11s} {'torch ms':>9s} {'ratio':>6s} "

@@ -13,7 +13,9 @@ runs its methods' own ``training_step``, PyTorch the same model written with ``t
     python benchmarks/bench_digits.py [--epochs 100]                 # SimCLR timing
     python benchmarks/bench_digits.py --method byol --probe --seeds 0 1 2
 """
-import minissl  # noqa: F401  first, before NumPy: its process settings (minissl/_runtime.py)
+import minissl
+
+minissl.runtime.tune()   # the process settings of a training loop (minissl/runtime.py)
 
 import argparse
 import copy
@@ -21,7 +23,7 @@ import time
 
 import numpy as np
 
-from minissl import augment, data, evaluate, methods, optim, random
+from minissl import augment, data, evaluate, methods, nn, optim, random
 from minissl.methods import rotation
 from minissl.methods.base import cosine_tau
 
@@ -42,7 +44,7 @@ def batches(d, epochs, seed):
 
 def minissl_run(d, epochs, method="simclr", seed=0):
     random.manual_seed(seed)
-    m = methods.build(method, d)
+    m = nn.fuse(methods.build(method, d))       # BatchNorm + ReLU as one op
     opt = optim.Adam(m.trainable_parameters(), lr=1e-3)
     total = epochs * (len(d.train_x) // BATCH)
     t0 = time.perf_counter()

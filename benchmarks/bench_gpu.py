@@ -5,8 +5,8 @@
 Each workload is one full training step (forward, loss, backward, optimiser step) built by
 ``bench_cpu.py``'s builders (imported, not copied) and moved to the GPU. Times are medians of
 ``--reps`` steps after 3 warm-up steps, each step followed by a stream synchronisation (the
-same protocol as ../shared/bench/torch_reference.py, which this script runs with ``cuda`` in
-the same invocation). Ratios below 1.0 mean minissl is faster.
+same protocol as the PyTorch reference script (MINISSL_TORCH_REFERENCE), which this script
+runs with ``cuda`` in the same invocation). Ratios below 1.0 mean minissl is faster.
 
 ``--graph`` also captures one whole training step in a CUDA graph (CuPy stream capture) and
 times its replays: the GPU work of a step launched with one call, without Python, autograd
@@ -229,8 +229,8 @@ def capture(step, objects):
 
 def torch_times(reps):
     """Median ms/step of each workload from the PyTorch reference script on "cuda"."""
-    if not os.path.exists(bench_cpu.REFERENCE):
-        return {}, f"reference script not found at {bench_cpu.REFERENCE}"
+    if not bench_cpu.REFERENCE or not os.path.exists(bench_cpu.REFERENCE):
+        return {}, "reference script not found (set MINISSL_TORCH_REFERENCE)"
     try:
         import torch
         if not torch.cuda.is_available():

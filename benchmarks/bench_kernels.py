@@ -1,3 +1,5 @@
+import minissl
+minissl.runtime.tune()   # the process settings of a training loop (minissl/runtime.py)
 import os, sys, time, numpy as np
 import torch
 nt = int(os.environ.get("OMP_NUM_THREADS", "2")); torch.set_num_threads(nt)

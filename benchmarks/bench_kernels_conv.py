@@ -3,7 +3,12 @@
     python benchmarks/bench_kernels_conv.py
 """
 import time
-import numpy as np
+
+import minissl
+
+minissl.runtime.tune()   # the process settings of a training loop (minissl/runtime.py)
+
+import numpy as np  # noqa: E402
 from minissl.kernels import im2col as K, pool as P
 
 def bench(f, reps=15):

@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_check.sh            # logs in $OUT if set, else ./gpu-check-logs
 #
 # 1. builds the Cython kernels (in parallel) and installs minissl in editable mode,
-# 2. runs tests/test_gpu.py (every CUDA kernel against its NumPy reference on the GPU and on
+# 2. runs tests/kernels (every CUDA kernel against its NumPy reference on the GPU and on
 #    the CPU emulator, ops and a SimCLR step on "cuda", the no-device-to-host-copy guard),
 # 3. runs the GPU benchmark beside PyTorch CUDA eager, with CUDA-graph replay (--graph).
 # Each stage has its own time limit so the whole check ends within about 5 minutes. The exit
@@ -68,7 +68,7 @@ HAVE_GPU=1
     || HAVE_GPU=0
 
 # CI=true: the hypothesis "ci" profile (15 examples per test, derandomised).
-stage tests 150 env CI=true "$PY" -m pytest -q -rs tests/test_gpu.py
+stage tests 150 env CI=true "$PY" -m pytest -q -rs tests/kernels
 if [ "$HAVE_GPU" -eq 1 ]; then
     stage bench 120 "$PY" benchmarks/bench_gpu.py --reps 20 --graph --json "$LOG/bench_gpu.json"
 else

@@ -8,8 +8,10 @@ accuracy over 5 random draws.
 
     python examples/digits_protocol.py                       # all methods, ~10 minutes
     python examples/digits_protocol.py --methods simclr byol --epochs 100 --json out.json
+    python examples/digits_protocol.py --methods moco --set moco.bn_splits=1   # a config field
 """
 import argparse
+import ast
 import json
 import time
 
@@ -37,7 +39,16 @@ def main():
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--labels", type=int, nargs="+", default=[1, 5, 10, 50])
     ap.add_argument("--json")
+    ap.add_argument("--set", nargs="*", default=[], metavar="METHOD.FIELD=VALUE",
+                    help="override a field of a method's config, e.g. moco.bn_splits=1")
     args = ap.parse_args()
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        name, _, field = key.partition(".")
+        if not (name and field and value):
+            ap.error(f"--set expects METHOD.FIELD=VALUE, got {item!r}")
+        overrides.setdefault(name, {})[field] = ast.literal_eval(value)
     d = data.digits()
     rows = {}
     rows["raw pixels"] = probe_row(evaluate.raw_pixel_features(d.train_x),
@@ -51,7 +62,7 @@ def main():
     for name in args.methods:
         t0 = time.perf_counter()
         random.manual_seed(args.seed)
-        m = methods.build(name, d)
+        m = methods.build(name, d, **overrides.get(name, {}))
         hist = pretrain(m, m.training_data(d), args.epochs, args.batch_size, lr=args.lr,
                         seed=args.seed, progress=False)
         rows[name] = probe_row(m.features(d.train_x), m.features(d.test_x), d, args.labels,

@@ -5,7 +5,6 @@
 >>> (x * x).sum().backward(); x.grad
 array([[2., 4.]], dtype=float32)
 """
-from . import _runtime  # noqa: F401  (first, before NumPy loads: see minissl/_runtime.py)
 from .autograd import Function, Tensor, is_grad_enabled, no_grad, tensor
 from .backend import get_array_module, is_cuda_available
 from .gradcheck import GradcheckError, gradcheck
@@ -15,6 +14,17 @@ from . import random
 from .random import manual_seed
 
 __version__ = "0.1.0"
+
+# ``ms.nn``, ``ms.optim``, ``ms.functional``, ``ms.losses`` and ``ms.runtime``, as in
+# ``torch.nn``: imported on first use, so that ``import minissl`` stays light.
+_SUBMODULES = ("nn", "optim", "functional", "losses", "runtime")
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'minissl' has no attribute {name!r}")
 
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "is_grad_enabled", "cat", "stack",
            "where", "gradcheck", "manual_seed", "random", "GradcheckError", "get_array_module", "is_cuda_available"]

@@ -6,7 +6,7 @@ holds its input Tensors and whatever it saved in ``forward``; it does NOT hold i
 the graph has no reference cycles and is freed by plain reference counting.
 
 ``Function.forward`` and ``Function.backward`` work on raw arrays of the inputs' array module
-(``xp``): backward builds no graph (double backward is a deliberate non-goal, see DESIGN.md).
+(``xp``): backward builds no graph (double backward is a deliberate non-goal, see docs/design.md).
 
 Reverse mode (the chain rule, from the output back): for ``y = f(x1, .., xn)`` and a scalar
 loss ``L``, ``backward`` receives ``dL/dy`` and returns ``dL/dxi = (dy/dxi)^T dL/dy`` for every

@@ -26,6 +26,8 @@ import warnings
 
 import numpy as np
 
+from . import runtime
+
 USAGE_ERROR = 2
 MAX_MESSAGE = 400   # characters of an error line; longer messages are cut
 
@@ -133,10 +135,10 @@ def _atomic_savez(path, **arrays):
 # ----------------------------------------------------------------------------- pretrain
 
 def _build(method_name, d, seed, device, overrides=None):
-    from . import methods, random
+    from . import methods, nn, random
     random.manual_seed(seed)
     try:
-        m = methods.build(method_name, d, **(overrides or {}))
+        m = nn.fuse(methods.build(method_name, d, **(overrides or {})))   # BN + ReLU: one op
     except TypeError as e:
         raise CLIError(f"{method_name}: bad option: {e}") from None
     return m.to(device) if device != "cpu" else m
@@ -501,12 +503,9 @@ def _on_sigterm(signum, frame):
 
 
 def main(argv=None):
-    # OpenMP threads of the compiled kernels sleep at the end of a parallel region instead of
-    # spinning for the next one: with a few cores shared with other processes, a spinning
-    # thread starves the one it waits for (measured: 5 SimCLR epochs on the digits take 0.3 s
-    # passive, 5-30 s spinning on this 2-core machine under load). The kernels load lazily,
-    # after this line; an explicit OMP_WAIT_POLICY in the environment wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # The process settings of a training loop (heap, idle BLAS/OpenMP threads): see
+    # minissl/runtime.py. The compiled kernels load lazily, after this line.
+    runtime.tune()
     parser = make_parser()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None

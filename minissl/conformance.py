@@ -1,34 +1,49 @@
-"""Conformance vectors: what a port of minissl's formulas to another framework must reproduce.
+"""Conformance vectors: what a port of minissl to another framework must reproduce.
 
 ``minissl conformance --out DIR`` (or ``write_vectors(DIR)``) writes one ``.npz`` file per
-case: every functional op and SSL loss at a few shapes (and a few numerically hard inputs), in
-float64. File format (``np.load(path, allow_pickle=False)``):
+case, in float64: every functional op and SSL loss at a few shapes (and a few numerically hard
+inputs); the non-differentiable pieces that take random draws or define a schedule
+(``DATA_OPS``: MAE's ``random_masking`` from its noise, ``patchify``/``unpatchify``, the 2-D
+sin-cos position embedding, BERT's 80/10/10 masking from its draws, ``cosine_tau``, the
+cosine learning rate with warm-up); and one training step of every method
+(``minissl.conformance_steps``). docs/conformance.md documents the format, the pass rule and
+the tolerances; in short (``np.load(path, allow_pickle=False)``):
 
 =================  =====================================================================
 key                content
 =================  =====================================================================
-``meta``           0-d str array holding JSON: ``{"op": name, "args": [names],
-                   "kwargs": {...}, "inputs": [names], "differentiable": [bools],
-                   "format": 2}``
+``meta``           0-d str array holding JSON: ``{"op", "args", "kwargs", "inputs",
+                   "format": 3}`` plus ``"differentiable"`` and ``"stop_gradient"`` (ops),
+                   ``"outputs"`` (data ops), or the training-step keys
 ``in_<name>``      each input array (float64, or int64 for indices/class targets)
-``out``            the output (float64)
+``out``            the output (float64): an op's result, a training step's loss
+``out_<name>``     each output of a data op (int64 indices or float64 values)
 ``grad_out``       the cotangent used for the backward pass (same shape as ``out``)
-``grad_<name>``    d<out, grad_out>/d input, for each differentiable input
+``grad_<name>``    d<out, grad_out>/d input, for each differentiable input; ZEROS for the
+                   inputs in ``stop_gradient`` (the formula detaches them); a training
+                   step's gradient of each trained parameter
 ``after_<name>``   the value of an input the op updates in place, after the call
-                   (``batch_norm``'s running statistics in training mode)
+                   (``batch_norm``'s running statistics); a training step's state after it
+``init_<key>``,    a training step's state_dict before it, its augmented views and its
+``view_<i>``,      other random draws, in order
+``draw_<i>``
 =================  =====================================================================
 
 The call is ``op(*[in_<a> for a in args], **{b: in_<b> for the other inputs}, **kwargs)``:
 the inputs named in ``args`` go by position, in that order; the remaining inputs go by
 keyword, under names that PyTorch's and minissl's functions share (``weight`` and ``bias`` of
 ``layer_norm``, after its ``normalized_shape``). ``op`` is the name of a
-``torch.nn.functional`` / ``minissl.functional`` function or of a loss in
-``minissl.losses`` (whose formulas API.md states). A port loads the inputs, calls its own op,
-backpropagates ``grad_out`` and compares ``out``, the ``grad_*`` and ``after_*`` arrays
-(``examples/port_check.py`` does it for PyTorch).
+``torch.nn.functional`` / ``minissl.functional`` function, of a loss in ``minissl.losses``
+(formulas in its docstrings) or of a ``DATA_OPS`` entry. Every input of a loss is passed
+with ``requires_grad=True``, the detached ones included. A port loads the inputs, calls its
+own op, backpropagates ``grad_out`` and compares (``examples/port_check.py`` does it for
+PyTorch).
 
-The files are byte-for-byte reproducible (fixed inputs from a seeded generator, fixed zip
-timestamps), so a regenerated set can be diffed against a committed one.
+Reproducibility: the inputs, draws and cotangents come from seeded generators and the zip
+members get a fixed timestamp, so the same build on the same machine writes the same bytes
+(tested). Another BLAS, the pure-NumPy reference kernels or another CPU may round results
+differently in the last bits (measured in docs/conformance.md), so regenerated sets are
+compared to a committed one with a tolerance, not byte for byte.
 """
 import json
 import os
@@ -40,7 +55,7 @@ from . import functional as F
 from . import losses
 from .autograd import tensor
 
-FORMAT = 2
+FORMAT = 3
 
 # Zip members get this timestamp (the earliest a zip can hold), not the time of writing.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -62,16 +77,16 @@ def _cases():
         shape = "x".join(str(s) for s in next(iter(inputs.values())).shape)
         cases.append((f"{op}{tag}_{shape}", op, kwargs, inputs, diff, args))
 
-    # --- SSL losses (minissl.losses; the formulas are in API.md and the docstrings)
+    # --- SSL losses (minissl.losses; the formulas are in their docstrings)
     for n, d in ((4, 3), (8, 5)):
         z1, z2 = _f(r, n, d), _f(r, n, d)
         add("nt_xent", {"temperature": 0.5}, {"z1": z1, "z2": z2})
         add("info_nce", {"temperature": 0.07},
-            {"query": z1, "key": z2, "negatives": _f(r, 6, d)}, ["query", "key"])
+            {"query": z1, "key": z2, "negatives": _f(r, 6, d)})
         add("clip_loss", {}, {"image_features": z1, "text_features": z2,
                               "logit_scale": np.array(np.log(1 / 0.07))})
-        add("byol_loss", {}, {"prediction": z1, "target": z2}, ["prediction"])
-        add("simsiam_loss", {}, {"prediction": z1, "target": z2}, ["prediction"])
+        add("byol_loss", {}, {"prediction": z1, "target": z2})
+        add("simsiam_loss", {}, {"prediction": z1, "target": z2})
         add("barlow_twins_loss", {"lambd": 5e-3}, {"z1": z1, "z2": z2})
         add("vicreg_loss", {}, {"z1": z1, "z2": z2})
         add("kl_normal", {}, {"mu": z1, "logvar": 0.3 * z2})
@@ -85,7 +100,7 @@ def _cases():
     z1, z2 = _f(r, 6, 4), _f(r, 6, 4)
     add("nt_xent", {"temperature": 0.01}, {"z1": z1, "z2": z2}, tag="_lowtemp")
     add("info_nce", {"temperature": 0.01},
-        {"query": z1, "key": z2, "negatives": _f(r, 5, 4)}, ["query", "key"], tag="_lowtemp")
+        {"query": z1, "key": z2, "negatives": _f(r, 5, 4)}, tag="_lowtemp")
     add("clip_loss", {}, {"image_features": z1, "text_features": z2,
                           "logit_scale": np.array(np.log(100.0))}, tag="_scale100")
 
@@ -143,9 +158,70 @@ def _cases():
         q, k, v = _f(r, 2, 2, 5, 4), _f(r, 2, 2, 5, 4), _f(r, 2, 2, 5, 3)
         add("scaled_dot_product_attention", {"is_causal": causal},
             {"query": q, "key": k, "value": v}, tag="_causal" if causal else "")
+    _data_cases(r, cases)
     names = [c[0] for c in cases]
     assert len(set(names)) == len(names), "conformance: two cases share a name"
     return cases
+
+
+def _data_cases(r, cases):
+    """The non-differentiable pieces a port must reproduce given the same random draws:
+    masking, patches, position embeddings and schedules (``DATA_OPS``)."""
+    def add(tag, op, kwargs, inputs):
+        cases.append((f"{op}_{tag}", op, kwargs, inputs, [], list(inputs)))
+
+    for tag, (B, L, K) in (("2x16_keep4", (2, 16, 4)), ("3x7_keep2", (3, 7, 2))):
+        add(tag, "random_masking", {"len_keep": K}, {"noise": r.random((B, L))})
+    imgs = _f(r, 2, 3, 4, 6)
+    add("2x3x4x6_p2", "patchify", {"p": 2}, {"imgs": imgs})
+    add("2x6x12_p2", "unpatchify", {"p": 2, "channels": 3, "grid": [2, 3]},
+        {"x": _f(r, 2, 6, 12)})
+    add("16_g4", "sincos_pos_embed_2d", {"dim": 16, "grid_size": 4}, {})
+    ids = r.integers(0, 9, (3, 20))
+    add("3x20", "bert_masking", {"mask_id": 9, "mask_prob": 0.15, "mask_token_prob": 0.8,
+                                 "random_token_prob": 0.1},
+        {"ids": ids, "noise": r.random((3, 20)), "u": r.random((3, 20)),
+         "random_ids": r.integers(0, 9, (3, 20))})
+    add("k10", "cosine_tau", {"base_tau": 0.99, "total_steps": 10},
+        {"step": np.arange(11)})
+    add("w3_k10", "cosine_warmup_lr", {"base_lr": 0.5, "warmup_steps": 3, "total_steps": 10,
+                                       "final_lr": 0.01}, {"step": np.arange(13)})
+
+
+def _cosine_tau(step, base_tau, total_steps):
+    from .methods.base import cosine_tau
+    return np.array([cosine_tau(base_tau, int(t), total_steps) for t in step])
+
+
+def _cosine_warmup_lr(step, base_lr, warmup_steps, total_steps, final_lr):
+    from .optim import SGD, CosineWarmupSchedule
+    from .nn import Parameter
+    sched = CosineWarmupSchedule(SGD([Parameter(np.zeros(1))], lr=base_lr), warmup_steps,
+                                 total_steps, final_lr=final_lr)
+    return np.array([sched.lr_at(int(t), base_lr) for t in step])
+
+
+def _masked(name):
+    from .methods import masked
+    return getattr(masked, name)
+
+
+def _unpatchify(x, p, channels, grid):
+    return _masked("unpatchify")(x, p, channels, tuple(grid))
+
+
+# name: (function, output names). Called like the other ops; every output is stored.
+DATA_OPS = {
+    "random_masking": (lambda noise, len_keep: _masked("random_masking")(noise, len_keep),
+                       ["ids_keep", "mask", "ids_restore"]),
+    "patchify": (lambda imgs, p: _masked("patchify")(imgs, p), ["patches"]),
+    "unpatchify": (_unpatchify, ["imgs"]),
+    "sincos_pos_embed_2d": (lambda dim, grid_size: _masked("sincos_pos_embed_2d")(
+        dim, grid_size), ["pos_embed"]),
+    "bert_masking": (lambda *a, **k: _masked("bert_masking")(*a, **k), ["inputs", "targets"]),
+    "cosine_tau": (_cosine_tau, ["tau"]),
+    "cosine_warmup_lr": (_cosine_warmup_lr, ["lr"]),
+}
 
 
 def _op(name):
@@ -153,6 +229,18 @@ def _op(name):
     if fn is None:
         raise ValueError(f"conformance: unknown op {name!r}")
     return fn
+
+
+def compute_data(op, kwargs, inputs):
+    """The arrays of a ``DATA_OPS`` case: ``out_<name>`` for each output."""
+    fn, names = DATA_OPS[op]
+    out = fn(*[inputs[k] for k in inputs], **kwargs)
+    out = out if isinstance(out, tuple) else (out,)
+    arrays = {f"in_{k}": np.asarray(v) for k, v in inputs.items()}
+    for k, v in zip(names, out):
+        v = np.asarray(v)
+        arrays[f"out_{k}"] = v.astype(np.int64 if v.dtype.kind in "iub" else np.float64)
+    return arrays
 
 
 def compute(op, kwargs, inputs, diff, grad_out=None, seed=0, args=None):
@@ -173,8 +261,10 @@ def compute(op, kwargs, inputs, diff, grad_out=None, seed=0, args=None):
     arrays = {f"in_{k}": np.asarray(v) for k, v in inputs.items()}
     arrays["out"] = out.numpy().astype(np.float64)
     arrays["grad_out"] = g
-    for k in diff:
-        arrays[f"grad_{k}"] = np.asarray(ts[k].grad, dtype=np.float64)
+    for k in diff:   # an input the op detaches gets no gradient: zeros, as a port must give
+        grad = ts[k].grad
+        arrays[f"grad_{k}"] = (np.zeros_like(inputs[k], dtype=np.float64) if grad is None
+                               else np.asarray(grad, dtype=np.float64))
     for k, v in inputs.items():
         after = ts[k].numpy()
         if not np.array_equal(after, v):
@@ -200,18 +290,45 @@ def _write_npz(path, arrays):
             os.remove(tmp)
 
 
-def write_vectors(out_dir):
-    """Write every conformance case to ``out_dir`` (one ``<case>.npz`` each); returns the
+# Inputs that the formula detaches: their stored gradient is zeros (a port that forgets the
+# stop-gradient fails on it).
+STOP_GRADIENT = {"byol_loss": ["target"], "simsiam_loss": ["target"],
+                 "info_nce": ["negatives"]}
+
+
+def _meta(op, kwargs, inputs, diff, args):
+    meta = {"op": op, "args": args, "kwargs": kwargs, "inputs": list(inputs), "format": FORMAT}
+    if op in DATA_OPS:
+        meta["outputs"] = DATA_OPS[op][1]
+    else:
+        meta["differentiable"] = [k in diff for k in inputs]
+        meta["stop_gradient"] = STOP_GRADIENT.get(op, [])
+    return meta
+
+
+def write_vectors(out_dir, steps=True):
+    """Write every conformance case to ``out_dir`` (one ``<case>.npz`` each), and with
+    ``steps`` one training step of every method (``minissl.conformance_steps``); returns the
     number of files written."""
     os.makedirs(out_dir, exist_ok=True)
-    cases = _cases()
-    for name, op, kwargs, inputs, diff, args in cases:
-        arrays = compute(op, kwargs, inputs, diff, args=args)
-        meta = {"op": op, "args": args, "kwargs": kwargs, "inputs": list(inputs),
-                "differentiable": [k in diff for k in inputs], "format": FORMAT}
+    n = 0
+    for name, op, kwargs, inputs, diff, args in _cases():
+        arrays = (compute_data(op, kwargs, inputs) if op in DATA_OPS
+                  else compute(op, kwargs, inputs, diff, args=args))
+        meta = _meta(op, kwargs, inputs, diff, args)
         _write_npz(os.path.join(out_dir, name + ".npz"),
                    {"meta": np.array(json.dumps(meta, sort_keys=True)), **arrays})
-    return len(cases)
+        n += 1
+    if steps:
+        from .conformance_steps import step_vector
+        from .methods import METHODS
+        for method in METHODS:
+            meta, arrays = step_vector(method)
+            meta["format"] = FORMAT
+            _write_npz(os.path.join(out_dir, f"{method}_training_step.npz"),
+                       {"meta": np.array(json.dumps(meta, sort_keys=True)), **arrays})
+            n += 1
+    return n
 
 
 def read_vector(path):
@@ -225,23 +342,44 @@ def read_vector(path):
     return meta, arrays
 
 
+def _recompute(meta, stored):
+    """The arrays this minissl computes for a stored case, from its inputs (and, for a
+    training step, its initial state, views and draws)."""
+    if meta["op"].endswith(".training_step"):
+        from .conformance_steps import replay_step
+        return replay_step(meta, stored)
+    inputs = {k: stored[f"in_{k}"] for k in meta["inputs"]}
+    if meta["op"] in DATA_OPS:
+        return compute_data(meta["op"], meta["kwargs"], inputs)
+    diff = [k for k, d in zip(meta["inputs"], meta["differentiable"]) if d]
+    return compute(meta["op"], meta["kwargs"], inputs, diff, grad_out=stored["grad_out"],
+                   args=meta.get("args"))
+
+
+def checked_keys(stored):
+    """The keys of a stored case that a port must reproduce: outputs, gradients (not the
+    cotangent ``grad_out``) and the values after in-place updates or the optimiser step."""
+    return sorted(k for k in stored if k == "out" or k.startswith(("out_", "after_"))
+                  or (k.startswith("grad_") and k != "grad_out"))
+
+
 def check_vector(path, rtol=1e-10, atol=1e-12):
     """Recompute one stored case with this minissl and compare every output, gradient and
-    in-place update; raises AssertionError on a mismatch, else returns ``{key: max abs
-    error}``."""
+    update; raises AssertionError on a mismatch, else returns ``{key: max abs error}``."""
     meta, stored = read_vector(path)
-    inputs = {k: stored[f"in_{k}"] for k in meta["inputs"]}
-    diff = [k for k, d in zip(meta["inputs"], meta["differentiable"]) if d]
-    got = compute(meta["op"], meta["kwargs"], inputs, diff, grad_out=stored["grad_out"],
-                  args=meta.get("args"))
-    keys = sorted(k for k in stored
-                  if k == "out" or (k.startswith(("grad_", "after_")) and k != "grad_out"))
-    missing = sorted(set(k for k in got if k.startswith("after_")) - set(keys))
-    assert not missing, f"{os.path.basename(path)}: unexpected in-place updates {missing}"
+    got = _recompute(meta, stored)
+    keys = checked_keys(stored)
+    name = os.path.basename(path)
+    missing = sorted(set(checked_keys(got)) - set(keys))
+    assert not missing, f"{name}: produced values the file does not hold: {missing}"
     errors = {}
     for key in keys:
-        assert key in got, f"{os.path.basename(path)}: {key} was not produced"
-        np.testing.assert_allclose(got[key], stored[key], rtol=rtol, atol=atol,
-                                   err_msg=f"{os.path.basename(path)}: {key}")
-        errors[key] = float(np.max(np.abs(got[key] - stored[key]), initial=0.0))
+        assert key in got, f"{name}: {key} was not produced"
+        want, value = stored[key], np.asarray(got[key])
+        if want.dtype.kind in "iub":
+            np.testing.assert_array_equal(value, want, err_msg=f"{name}: {key}")
+        else:
+            np.testing.assert_allclose(value, want, rtol=rtol, atol=atol,
+                                       err_msg=f"{name}: {key}")
+        errors[key] = float(np.max(np.abs(value.astype(np.float64) - want), initial=0.0))
     return errors

@@ -8,7 +8,7 @@ import contextlib
 import os
 import time
 
-from . import checkpoint, data, evaluate, methods, random
+from . import checkpoint, data, evaluate, methods, nn, random, runtime
 from .train import pretrain
 
 
@@ -38,7 +38,7 @@ def _run_demo(out, epochs, seed, labels, draws, progress):
     print(f"digits: {len(d.train_x)} training and {len(d.test_x)} test images "
           f"{d.image_shape}, {d.num_classes} classes; labels are NOT used for pretraining")
     random.manual_seed(seed)
-    method = methods.build("simclr", d)
+    method = nn.fuse(methods.build("simclr", d))   # BatchNorm + ReLU as one op (nn.fuse)
     random.manual_seed(seed)
     untrained = methods.build("simclr", d)       # the same architecture, random weights
     print(f"pretraining SimCLR for {epochs} epochs (batch 256, Adam 1e-3, NT-Xent T=0.5)...")
@@ -78,4 +78,5 @@ def _run_demo(out, epochs, seed, labels, draws, progress):
 
 
 def main():
+    runtime.tune()           # the process settings of a training loop (minissl/runtime.py)
     return run_demo()

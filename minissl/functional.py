@@ -1,5 +1,5 @@
 """``minissl.functional``: the same names, argument order, defaults and results as
-``torch.nn.functional`` (see API.md). Each op's module documents its forward and adjoint."""
+``torch.nn.functional`` (see docs/api.md). Each op's module documents its forward and adjoint."""
 from .ops.activation import dropout, gelu, log_softmax, relu, sigmoid, softmax, tanh
 from .ops.attention import scaled_dot_product_attention
 from .ops.conv import conv2d, conv_transpose2d

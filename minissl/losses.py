@@ -4,7 +4,7 @@
     loss = losses.nt_xent(z1, z2, temperature=0.5)      # z1, z2: (N, D), two views of N images
     loss.backward()
 
-The families (see DESIGN.md for the taxonomy):
+The families (see docs/design.md for the taxonomy):
 
 * contrastive, instance discrimination: ``nt_xent`` (SimCLR), ``info_nce`` (MoCo)
 * contrastive, multimodal: ``clip_loss`` (CLIP)

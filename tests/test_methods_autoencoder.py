@@ -58,7 +58,7 @@ def test_training_lowers_the_loss(kind, digits, device):
 
 
 def test_denoising_lowers_error_on_held_out_noise(digits):
-    """DESIGN.md's identity: after training, the DAE maps *held-out* corrupted digits closer
+    """docs/design.md's identity: after training, the DAE maps *held-out* corrupted digits closer
     to the clean ones than before, and closer than the corrupted input itself is (it really
     denoises rather than copying its input)."""
     manual_seed(0)

@@ -256,7 +256,9 @@ def test_mae_loss_counts_masked_patches_only(digits64, norm_pix):
     mae = tiny_mae(norm_pix=norm_pix)
     x = digits64[:8]
     loss, _ = mae.training_step(x, np.random.default_rng(4))
-    pred, mask = mae(x, np.random.default_rng(4))                  # the same masks
+    rng = np.random.default_rng(4)                                 # the same draws:
+    x = mae.transform(x, rng)                                      # crop and flip,
+    pred, mask = mae(x, rng)                                       # then the masks
     target = masked.patchify(x.astype(np.float64), 2)
     if norm_pix:
         target = (target - target.mean(-1, keepdims=True)) / np.sqrt(

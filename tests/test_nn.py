@@ -490,8 +490,8 @@ def test_dropout_train_and_eval(rng):
 @pytest.mark.parametrize("kind", ["1d", "2d"])
 @pytest.mark.parametrize("training", [True, False])
 def test_sequential_fuses_batch_norm_and_relu_without_changing_anything(kind, training):
-    """Sequential runs BatchNorm + ReLU as one fused op: the output, every gradient and the
-    running statistics equal those of calling the modules one by one."""
+    """After nn.fuse, Sequential runs BatchNorm + ReLU as one fused op: the output, every
+    gradient and the running statistics equal those of calling the modules one by one."""
     rng = np.random.default_rng(0)
     if kind == "1d":
         seq = nn.Sequential(nn.Linear(5, 6, rng=1), nn.BatchNorm1d(6), nn.ReLU(),
@@ -503,6 +503,7 @@ def test_sequential_fuses_batch_norm_and_relu_without_changing_anything(kind, tr
         x = rng.standard_normal((4, 2, 5, 5))
     seq = seq.double().train(training)
     manual = copy.deepcopy(seq)
+    nn.fuse(seq)
     y = seq(ms.tensor(x))
     z = ms.tensor(x)
     for m in manual:
@@ -521,7 +522,7 @@ def test_sequential_leaves_a_batch_norm_with_its_own_forward_alone():
         def forward(self, x):
             return super().forward(x) + 1.0
 
-    seq = nn.Sequential(Shifted(3), nn.ReLU()).double()
+    seq = nn.fuse(nn.Sequential(Shifted(3), nn.ReLU()).double())
     x = np.random.default_rng(0).standard_normal((6, 3))
     np.testing.assert_allclose(seq(ms.tensor(x)).numpy(),
                                np.maximum((x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5) + 1, 0),

@@ -3,7 +3,7 @@ against plain NumPy formulas, gradients against finite differences (float64), ov
 hypothesis-drawn shapes and values steered away from kinks.
 
 Ops that run a kernel are parametrised over the kernel paths: ``compiled`` (the Cython build),
-``reference`` (the NumPy reference, forced with MINISSL_REFERENCE=1, which ``_loader.load``
+``reference`` (the NumPy reference, forced with MINISSL_REFERENCE=1, which ``_dispatch.load``
 reads on every call; no kernel module caches its result) and ``cuda`` (skipped without CuPy).
 ``test_kernel_paths_agree`` runs the same inputs through both CPU paths and compares.
 """
@@ -21,7 +21,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 import minissl as ms
 import minissl.functional as F
 from minissl.backend import to_device
-from minissl.kernels._loader import load, reference_forced
+from minissl.kernels._dispatch import load, reference_forced
 from minissl.random import manual_seed
 from minissl.ops import conv as conv_ops
 from minissl.ops.attention import packed_self_attention

@@ -121,7 +121,7 @@ def test_embedding_matches():
 
 
 class TorchBlock(tnn.Module):
-    """The pre-LN block of shared/bench/torch_reference.py (qkv and proj at its top level)."""
+    """The pre-LN block of the PyTorch benchmark reference (qkv and proj at its top level)."""
 
     def __init__(self, d, h, causal):
         super().__init__()

@@ -1,4 +1,4 @@
-"""The self-supervised methods, one file per row of the SSL taxonomy (see DESIGN.md).
+"""The self-supervised methods, one file per row of the SSL taxonomy (see docs/design.md).
 
 ``METHODS`` maps a method's name to ``(module, builder, family, data kind)``; ``build(name,
 data, **overrides)`` imports the module only when asked and builds the method for a loaded

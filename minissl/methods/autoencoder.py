@@ -351,7 +351,7 @@ class VAE(SSLMethod):
 
     def reparameterize(self, mu, logvar, rng):
         """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I) drawn on the host from ``rng``."""
-        eps = self.as_input(rng.standard_normal(mu.shape).astype(np.float32))
+        eps = self.as_input(rng.standard_normal(mu.shape))      # in the model's dtype
         return mu + (logvar * 0.5).exp() * eps                  # (B, L)
 
     def training_step(self, x, rng):

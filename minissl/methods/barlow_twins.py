@@ -2,13 +2,18 @@
 
 Zbontar, Jing, Misra, LeCun & Deny, "Barlow Twins: Self-Supervised Learning via Redundancy
 Reduction", ICML 2021 (arXiv:2103.03230); official code facebookresearch/barlowtwins
-(projector Linear-BN-ReLU layers then Linear; the loss standardises each feature over the
-batch and pushes the cross-correlation matrix towards the identity).
+(``main.py``: projector [Linear(no bias) - BN - ReLU] layers then Linear(no bias); the loss
+standardises each feature over the batch, BatchNorm1d without affine, and pushes the
+cross-correlation matrix towards the identity).
+
+The two views go through the network as two batches, each with its own batch-norm statistics,
+as the official ``forward(y1, y2)`` does. Differences (docs/faithful.md): the widths
+(8192 x 3 there), the 1-hidden-layer projector.
 """
 from dataclasses import dataclass
 
-from .. import losses, nn
-from .base import TwoViewMethod
+from .. import losses
+from .base import TwoViewMethod, projection_head
 
 
 @dataclass
@@ -24,7 +29,8 @@ class BarlowTwins(TwoViewMethod):
                  transform=None):
         super().__init__(image_shape, encoder, feature_dim, transform)
         c = self.config = config or BarlowTwinsConfig()
-        self.projector = nn.MLP((self.feature_dim,) + tuple(c.proj_dims))
+        self.projector = projection_head((self.feature_dim,) + tuple(c.proj_dims),
+                                         hidden_bias=False, out_bias=False)
 
     def training_step(self, x, rng):
         z1, z2 = self.embed_views(x, rng)                       # (B, D) each

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import augment, nn
 from ..autograd import Tensor, no_grad, tensor
+from ..backend import get_array_module
 
 
 class SSLMethod(nn.Module):
@@ -77,12 +78,57 @@ class TwoViewMethod(SSLMethod):
         self.feature_dim = feature_dim
         self.transform = transform or default_augmentation(image_shape)
 
-    def embed_views(self, x, rng):
-        """g(f(.)) of two random views of the batch x: (z1, z2), each (B, projection width)."""
+    def embed_views(self, x, rng, joint=False):
+        """g(f(.)) of two random views of the batch x: (z1, z2), each (B, projection width).
+
+        ``joint=False``: each view is its own batch (its own batch-norm statistics), as the
+        official SimSiam, Barlow Twins, VICReg and BYOL codes call their networks.
+        ``joint=True``: the 2B views go through f and g as ONE batch, statistics over both
+        views, as the official SimCLR does (``tf.concat`` of the views along the batch)."""
         v1, v2 = augment.two_views(x, self.transform, rng)     # (B, C, H, W) each
+        if joint:
+            B = len(v1)
+            xp = get_array_module(v1)
+            z = self.projector(self.encoder(self.as_input(xp.concatenate([v1, v2]))))
+            return z[:B], z[B:]                                 # (B, D) each
         z1 = self.projector(self.encoder(self.as_input(v1)))
         z2 = self.projector(self.encoder(self.as_input(v2)))
         return z1, z2
+
+
+def projection_head(dims, hidden_bias=True, out_bias=True, out_bn=None):
+    """An MLP head as the official codes write theirs: [Linear - BN - ReLU] per hidden width,
+    then Linear and optionally a BatchNorm1d; children numbered like ``nn.Sequential`` (Linear
+    "0", BN "1", ReLU "2", ...), so the state_dict keys are those of the PyTorch original.
+
+    ``dims`` = (in, hidden..., out). ``hidden_bias=False`` drops the hidden Linears' biases
+    (redundant before a BN; SimSiam, SimCLR). ``out_bias``: True, False, or "frozen" (present,
+    left at its initial value, never trained: SimSiam's ``fc[6].bias.requires_grad = False``).
+    ``out_bn``: None; "affine" (weight and bias); "scale" (weight trained, bias frozen at 0:
+    TensorFlow's ``center=False``, SimCLR's output layer); or "plain" (``affine=False``:
+    SimSiam's output).
+    """
+    if out_bias not in (True, False, "frozen") or out_bn not in (None, "affine", "scale",
+                                                                  "plain"):
+        raise ValueError(f"projection_head: out_bias must be True, False or 'frozen' and "
+                         f"out_bn None, 'affine', 'scale' or 'plain'; got {out_bias!r}, "
+                         f"{out_bn!r}")
+    dims = tuple(int(d) for d in dims)
+    layers = []
+    for d_in, d_out in zip(dims[:-2], dims[1:-1]):
+        layers += [nn.Linear(d_in, d_out, bias=hidden_bias), nn.BatchNorm1d(d_out), nn.ReLU()]
+    last = nn.Linear(dims[-2], dims[-1], bias=out_bias is not False)
+    if out_bias == "frozen":
+        last.bias.requires_grad = False
+    layers.append(last)
+    if out_bn is not None:
+        bn = nn.BatchNorm1d(dims[-1], affine=out_bn != "plain")
+        if out_bn == "scale":
+            bn.bias.requires_grad = False
+        layers.append(bn)
+    head = nn.Sequential(*layers)
+    head.out_dim = dims[-1]
+    return head
 
 
 def default_encoder(image_shape, hidden=(256, 256), widths=(32, 64, 128)):

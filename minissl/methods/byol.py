@@ -8,6 +8,10 @@ The online network (encoder f, projector g, predictor q) predicts the target net
 projection of the other view; the target (f', g') is an exponential moving average of the
 online weights and gets no gradient. Without negatives, the predictor and the slowly moving
 target are what keeps the representation from collapsing.
+
+The two views go through the online and the target network as two batches, each with its own
+batch-norm statistics, as the official ``byol_experiment.py`` calls ``forward`` once per view.
+Differences (docs/faithful.md): the widths, base_tau 0.99, Adam instead of LARS.
 """
 from dataclasses import dataclass
 

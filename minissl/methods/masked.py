@@ -32,7 +32,9 @@
   ``patchify`` as ``nchpwq -> nhwpqc``, fixed 2-D sin-cos position embeddings for encoder
   and decoder (``util/pos_embed.py``), xavier-uniform Linear weights and a N(0, 0.02)
   mask token, decoder LayerNorm before the pixel prediction. Differences, on purpose: no
-  [CLS] token; the features are the mean of the encoder's outputs over all patches of the
+  [CLS] token; the pretraining augmentation (``mae_augmentation``: RandomResizedCrop with
+  scale 0.2 to 1 and a horizontal flip, as ``main_pretrain.py``) resamples bilinearly, not
+  bicubically; the features are the mean of the encoder's outputs over all patches of the
   unmasked image (the paper's fine-tuning ``global_pool``), and ``norm_pix`` defaults to
   False (the paper's recommended setting is True; with 2x2 patches a per-patch
   normalisation over 4 values is mostly noise, and pixel targets make the reconstruction
@@ -44,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import functional as F
-from .. import losses, nn
+from .. import augment, losses, nn
 from ..autograd import Tensor, no_grad
 from ..backend import get_array_module, to_device
 from ..ops.shape import cat
@@ -53,7 +55,8 @@ from .autoregressive import _check_ids, text_windows
 from .base import SSLMethod
 
 __all__ = ["MaskedLMConfig", "MaskedLM", "MAEConfig", "MAE", "ViTEncoder",
-           "sincos_pos_embed_2d", "patchify", "unpatchify", "choose_patch_size", "build",
+           "sincos_pos_embed_2d", "patchify", "unpatchify", "random_masking", "bert_masking",
+           "mae_augmentation", "choose_patch_size", "build",
            "build_mlm", "build_mae"]
 
 IGNORE_INDEX = -100  # targets at positions that were not chosen (F.cross_entropy skips them)
@@ -142,18 +145,12 @@ class MaskedLM(SSLMethod):
         ids = to_device(_check_ids("MaskedLM.mask_tokens", ids, c.vocab_size), "cpu")
         rng = get_generator(rng)
         B, T = ids.shape
-        n = max(1, int(round(T * c.mask_prob)))                 # BERT's num_to_predict
-        order = np.argsort(rng.random((B, T)), axis=1)          # a random permutation per row
-        chosen = np.zeros((B, T), dtype=bool)
-        np.put_along_axis(chosen, order[:, :n], True, axis=1)   # (B, T), n True per row
-        u = rng.random((B, T))
-        to_mask = chosen & (u < c.mask_token_prob)
-        to_random = chosen & (u >= c.mask_token_prob) & (u < c.mask_token_prob
-                                                          + c.random_token_prob)
+        # The draws, in this order (a port fed them reproduces the corruption exactly).
+        noise, u = rng.random((B, T)), rng.random((B, T))
         random_ids = rng.integers(0, c.vocab_size, size=(B, T))
-        inputs = np.where(to_mask, self.mask_id, np.where(to_random, random_ids, ids))
-        targets = np.where(chosen, ids, IGNORE_INDEX)
-        return inputs.astype(np.int64), targets.astype(np.int64)
+        return bert_masking(ids, noise, u, random_ids, mask_id=self.mask_id,
+                            mask_prob=c.mask_prob, mask_token_prob=c.mask_token_prob,
+                            random_token_prob=c.random_token_prob)
 
     def hidden(self, idx):
         """Final hidden states (B, T, C) of int ids (B, T) (which may contain ``mask_id``)."""
@@ -197,6 +194,30 @@ def build_mlm(corpus, **overrides):
     fields of ``MaskedLMConfig`` and may include ``rng``)."""
     rng = overrides.pop("rng", None)
     return MaskedLM(MaskedLMConfig(vocab_size=corpus.vocab_size, **overrides), rng=rng)
+
+
+def bert_masking(ids, noise, u, random_ids, *, mask_id, mask_prob=0.15, mask_token_prob=0.8,
+                 random_token_prob=0.1):
+    """BERT's 80/10/10 corruption of int ids (B, T) from explicit random draws: ``noise`` and
+    ``u`` uniform [0, 1) floats (B, T), ``random_ids`` ints (B, T) in [0, V). Returns
+    ``(inputs, targets)`` int64 (B, T).
+
+    Per row the n = max(1, round(mask_prob T)) positions with the smallest ``noise`` are
+    chosen; a chosen position becomes ``mask_id`` where u < mask_token_prob, its
+    ``random_ids`` entry where mask_token_prob <= u < mask_token_prob + random_token_prob,
+    else stays; targets are the original ids at chosen positions, -100 elsewhere.
+    """
+    ids = np.asarray(ids)
+    B, T = ids.shape
+    n = max(1, int(round(T * mask_prob)))                   # BERT's num_to_predict
+    order = np.argsort(noise, axis=1)                       # a random permutation per row
+    chosen = np.zeros((B, T), dtype=bool)
+    np.put_along_axis(chosen, order[:, :n], True, axis=1)   # (B, T), n True per row
+    to_mask = chosen & (u < mask_token_prob)
+    to_random = chosen & (u >= mask_token_prob) & (u < mask_token_prob + random_token_prob)
+    inputs = np.where(to_mask, mask_id, np.where(to_random, random_ids, ids))
+    targets = np.where(chosen, ids, IGNORE_INDEX)
+    return inputs.astype(np.int64), targets.astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------------
@@ -249,6 +270,39 @@ def sincos_pos_embed_2d(dim, grid_size):
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
     return np.concatenate([embed(cols), embed(rows)], axis=1)  # (L, dim)
+
+
+def random_masking(noise, len_keep):
+    """Per-sample random masking by argsort of the noise (B, L) (official ``random_masking``):
+
+        ids_shuffle = argsort(noise)           small noise is kept, large is removed
+        ids_restore = argsort(ids_shuffle)     so ids_shuffle[ids_restore] = 0..L-1
+        ids_keep    = ids_shuffle[:, :len_keep]
+        mask[b, l]  = 0 for the kept patches, 1 for the removed ones (original order)
+
+    The noise is an argument so that a port fed the same draws masks the same patches (the
+    official code draws ``torch.rand(N, L)``). Returns host arrays ``ids_keep`` int64 (B, K),
+    ``mask`` float64 (B, L) with L - K ones per row, ``ids_restore`` int64 (B, L).
+    """
+    noise = np.asarray(noise)
+    if noise.ndim != 2 or not 0 < len_keep <= noise.shape[1]:
+        raise ValueError(f"random_masking: expected noise (B, L) and 0 < len_keep <= L, got "
+                         f"shape {noise.shape} and len_keep={len_keep}")
+    B, L = noise.shape
+    ids_shuffle = np.argsort(noise, axis=1, kind="stable")
+    ids_restore = np.argsort(ids_shuffle, axis=1, kind="stable")
+    ids_keep = ids_shuffle[:, :len_keep]                        # (B, K)
+    mask = np.ones((B, L))
+    mask[:, :len_keep] = 0                                      # in shuffled order ...
+    mask = np.take_along_axis(mask, ids_restore, axis=1)        # ... unshuffled (B, L)
+    return ids_keep.astype(np.int64), mask, ids_restore.astype(np.int64)
+
+
+def mae_augmentation(size):
+    """The official pretraining augmentation (``main_pretrain.py``): ``RandomResizedCrop(size,
+    scale=(0.2, 1.0))`` then ``RandomHorizontalFlip()`` (bilinear here, bicubic there)."""
+    return augment.Compose([augment.RandomResizedCrop(size, scale=(0.2, 1.0)),
+                            augment.RandomHorizontalFlip()])
 
 
 def _xavier_uniform_(p, fan_in, fan_out, rng):
@@ -325,7 +379,7 @@ class MAE(SSLMethod):
 
     name = "mae"
 
-    def __init__(self, image_shape, config=None, rng=None, dtype=None):
+    def __init__(self, image_shape, config=None, rng=None, dtype=None, transform=None):
         super().__init__()
         self.config = c = config or MAEConfig()
         C, H, W = image_shape
@@ -337,6 +391,7 @@ class MAE(SSLMethod):
         if not 0 <= c.mask_ratio < 1:
             raise ValueError(f"MAE: mask_ratio must be in [0, 1), got {c.mask_ratio}")
         rng = get_generator(rng)
+        self.transform = transform or mae_augmentation(H)       # applied in training_step
         self.image_shape = (C, H, W)
         self.grid = H // c.patch_size
         self.num_patches = L = self.grid ** 2
@@ -371,26 +426,12 @@ class MAE(SSLMethod):
         """(B, L, p p C) -> (B, C, H, W) arrays."""
         return unpatchify(x, self.config.patch_size, self.image_shape[0])
 
-    def random_masking(self, batch_size, rng):
-        """Per-sample random masking by argsort of uniform noise (official ``random_masking``):
-
-            ids_shuffle = argsort(noise)           small noise is kept, large is removed
-            ids_restore = argsort(ids_shuffle)     so ids_shuffle[ids_restore] = 0..L-1
-            ids_keep    = ids_shuffle[:, :len_keep]
-            mask[b, l]  = 0 for the kept patches, 1 for the removed ones (original order)
-
-        Returns host arrays ``ids_keep`` int64 (B, K), ``mask`` float (B, L) with exactly
-        L - K ones per row, ``ids_restore`` int64 (B, L).
-        """
-        L, K = self.num_patches, self.len_keep
-        noise = get_generator(rng).random((batch_size, L))      # (B, L)
-        ids_shuffle = np.argsort(noise, axis=1)
-        ids_restore = np.argsort(ids_shuffle, axis=1)
-        ids_keep = ids_shuffle[:, :K]                           # (B, K)
-        mask = np.ones((batch_size, L))
-        mask[:, :K] = 0                                         # in shuffled order ...
-        mask = np.take_along_axis(mask, ids_restore, axis=1)    # ... unshuffled (B, L)
-        return ids_keep.astype(np.int64), mask, ids_restore.astype(np.int64)
+    def random_masking(self, batch_size, rng, noise=None):
+        """``random_masking(noise, len_keep)`` (module level) with ``noise`` (B, L) uniform
+        draws, by default ``rng.random((batch_size, L))``."""
+        if noise is None:
+            noise = get_generator(rng).random((batch_size, self.num_patches))   # (B, L)
+        return random_masking(noise, self.len_keep)
 
     # -- encoder and decoder -------------------------------------------------------------
 
@@ -409,17 +450,24 @@ class MAE(SSLMethod):
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))          # (B, L, p p C)
 
-    def forward(self, x, rng):
+    def forward(self, x, rng, noise=None):
         """``(pred, mask)``: predicted patches (B, L, p p C) Tensor and mask (B, L) host array
-        for a fresh random masking of images x (B, C, H, W)."""
+        for a random masking of images x (B, C, H, W) by ``noise`` (B, L), by default drawn
+        from ``rng``."""
         x = self.as_input(x)
         self._check_images(x)
-        ids_keep, mask, ids_restore = self.random_masking(x.shape[0], rng)
+        ids_keep, mask, ids_restore = self.random_masking(x.shape[0], rng, noise)
         latent = self.encoder.forward_tokens(x, ids_keep)      # (B, K, D)
         return self.forward_decoder(latent, ids_restore), mask
 
     def training_step(self, x, rng):
-        x = self.as_input(x)
+        """Augments the images x (B, C, H, W) with ``self.transform`` (the official crop and
+        flip), then masks them with noise drawn from ``rng`` after the augmentation's draws."""
+        if isinstance(x, Tensor):
+            x = x.data
+        self._check_images(x)
+        rng = get_generator(rng)
+        x = self.as_input(self.transform(x, rng))               # (B, C, H, W)
         pred, mask = self(x, rng)                               # (B, L, P), (B, L)
         target = Tensor(self.patchify(x.data))                  # (B, L, P), a constant
         loss = losses.mae_loss(pred, target, mask, norm_pix=self.config.norm_pix)

@@ -9,8 +9,26 @@ momentum update of the key encoder before the keys are computed, keys under no_g
 The query encoder f_q is trained by InfoNCE: the query must pick its key (the same image under
 another augmentation, from the key encoder f_k) among the K keys of previous batches kept in a
 queue. f_k is an exponential moving average of f_q (no gradient), so the queued keys stay
-consistent while f_q moves. Shuffled BN (the paper's multi-GPU trick against BN leakage) does
-not apply on one device: each view is normalised with its own batch statistics here.
+consistent while f_q moves.
+
+Shuffling BN (section 3.3): batch norm statistics computed over the whole batch let a query
+find its key through the statistics they share, a shortcut that hurts the representation. The
+official code computes BN per GPU and feeds the key encoder a batch shuffled across GPUs
+(``_batch_shuffle_ddp``), unshuffling the keys after. On one device the authors split the
+batch into simulated GPUs (facebookresearch/moco issue 47, and the single-GPU CIFAR-10 demo:
+``SplitBatchNorm`` with 8 splits in both encoders, ``_batch_shuffle_single_gpu`` /
+``_batch_unshuffle_single_gpu``; lightly's ``batch_shuffle`` / ``batch_unshuffle`` do the
+same). So here: the default encoder's BatchNorms are ``nn.SplitBatchNorm1d`` with
+``bn_splits`` slices (evaluation uses the ordinary running statistics), and the key batch is
+permuted by a draw from the step's ``rng`` before the key encoder and the keys are put back in
+order after it. A custom ``encoder`` is used as given (``nn.convert_split_batchnorm`` makes it
+split); ``bn_splits=1`` gives batch-wide statistics (the official "SyncBN" analogue). The
+query and key views are two batches through two networks, as in the official ``forward``.
+
+Where this differs from the official code (all in docs/faithful.md): the sizes in
+``MoCoConfig`` (scaled to the digits), the EMA also copies BN buffers (they never reach the
+features), and the loss is asymmetric as in the main repository (the CIFAR demo also offers a
+symmetric one).
 """
 from dataclasses import dataclass
 
@@ -30,6 +48,7 @@ class MoCoConfig:
     temperature: float = 0.2   # tau of InfoNCE (MoCo v2: 0.2; v1: 0.07)
     proj_hidden: int = 256     # MLP head hidden width (v2: 2048)
     proj_dim: int = 64         # key/query width (paper: 128)
+    bn_splits: int = 8         # simulated GPUs of shuffling BN (official CIFAR demo: 8)
 
 
 class MoCo(SSLMethod):
@@ -41,6 +60,9 @@ class MoCo(SSLMethod):
         c = self.config = config or MoCoConfig()
         if encoder is None:
             encoder, feature_dim = default_encoder(image_shape)
+            encoder = nn.convert_split_batchnorm(encoder, c.bn_splits)
+        # The batch must split into the encoder's simulated devices (split batch norms).
+        self._splits = max((getattr(m, "num_splits", 1) for m in encoder.modules()), default=1)
         self.encoder = encoder                                            # f_q backbone
         self.projector = nn.MLP((feature_dim, c.proj_hidden, c.proj_dim), batch_norm=False)
         self.key_encoder = frozen_copy(self.encoder)                      # f_k (EMA)
@@ -53,12 +75,21 @@ class MoCo(SSLMethod):
         self._keys = None   # keys of the current step, enqueued once backward is done
 
     def training_step(self, x, rng):
+        """Draws from ``rng``, in order: the two views (query, key), then the key batch's
+        permutation ``rng.permutation(B)``."""
+        S = self._splits
+        if len(x) % S:
+            raise ValueError(f"MoCo: a batch of {len(x)} images does not split into "
+                             f"bn_splits={S} simulated devices; use a batch size divisible by "
+                             f"{S} or another bn_splits")
         v1, v2 = augment.two_views(x, self.transform, rng)
         q = self.projector(self.encoder(self.as_input(v1)))              # (B, D) queries
+        perm = rng.permutation(len(v2))                                   # shuffling BN
         with no_grad():
             ema_update(self.key_encoder, self.encoder, self.config.momentum)
             ema_update(self.key_projector, self.projector, self.config.momentum)
-            k = F.normalize(self.key_projector(self.key_encoder(self.as_input(v2))), dim=1)
+            k = self.key_projector(self.key_encoder(self.as_input(v2[_on(v2, perm)])))  # (B, D)
+            k = F.normalize(k, dim=1)[_on(k.data, np.argsort(perm))]   # unshuffled keys
         loss = losses.info_nce(q, k, self.queue, temperature=self.config.temperature)
         self._keys = k.data                                               # (B, D)
         return loss, {}
@@ -79,6 +110,11 @@ class MoCo(SSLMethod):
         idx = (ptr + xp.arange(b)) % K
         self.queue.data[idx] = keys[:b].astype(self.queue.dtype, copy=False)
         self.queue_ptr.data[0] = (ptr + b) % K
+
+
+def _on(like, index):
+    """A host index array on the device of array ``like`` (CuPy indexes with CuPy arrays)."""
+    return get_array_module(like).asarray(index)
 
 
 def build(data, **overrides):

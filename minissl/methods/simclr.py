@@ -7,11 +7,23 @@ Each image x gives two random views; the encoder f and the projector g map them 
 NT-Xent (``losses.nt_xent``) makes each view pick out its partner among the 2N - 1 other
 views of the batch. The features used downstream are f's output, before the projector (the
 paper's finding: the projector throws away what the augmentations vary).
+
+As the official code (``tf2/model.py``: the views are concatenated along the batch before the
+ResNet; ``ProjectionHead`` with ``LinearLayer(use_bn=True)`` on every layer):
+
+* both views go through f and g as ONE batch of 2N, so every batch norm takes its statistics
+  over both views (``joint_batch=False`` gives the per-view variant);
+* the projection head has BN on every layer: hidden layers Linear(no bias) - BN - ReLU, the
+  output layer Linear(no bias) - BN with a scale but no centre (TensorFlow's
+  ``center=False``: here BN's bias is kept at 0 and never trained).
+
+Differences (docs/faithful.md): the widths, 2 projector layers (the SimCLR paper's head;
+the official code's default ``num_proj_layers=3`` is SimCLRv2's), temperature 0.5.
 """
 from dataclasses import dataclass
 
-from .. import losses, nn
-from .base import TwoViewMethod
+from .. import losses
+from .base import TwoViewMethod, projection_head
 
 
 @dataclass
@@ -19,6 +31,7 @@ class SimCLRConfig:
     temperature: float = 0.5      # tau of NT-Xent; 0.5 suits small batches (paper: 0.1 - 1.0)
     proj_hidden: int = 256        # width of the projector's hidden layer
     proj_dim: int = 64            # output width of the projector (the paper uses 128)
+    joint_batch: bool = True      # both views as one 2N batch (official), else per view
 
 
 class SimCLR(TwoViewMethod):
@@ -28,10 +41,11 @@ class SimCLR(TwoViewMethod):
                  transform=None):
         super().__init__(image_shape, encoder, feature_dim, transform)
         c = self.config = config or SimCLRConfig()
-        self.projector = nn.MLP((self.feature_dim, c.proj_hidden, c.proj_dim))  # g
+        self.projector = projection_head((self.feature_dim, c.proj_hidden, c.proj_dim),
+                                         hidden_bias=False, out_bias=False, out_bn="scale")
 
     def training_step(self, x, rng):
-        z1, z2 = self.embed_views(x, rng)                       # (B, proj_dim) each
+        z1, z2 = self.embed_views(x, rng, joint=self.config.joint_batch)  # (B, proj_dim) each
         return losses.nt_xent(z1, z2, temperature=self.config.temperature), {}
 
 

@@ -2,15 +2,20 @@
 
 Bardes, Ponce & LeCun, "VICReg: Variance-Invariance-Covariance Regularization for
 Self-Supervised Learning", ICLR 2022 (arXiv:2105.04906); official code facebookresearch/vicreg
-(expander Linear-BN-ReLU layers then Linear; weights 25 / 25 / 1).
+(``main_vicreg.py``: expander [Linear - BN - ReLU] layers then Linear(no bias); weights
+25 / 25 / 1).
+
+The two views go through the network as two batches, each with its own batch-norm statistics,
+as the official ``forward(x, y)`` does. Differences (docs/faithful.md): the widths (8192 x 3
+there), the 1-hidden-layer expander.
 
 Invariance pulls the two views' embeddings together; the variance hinge keeps every dimension
 spread over the batch (no collapse); the covariance term decorrelates dimensions.
 """
 from dataclasses import dataclass
 
-from .. import losses, nn
-from .base import TwoViewMethod
+from .. import losses
+from .base import TwoViewMethod, projection_head
 
 
 @dataclass
@@ -28,7 +33,8 @@ class VICReg(TwoViewMethod):
                  transform=None):
         super().__init__(image_shape, encoder, feature_dim, transform)
         c = self.config = config or VICRegConfig()
-        self.projector = nn.MLP((self.feature_dim,) + tuple(c.proj_dims))
+        self.projector = projection_head((self.feature_dim,) + tuple(c.proj_dims),
+                                         out_bias=False)
 
     def training_step(self, x, rng):
         z1, z2 = self.embed_views(x, rng)                       # (B, D) each

@@ -163,10 +163,16 @@ class BasicBlock(Module):
             self.shortcut = None
 
     def forward(self, x):
-        out = self.bn1(self.conv1(x), relu=True)                # (B, C_out, H/s, W/s), fused
+        out = self.bn1(self.conv1(x))                           # (B, C_out, H/s, W/s)
+        if not self.bn1.fused_relu:                             # (else nn.fuse made bn1 apply it)
+            out = F.relu(out)
         out = self.bn2(self.conv2(out))                         # (B, C_out, H/s, W/s)
         skip = x if self.shortcut is None else self.shortcut(x)
         return F.relu(out + skip)
+
+    def _fuse(self):
+        """nn.fuse: bn1 and the ReLU after it as one op."""
+        self.bn1.fused_relu = True
 
 
 class ConvEncoder(Module):

@@ -191,6 +191,7 @@ class _BatchNorm(Module):
         _positive(type(self).__name__, num_features=num_features)
         self.num_features, self.eps, self.momentum = int(num_features), eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
+        self.fused_relu = False     # nn.fuse: apply the ReLU that follows in the same op
         dt = _dtype(dtype)
         if affine:
             self.weight = Parameter(np.ones(num_features, dtype=dt))
@@ -213,9 +214,8 @@ class _BatchNorm(Module):
             self.running_var.data[...] = 1
             self.num_batches_tracked.data[...] = 0
 
-    def forward(self, x, relu=False):
-        """``relu=True`` returns relu(batch_norm(x)) as one fused op (``nn.Sequential`` asks
-        for it when this module is followed by a ``ReLU``)."""
+    def forward(self, x):
+        """With ``fused_relu`` (set by ``nn.fuse``) returns relu(batch_norm(x)) as one op."""
         if x.ndim not in self._expected_ndim:
             want = " or ".join(f"{d}-D" for d in self._expected_ndim)
             raise ValueError(f"{type(self).__name__}: expected {want} input, got shape {x.shape}")
@@ -232,7 +232,7 @@ class _BatchNorm(Module):
         track = not self.training or self.track_running_stats
         return F.batch_norm(x, self.running_mean if track else None,
                             self.running_var if track else None, self.weight, self.bias,
-                            use_batch, factor, self.eps, relu=relu)
+                            use_batch, factor, self.eps, relu=self.fused_relu)
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
@@ -324,10 +324,17 @@ class Dropout(Module):
 # ----------------------------------------------------------------------------- activations
 
 class ReLU(Module):
-    """max(x, 0)."""
+    """max(x, 0). After ``nn.fuse``, a ReLU whose BatchNorm applies it passes x through."""
+
+    def __init__(self):
+        super().__init__()
+        self.fused = False
 
     def forward(self, x):
-        return F.relu(x)
+        return x if self.fused else F.relu(x)
+
+    def extra_repr(self):
+        return "fused into the BatchNorm before it" if self.fused else ""
 
 
 class GELU(Module):
@@ -445,20 +452,18 @@ class Sequential(Module):
                 self.add_module(str(i), m)
 
     def forward(self, x):
-        modules = list(self._modules.values())
-        i = 0
-        while i < len(modules):
-            m = modules[i]
-            if (isinstance(m, _BatchNorm) and type(m).forward is _BatchNorm.forward
-                    and i + 1 < len(modules) and type(modules[i + 1]) is ReLU):
-                # BatchNorm then ReLU: one fused op, the same values and gradients with one
-                # pass and one array fewer each way (ops/norm.py BatchNormTrain).
-                x = m(x, relu=True)
-                i += 2
-            else:
-                x = m(x)
-                i += 1
+        for m in self._modules.values():
+            x = m(x)
         return x
+
+    def _fuse(self):
+        """nn.fuse: each BatchNorm (with the stock forward) followed by a ReLU runs both as one
+        op; the ReLU then passes its input through."""
+        modules = list(self._modules.values())
+        for bn, act in zip(modules, modules[1:]):
+            if (isinstance(bn, _BatchNorm) and type(bn).forward is _BatchNorm.forward
+                    and type(act) is ReLU):
+                bn.fused_relu = act.fused = True
 
     def append(self, module):
         self.add_module(str(len(self)), module)

@@ -7,28 +7,15 @@ one matrix product ``Y = cols W^T`` with W = weight.reshape(O, C*kh*kw). Its adj
 with G the output gradient as (N*OH*OW, O). conv_transpose2d is exactly the adjoint of conv2d
 with respect to its input (the same col2im / im2col pair, used the other way round).
 
-Orientation. The products are computed transposed, Y^T = W cols^T (O, N*OH*OW), and G enters
-as G^T: channel-major rows (C, N*H*W) differ from NCHW only in the order of whole H*W planes,
-so converting is a copy of contiguous runs, whereas (N*H*W, C) rows need an element-wise
-transpose (measured: 2-3x slower, and the largest non-GEMM cost of a conv step). BLAS reads
-the transposed operands (cols^T forward, (G^T)^T for dcols) in place, without copies.
-
-Per image. When each image's output plane is large against the window size
-(OH*OW >= PER_IMAGE_RATIO * C*kh*kw: a first layer on a few input channels), the products run
-image by image instead, Y_n = W cols_n^T (O, OH*OW), which is NCHW without any relayout, and
-dW = sum_n G_n cols_n, a stack of small (O, C*kh*kw) matrices. Measured on 256 images of 3x32x32
-with 32 filters: forward 7.0 -> 5.1 ms, dW 9.3 -> 6.7 ms; on the deeper layers, where
-C*kh*kw exceeds OH*OW, the single products stay faster.
-
-In chunks. The input gradient's dcols = G W (N*OH*OW, C*kh*kw) is only read back by col2im;
-when it is larger than 16 * CHUNK_BYTES it is computed and folded a few images at a time, so
-each chunk is still in cache when col2im reads it (256 images of 32x32x32, 64 filters:
-20.7 -> 16.3 ms).
+``Conv2dRef`` computes exactly these products, the textbook way, and is what
+``MINISSL_REFERENCE=1`` runs. ``Conv2d`` computes the same products transposed, image by
+image or in chunks, whichever is faster for the shapes (docs/performance.md, "conv2d").
 """
 import numpy as np
 
 from ..autograd import Function
 from ..backend import get_array_module
+from ..kernels._dispatch import reference_forced
 from ..kernels.im2col import col2im, im2col, window_geometry
 
 PER_IMAGE_RATIO = 4
@@ -53,8 +40,46 @@ def _nchw(rows_t, n, h, w):
     return xp.ascontiguousarray(planes).reshape(n, c, h, w)
 
 
+class Conv2dRef(Function):
+    """The textbook conv2d: Y = cols W^T as (N*OH*OW, O) rows, then NCHW; the reference of
+    ``Conv2d`` (the same products, see the module docstring), run with MINISSL_REFERENCE=1."""
+
+    __slots__ = ("k", "stride", "padding", "has_bias", "cols", "w2", "x_shape")
+
+    def __init__(self, k, stride, padding, has_bias):
+        self.k, self.stride, self.padding, self.has_bias = k, stride, padding, has_bias
+
+    def forward(self, x, w, b=None):
+        _, _, _, (OH, OW) = window_geometry("conv2d", x.shape, self.k, self.stride, self.padding)
+        N, O = x.shape[0], w.shape[0]
+        self.x_shape = x.shape
+        self.cols = im2col(x, self.k, self.stride, self.padding)   # (N*OH*OW, C*kh*kw)
+        self.w2 = w.reshape(O, w.shape[1] * w.shape[2] * w.shape[3])  # (O, C*kh*kw)
+        y = self.cols @ self.w2.T                                    # (N*OH*OW, O)
+        if b is not None:
+            y = y + b
+        return y.reshape(N, OH, OW, O).transpose(0, 3, 1, 2).copy()
+
+    def backward(self, g):
+        N, O, OH, OW = g.shape
+        G = g.transpose(0, 2, 3, 1).reshape(N * OH * OW, O)         # (N*OH*OW, O)
+        gx = col2im(G @ self.w2, self.x_shape, self.k, self.stride, self.padding) \
+            if self.needs_grad[0] else None
+        gw = (G.T @ self.cols).reshape(O, self.x_shape[1], *self.k) \
+            if self.needs_grad[1] else None
+        if self.has_bias:
+            return gx, gw, (G.sum(axis=0) if self.needs_grad[2] else None)
+        return gx, gw
+
+
 class Conv2d(Function):
-    """y = conv2d(x, weight) + bias, see the module docstring for the adjoints."""
+    """y = conv2d(x, weight) + bias: Conv2dRef's products, arranged for speed.
+
+    The products are computed transposed, Y^T = W cols^T (O, N*OH*OW), so that NCHW is a
+    plane-by-plane copy; image by image (Y_n = W cols_n^T) when the output planes are large
+    against the window (OH*OW >= PER_IMAGE_RATIO * C*kh*kw); and the input gradient in chunks
+    of images when dcols is larger than 16 * CHUNK_BYTES. Why, with the measurements:
+    docs/performance.md, "conv2d"."""
 
     __slots__ = ("k", "stride", "padding", "has_bias", "cols", "w2", "x_shape", "per_image")
 
@@ -147,7 +172,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     """2-D cross-correlation of x (N, C, H, W) with weight (O, C, kh, kw) -> (N, O, OH, OW),
     OH = (H + 2 padding - kh) // stride + 1, as ``torch.nn.functional.conv2d``."""
     _check_conv("conv2d", x, weight, bias, 1, 0)
-    fn = Conv2d(tuple(weight.shape[2:]), _pair(stride), _pair(padding), bias is not None)
+    op = Conv2dRef if reference_forced() else Conv2d
+    fn = op(tuple(weight.shape[2:]), _pair(stride), _pair(padding), bias is not None)
     return fn(x, weight) if bias is None else fn(x, weight, bias)
 
 

@@ -31,13 +31,15 @@ class BatchNormTrain(Function):
     """Training-mode batch norm on x viewed as (N, C, L) with batch statistics (see module).
 
     ``relu=True`` fuses a ReLU: y = max(bn(x), 0), and backward masks g by y > 0 inside the
-    kernel's passes; one op and one array instead of two (what ``nn.Sequential`` uses for a
-    BatchNorm followed by a ReLU)."""
+    kernel's passes; one op and one array instead of two (what ``nn.fuse`` asks for).
 
-    __slots__ = ("eps", "present", "relu", "x3", "y3", "mean", "rstd", "w", "shape", "stats")
+    ``running`` = (running_mean or None, running_var or None, momentum): the forward updates
+    them in place from the mean and variance the kernel returns (see ``batch_norm``)."""
 
-    def __init__(self, eps, present, relu=False):
-        self.eps, self.present, self.relu = eps, present, relu
+    __slots__ = ("eps", "present", "relu", "running", "x3", "y3", "mean", "rstd", "w", "shape")
+
+    def __init__(self, eps, present, relu=False, running=(None, None, 0.0)):
+        self.eps, self.present, self.relu, self.running = eps, present, relu, running
 
     def forward(self, x, *wb):
         w = wb[0] if self.present[0] else None
@@ -47,13 +49,24 @@ class BatchNormTrain(Function):
         y, self.mean, var, self.rstd = _k.batch_norm_forward(self.x3, w, b, self.eps, self.relu)
         self.y3 = y if self.relu else None
         self.w = w
-        self.stats = (self.mean, var)
+        _update_running(*self.running, self.mean, var, self.x3.shape[0] * self.x3.shape[2])
+        self.running = None                  # no reference to the module's buffers in the graph
         return y.reshape(x.shape)
 
     def backward(self, g):
         gx, gw, gb = _k.batch_norm_backward(g.reshape(self.x3.shape), self.x3, self.mean,
                                             self.rstd, self.w, relu_output=self.y3)
         return _split_grads(gx.reshape(self.shape), gw, gb, self.present)
+
+
+def _update_running(running_mean, running_var, momentum, mean, var, n):
+    """running = (1 - momentum) running + momentum batch, in place, with the unbiased batch
+    variance var * n / (n - 1) for running_var (as PyTorch)."""
+    for run, batch in ((running_mean, mean), (running_var, var * (n / (n - 1)))):
+        if run is not None:
+            r = run.data if isinstance(run, Tensor) else run
+            r *= 1 - momentum
+            r += (momentum * batch).astype(r.dtype, copy=False)
 
 
 class BatchNormEval(Function):
@@ -117,16 +130,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     if n <= 1:
         raise ValueError(f"batch_norm: expected more than 1 value per channel when training, "
                          f"got input of shape {x.shape}")
-    fn = BatchNormTrain(eps, present, relu)
-    y = fn(x, *tensors)
-    mean, var = fn.stats
-    for run, batch in ((running_mean, mean), (running_var, var * (n / (n - 1)))):
-        if run is not None:
-            r = run.data if isinstance(run, Tensor) else run
-            r *= 1 - momentum
-            r += (momentum * batch).astype(r.dtype, copy=False)
-    del fn.stats
-    return y
+    return BatchNormTrain(eps, present, relu, (running_mean, running_var, momentum))(x, *tensors)
 
 
 class LayerNorm(Function):

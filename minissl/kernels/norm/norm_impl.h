@@ -1,0 +1,252 @@
+/* The norm kernels, written once for an element type T and included twice by norm.h:
+   once with T = float (names suffixed _f32), once with T = double (_f64). MSSL_FN(name)
+   appends the suffix S. No include guard, on purpose. */
+
+/* sum_j x_j  (inlined into the kernels below; mssl_sum_S is the callable version) */
+MSSL_INLINE double MSSL_FN(mssl_sum_inl)(const T* restrict x, Py_ssize_t n) {
+    double acc[MSSL_LANES] = {0};
+    Py_ssize_t j = 0;
+    for (; j + MSSL_LANES <= n; j += MSSL_LANES)
+        #pragma omp simd
+        for (int k = 0; k < MSSL_LANES; k++) acc[k] += x[j + k];
+    for (int k = 0; j < n; j++, k++) acc[k] += x[j];
+    return mssl_lanes_total(acc);
+}
+MSSL_CLONES static double MSSL_FN(mssl_sum)(const T* restrict x, Py_ssize_t n) {
+    return MSSL_FN(mssl_sum_inl)(x, n);
+}
+
+/* sum_j (x_j - c)^2 */
+MSSL_INLINE double MSSL_FN(mssl_sum_sq_dev_inl)(const T* restrict x, double c,
+                                             Py_ssize_t n) {
+    double acc[MSSL_LANES] = {0};
+    Py_ssize_t j = 0;
+    for (; j + MSSL_LANES <= n; j += MSSL_LANES)
+        #pragma omp simd
+        for (int k = 0; k < MSSL_LANES; k++) { double d = x[j + k] - c; acc[k] += d * d; }
+    for (int k = 0; j < n; j++, k++) { double d = x[j] - c; acc[k] += d * d; }
+    return mssl_lanes_total(acc);
+}
+MSSL_CLONES static double MSSL_FN(mssl_sum_sq_dev)(const T* restrict x, double c, Py_ssize_t n) {
+    return MSSL_FN(mssl_sum_sq_dev_inl)(x, c, n);
+}
+
+/* *sum_g = sum_j g_j w_j,  *sum_gx = sum_j g_j w_j (x_j - mean) rstd  (w NULL: w_j = 1) */
+MSSL_INLINE void MSSL_FN(mssl_grad_sums_inl)(const T* restrict g, const T* restrict x,
+                                          const T* restrict w, double mean, double rstd,
+                                          Py_ssize_t n, double* sum_g, double* sum_gx) {
+    double a[MSSL_LANES] = {0}, b[MSSL_LANES] = {0};
+    Py_ssize_t j = 0;
+    if (w) {                        /* two loops: a select inside would not vectorise */
+        for (; j + MSSL_LANES <= n; j += MSSL_LANES)
+            #pragma omp simd
+            for (int k = 0; k < MSSL_LANES; k++) {
+                double gh = (double)g[j + k] * w[j + k];
+                a[k] += gh;
+                b[k] += gh * ((x[j + k] - mean) * rstd);
+            }
+        for (int k = 0; j < n; j++, k++) {
+            double gh = (double)g[j] * w[j];
+            a[k] += gh;
+            b[k] += gh * ((x[j] - mean) * rstd);
+        }
+    } else {
+        for (; j + MSSL_LANES <= n; j += MSSL_LANES)
+            #pragma omp simd
+            for (int k = 0; k < MSSL_LANES; k++) {
+                a[k] += g[j + k];
+                b[k] += g[j + k] * ((x[j + k] - mean) * rstd);
+            }
+        for (int k = 0; j < n; j++, k++) {
+            a[k] += g[j];
+            b[k] += g[j] * ((x[j] - mean) * rstd);
+        }
+    }
+    *sum_g = mssl_lanes_total(a);
+    *sum_gx = mssl_lanes_total(b);
+}
+/* The batch-norm sums; with ym (the output of a fused ReLU) g_j counts only where
+   ym_j > 0, the ReLU's gradient mask. */
+MSSL_CLONES static void MSSL_FN(mssl_grad_sums)(const T* restrict g, const T* restrict x,
+                                           const T* restrict ym, double mean, double rstd,
+                                           Py_ssize_t n, double* sum_g, double* sum_gx) {
+    if (!ym) {
+        MSSL_FN(mssl_grad_sums_inl)(g, x, NULL, mean, rstd, n, sum_g, sum_gx);
+        return;
+    }
+    double a[MSSL_LANES] = {0}, b[MSSL_LANES] = {0};
+    Py_ssize_t j = 0;
+    for (; j + MSSL_LANES <= n; j += MSSL_LANES)
+        #pragma omp simd
+        for (int k = 0; k < MSSL_LANES; k++) {
+            double gm = (double)g[j + k] * (ym[j + k] > 0);
+            a[k] += gm;
+            b[k] += gm * ((x[j + k] - mean) * rstd);
+        }
+    for (int k = 0; j < n; j++, k++) {
+        double gm = (double)g[j] * (ym[j] > 0);
+        a[k] += gm;
+        b[k] += gm * ((x[j] - mean) * rstd);
+    }
+    *sum_g = mssl_lanes_total(a);
+    *sum_gx = mssl_lanes_total(b);
+}
+
+/* y_j = (x_j - mean) * scale + shift, then max(y_j, 0) if relu (NaN stays NaN) */
+MSSL_CLONES static void MSSL_FN(mssl_affine)(const T* restrict x, double mean, double scale,
+                                        double shift, T* restrict y, Py_ssize_t n,
+                                        int relu) {
+    if (relu) {
+        #pragma omp simd
+        for (Py_ssize_t j = 0; j < n; j++) {
+            T v = (T)((x[j] - mean) * scale + shift);
+            y[j] = v < 0 ? (T)0 : v;
+        }
+    } else {
+        #pragma omp simd
+        for (Py_ssize_t j = 0; j < n; j++) y[j] = (T)((x[j] - mean) * scale + shift);
+    }
+}
+
+/* Layer norm of one row: mean, rstd = 1 / sqrt(var + eps) (two passes), then
+   y_j = (x_j - mean) rstd w_j + b_j; w, b may be NULL */
+MSSL_CLONES static void MSSL_FN(mssl_ln_forward_row)(const T* restrict x, const T* restrict w,
+                                                const T* restrict b, double eps,
+                                                T* restrict y, Py_ssize_t n,
+                                                double* mean_out, double* rstd_out) {
+    const double mean = MSSL_FN(mssl_sum_inl)(x, n) / n;
+    const double rstd = 1.0 / sqrt(MSSL_FN(mssl_sum_sq_dev_inl)(x, mean, n) / n + eps);
+    *mean_out = mean;
+    *rstd_out = rstd;
+    if (w && b) {
+        #pragma omp simd
+        for (Py_ssize_t j = 0; j < n; j++) y[j] = (T)((x[j] - mean) * rstd * w[j] + b[j]);
+    } else if (w) {
+        #pragma omp simd
+        for (Py_ssize_t j = 0; j < n; j++) y[j] = (T)((x[j] - mean) * rstd * w[j]);
+    } else if (b) {
+        #pragma omp simd
+        for (Py_ssize_t j = 0; j < n; j++) y[j] = (T)((x[j] - mean) * rstd + b[j]);
+    } else {
+        #pragma omp simd
+        for (Py_ssize_t j = 0; j < n; j++) y[j] = (T)((x[j] - mean) * rstd);
+    }
+}
+
+/* Layer-norm backward of one row, with xhat_j = (x_j - mean) rstd, gh_j = g_j w_j:
+   dx_j = rstd (gh_j - mean(gh) - xhat_j mean(gh xhat));
+   dw_acc_j += g_j xhat_j and db_acc_j += g_j (partial sums over rows). w may be NULL. */
+MSSL_CLONES static void MSSL_FN(mssl_ln_backward_row)(const T* restrict g, const T* restrict x,
+                                                 const T* restrict w, double mean,
+                                                 double rstd, T* restrict dx,
+                                                 double* restrict dw_acc,
+                                                 double* restrict db_acc, Py_ssize_t n) {
+    double sum_gh, sum_ghx;
+    MSSL_FN(mssl_grad_sums_inl)(g, x, w, mean, rstd, n, &sum_gh, &sum_ghx);
+    const double c1 = sum_gh / n, c2 = sum_ghx / n;
+    if (w) {
+        #pragma omp simd
+        for (Py_ssize_t j = 0; j < n; j++) {
+            double xhat = (x[j] - mean) * rstd;
+            dx[j] = (T)(rstd * ((double)g[j] * w[j] - c1 - xhat * c2));
+            dw_acc[j] += g[j] * xhat;
+            db_acc[j] += g[j];
+        }
+    } else {
+        #pragma omp simd
+        for (Py_ssize_t j = 0; j < n; j++) {
+            double xhat = (x[j] - mean) * rstd;
+            dx[j] = (T)(rstd * (g[j] - c1 - xhat * c2));
+            db_acc[j] += g[j];
+        }
+    }
+}
+
+/* Batch-norm input gradient: dx_j = k (g_j - c1 - (x_j - mean) rc2), with g_j masked by
+   ym_j > 0 when ym (a fused ReLU's output) is given */
+MSSL_CLONES static void MSSL_FN(mssl_bn_dx)(const T* restrict g, const T* restrict x,
+                                       const T* restrict ym, double mean, double k,
+                                       double c1, double rc2, T* restrict dx, Py_ssize_t n) {
+    if (ym) {
+        #pragma omp simd
+        for (Py_ssize_t j = 0; j < n; j++) {
+            double gm = (double)g[j] * (ym[j] > 0);
+            dx[j] = (T)(k * (gm - c1 - (x[j] - mean) * rc2));
+        }
+    } else {
+        #pragma omp simd
+        for (Py_ssize_t j = 0; j < n; j++)
+            dx[j] = (T)(k * (g[j] - c1 - (x[j] - mean) * rc2));
+    }
+}
+
+/* The same passes for one row of an (N, C) matrix whose columns are the channels
+   (batch norm with L = 1); the per-channel values are arrays indexed like the row. Each
+   channel is a vector lane, summed over the rows in order. */
+MSSL_CLONES static void MSSL_FN(mssl_col_add)(const T* restrict x, double* restrict acc,
+                                         Py_ssize_t n) {
+    #pragma omp simd
+    for (Py_ssize_t j = 0; j < n; j++) acc[j] += x[j];
+}
+MSSL_CLONES static void MSSL_FN(mssl_col_add_sq_dev)(const T* restrict x,
+                                                const double* restrict mean,
+                                                double* restrict acc, Py_ssize_t n) {
+    #pragma omp simd
+    for (Py_ssize_t j = 0; j < n; j++) { double d = x[j] - mean[j]; acc[j] += d * d; }
+}
+MSSL_CLONES static void MSSL_FN(mssl_col_grad_add)(const T* restrict g, const T* restrict x,
+                                              const T* restrict ym,
+                                              const double* restrict mean,
+                                              const double* restrict rstd,
+                                              double* restrict sum_g,
+                                              double* restrict sum_gx, Py_ssize_t n) {
+    if (ym) {
+        #pragma omp simd
+        for (Py_ssize_t j = 0; j < n; j++) {
+            double gm = (double)g[j] * (ym[j] > 0);
+            sum_g[j] += gm;
+            sum_gx[j] += gm * ((x[j] - mean[j]) * rstd[j]);
+        }
+    } else {
+        #pragma omp simd
+        for (Py_ssize_t j = 0; j < n; j++) {
+            sum_g[j] += g[j];
+            sum_gx[j] += g[j] * ((x[j] - mean[j]) * rstd[j]);
+        }
+    }
+}
+MSSL_CLONES static void MSSL_FN(mssl_row_affine)(const T* restrict x,
+                                            const double* restrict mean,
+                                            const double* restrict scale,
+                                            const double* restrict shift, T* restrict y,
+                                            Py_ssize_t n, int relu) {
+    if (relu) {
+        #pragma omp simd
+        for (Py_ssize_t j = 0; j < n; j++) {
+            T v = (T)((x[j] - mean[j]) * scale[j] + shift[j]);
+            y[j] = v < 0 ? (T)0 : v;
+        }
+    } else {
+        #pragma omp simd
+        for (Py_ssize_t j = 0; j < n; j++) y[j] = (T)((x[j] - mean[j]) * scale[j] + shift[j]);
+    }
+}
+MSSL_CLONES static void MSSL_FN(mssl_row_bn_dx)(const T* restrict g, const T* restrict x,
+                                           const T* restrict ym,
+                                           const double* restrict mean,
+                                           const double* restrict k,
+                                           const double* restrict c1,
+                                           const double* restrict rc2, T* restrict dx,
+                                           Py_ssize_t n) {
+    if (ym) {
+        #pragma omp simd
+        for (Py_ssize_t j = 0; j < n; j++) {
+            double gm = (double)g[j] * (ym[j] > 0);
+            dx[j] = (T)(k[j] * (gm - c1[j] - (x[j] - mean[j]) * rc2[j]));
+        }
+    } else {
+        #pragma omp simd
+        for (Py_ssize_t j = 0; j < n; j++)
+            dx[j] = (T)(k[j] * (g[j] - c1[j] - (x[j] - mean[j]) * rc2[j]));
+    }
+}
