@@ -12,19 +12,29 @@ Reverse mode (the chain rule, from the output back): for ``y = f(x1, .., xn)`` a
 loss ``L``, ``backward`` receives ``dL/dy`` and returns ``dL/dxi = (dy/dxi)^T dL/dy`` for every
 input, i.e. the vector-Jacobian product.
 """
+import threading
+
 import numpy as np
 
 from .backend import device_of, get_array_module, to_device, xp_for
 
-_grad_enabled = True
+
+class _GradMode(threading.local):
+    # Per thread, as PyTorch's: an evaluation thread inside ``no_grad`` must not switch off
+    # the graph of a training step in another thread. Each thread starts with grad enabled.
+    enabled = True
+
+
+_grad_mode = _GradMode()
 
 
 def is_grad_enabled():
-    return _grad_enabled
+    """Whether ops called from this thread record a graph (see ``no_grad``)."""
+    return _grad_mode.enabled
 
 
 class no_grad:
-    """Context manager (and decorator): no graph is recorded inside.
+    """Context manager (and decorator): no graph is recorded inside, in the calling thread.
 
     >>> with no_grad():
     ...     y = model(x)          # y.requires_grad is False, nothing is saved for backward
@@ -33,14 +43,12 @@ class no_grad:
     __slots__ = ("_prev",)
 
     def __enter__(self):
-        global _grad_enabled
-        self._prev = _grad_enabled
-        _grad_enabled = False
+        self._prev = _grad_mode.enabled
+        _grad_mode.enabled = False
         return self
 
     def __exit__(self, *exc):
-        global _grad_enabled
-        _grad_enabled = self._prev
+        _grad_mode.enabled = self._prev
         return False
 
     def __call__(self, fn):
@@ -67,14 +75,24 @@ class Function:
 
     # Subclasses with __slots__ stay lean; those without get a __dict__ for their saved arrays.
     __slots__ = ("inputs", "needs_grad", "__dict__")
+    # The dtype policy, applied here for every op: inputs are float32 or float64; integer and
+    # bool inputs only for the ops that are exact on them (+ - *, negation, sum, max, shape
+    # and indexing ops, where, masked_fill, casts), which set this to True. Anything else
+    # (float16, whose sums and norms overflow; an int fed to sigmoid or a mean) is refused
+    # with a TypeError naming the op and the dtype, never computed wrongly.
+    integer_inputs = False
 
     def __call__(self, *inputs):
-        out = self.forward(*[t.data for t in inputs])
+        arrays = [t.data for t in inputs]
+        for a in arrays:
+            if a.dtype.char not in "fd":
+                _check_dtype(self, a.dtype)
+        out = self.forward(*arrays)
         if isinstance(out, np.generic):
             # NumPy returns scalars, not 0-d arrays, from ops on 0-d arrays and full
             # reductions; a Tensor always holds an ndarray (in-place updates, .numpy(), dtype).
             out = np.asarray(out)
-        if _grad_enabled:
+        if _grad_mode.enabled:
             for t in inputs:
                 if t.requires_grad:
                     self.inputs = inputs
@@ -91,6 +109,14 @@ class Function:
     @property
     def name(self):
         return type(self).__name__
+
+
+def _check_dtype(fn, dtype):
+    if fn.integer_inputs and dtype.kind in "biu":
+        return
+    takes = "float32, float64 or integers" if fn.integer_inputs else "float32 or float64"
+    raise TypeError(f"{fn.name}: got an input of dtype {dtype}; {fn.name} takes {takes} "
+                    f"(cast first, e.g. x.float())")
 
 
 def _topological_order(root):

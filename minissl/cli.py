@@ -1,15 +1,28 @@
 """The command line: ``minissl pretrain|eval|embed|list|demo|conformance`` (also
 ``python -m minissl ...``).
 
-Bad input (an unknown method or data set, a missing or corrupt checkpoint, a bad number,
-``--device cuda`` without a GPU) exits with status 2 and one line on stderr, never a traceback;
-files are written atomically, so a killed run leaves the previous checkpoint intact.
+Bad input (an unknown method or data set, a missing, corrupt or hand-edited checkpoint or data
+file, a bad number, ``--device cuda`` without a GPU) exits with status 2 and one line on
+stderr, never a traceback; files are written atomically, so a killed run (SIGKILL included)
+leaves the previous checkpoint intact, and SIGTERM cleans up as Ctrl-C does.
+
+``pretrain --resume`` continues the run exactly: the result equals the uninterrupted run of
+``--epochs``. Everything else that shapes the run (seed, batch size, data, ``--limit``,
+optimiser, learning rate, the method's settings, the steps per epoch) must be the
+checkpoint's; ``--epochs`` may change unless the method schedules over the whole run (BYOL's
+EMA rate), which is refused with what to do. A run stops with status 2 when the loss or a
+weight becomes non-finite, keeping the last finite checkpoint; one run at a time writes to an
+``--out`` folder (see ``minissl.rundir``).
 """
 import argparse
+import contextlib
+import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -32,7 +45,7 @@ class _Parser(argparse.ArgumentParser):
 
 # ----------------------------------------------------------------------------- helpers
 
-def _positive(kind):
+def _positive(kind, most=None):
     def parse(text):
         try:
             v = kind(text)
@@ -40,8 +53,13 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
         if not (v > 0 and math.isfinite(v)):
             raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+        if most is not None and v > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most}, got {text}")
         return v
     return parse
+
+
+MAX_DRAWS = 100   # each draw fits a probe; past ~100 the mean's error is far below the spread
 
 
 def _nonnegative_int(text):
@@ -79,9 +97,20 @@ def _load_data(name, kind=None, method="this method"):
     return d
 
 
-def _write_jsonl(path, record):
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+def _finite_or_none(value):
+    """JSON has no NaN or infinity: a non-finite float is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def _jsonl(records):
+    """Lines of strict JSON (``allow_nan=False``: a bare NaN is not JSON)."""
+    return "".join(json.dumps(_finite_or_none(r), allow_nan=False) + "\n" for r in records)
 
 
 def _atomic_write(path, write):
@@ -121,8 +150,6 @@ def _check_resume(meta, args, ckpt_path):
     """The run in ``ckpt_path`` must be the one asked for: same method and data, and the same
     options that decide the batches, the views and the updates (a resumed run continues the
     uninterrupted one exactly, so it cannot change them midway)."""
-    if "method" not in meta or "epoch" not in meta:
-        raise CLIError(f"--resume: {ckpt_path} is not a minissl pretraining checkpoint")
     if meta["method"] != args.method or meta.get("data") != args.data:
         raise CLIError(f"--resume: {ckpt_path} holds {meta['method']} on {meta.get('data')}, "
                        f"not {args.method} on {args.data}")
@@ -147,46 +174,122 @@ def _init_distributed(args):
     return dist.rank() == 0
 
 
+def _method_settings(method):
+    """The method's config as JSON values (what the checkpoint stores and resume compares)."""
+    config = getattr(method, "config", None)
+    if not dataclasses.is_dataclass(config):
+        return {}
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def _check_schedule(meta, run, method, args, ckpt_path):
+    """What resume with other options means. Every schedule of a run is a function of the
+    step, the steps per epoch, the method's settings and (BYOL's EMA rate) the total number
+    of steps. The first three must be those of the checkpoint; the total may change only for
+    a method whose schedule does not depend on it, and then the resumed run equals an
+    uninterrupted run of the new length (same batches, views and updates, step by step)."""
+    stored = meta.get("config")
+    if stored is not None and stored != run["config"]:
+        diff = sorted(k for k in {*stored, *run["config"]}
+                      if stored.get(k) != run["config"].get(k))
+        was = ", ".join(f"{k}={stored.get(k)!r}" for k in diff)
+        now = ", ".join(f"{k}={run['config'].get(k)!r}" for k in diff)
+        raise CLIError(f"--resume: {ckpt_path} was trained with {args.method} settings {was}, "
+                       f"not {now}; resume with the same settings or start a new run")
+    spe = meta.get("steps_per_epoch")
+    if spe is not None and spe != run["steps_per_epoch"]:
+        raise CLIError(f"--resume: {ckpt_path} was trained with {spe} steps per epoch, the "
+                       f"data now gives {run['steps_per_epoch']}; resume on the same data")
+    planned = meta.get("epochs")
+    if getattr(method, "uses_total_steps", False) and planned != args.epochs:
+        told = f"planned as {planned} epochs" if planned else "whose length it does not record"
+        raise CLIError(f"--resume: {args.method} schedules over the whole run, {told}, so "
+                       f"resuming it to --epochs {args.epochs} cannot equal a "
+                       f"{args.epochs}-epoch run; resume with --epochs {planned or 'N'} as "
+                       f"planned, or start a new run (without --resume) with --epochs "
+                       f"{args.epochs}")
+
+
+def _steps_per_epoch(train_x, batch_size, method_name, method):
+    n = len(train_x[0] if isinstance(train_x, tuple) else train_x)
+    batch = min(batch_size, n)
+    if batch < 2 and any(type(m).__name__.startswith("BatchNorm") for m in method.modules()):
+        raise CLIError(f"{method_name} needs at least 2 examples per batch (its batch norm "
+                       f"standardises over the batch), got {batch}; raise --batch-size"
+                       + (" or --limit" if n < 2 else ""))
+    if n == 0:
+        raise CLIError(f"{method_name}: no training examples")
+    return n // batch
+
+
 def cmd_pretrain(args):
-    from . import checkpoint, methods, random
-    from .train import make_optimizer, pretrain
+    from . import methods
+    from .rundir import RunFolder
     if args.method not in methods.METHODS:
         raise CLIError(f"unknown method {args.method!r}; known: {', '.join(methods.METHODS)}")
     _check_device(args.device)
     d = _load_data(args.data, methods.data_kind(args.method), args.method)
+    if args.resume and not os.path.isfile(os.path.join(args.out, "checkpoint.npz")):
+        raise CLIError(f"--resume: no checkpoint at {os.path.join(args.out, 'checkpoint.npz')}")
+    lead = _init_distributed(args)   # data-parallel: rank 0 alone writes and prints
+    with contextlib.ExitStack() as stack:
+        # One writer per folder (rank 0's lock); a failed fresh run leaves no folder.
+        _enter_on_lead(stack, RunFolder(args.out), lead)
+        return _pretrain(args, d, lead)
+
+
+def _enter_on_lead(stack, folder, lead):
+    """Rank 0 enters ``folder`` (takes the run folder's lock); every rank learns whether it
+    could, in one collective, so that all stop alike before training when it could not (rank 0
+    then prints why). In one process: just ``stack.enter_context(folder)``."""
+    from . import distributed as dist
+    failure = None
+    if lead:
+        try:
+            stack.enter_context(folder)
+        except Exception as e:      # noqa: BLE001  (re-raised below, on rank 0)
+            failure = e
+    if dist.all_reduce(0.0 if failure is None else 1.0, op="sum") > 0:
+        if failure is not None:
+            raise failure
+        raise CLIError("rank 0 could not take the run folder")   # printed by rank 0 only
+
+
+def _pretrain(args, d, lead):
+    from . import checkpoint, random
+    from .rundir import check_run_meta
+    from .train import make_optimizer, pretrain
     ckpt_path = os.path.join(args.out, "checkpoint.npz")
     log_path = os.path.join(args.out, "metrics.jsonl")
     meta = None
-    if args.resume:
-        if not os.path.exists(ckpt_path):
-            raise CLIError(f"--resume: no checkpoint at {ckpt_path}")
-        meta = checkpoint.load(ckpt_path)      # the metadata only: check it before building
+    if args.resume:   # the metadata only: check it before building
+        meta = check_run_meta(checkpoint.load(ckpt_path), ckpt_path)
         _check_resume(meta, args, ckpt_path)
-    lead = _init_distributed(args)   # data-parallel: rank 0 alone writes and prints
     method = _build(args.method, d, args.seed, args.device)
     opt = make_optimizer(method, args.optimizer, lr=args.lr)
     train_x = method.training_data(d)
     if args.limit:   # the first N examples (quick runs and tests)
         train_x = (tuple(a[:args.limit] for a in train_x) if isinstance(train_x, tuple)
                    else train_x[:args.limit])
-    start, history = 0, []
+    run = {"epochs": args.epochs, "config": _method_settings(method),
+           "steps_per_epoch": _steps_per_epoch(train_x, args.batch_size, args.method, method)}
+    start, history, saved = 0, [], []
     if args.resume:
-        checkpoint.load(ckpt_path, method, opt)
-        start, history = int(meta["epoch"]), list(meta.get("history", []))
-        if "rng_state" in meta:
-            random.default_generator().bit_generator.state = meta["rng_state"]
+        start, history = meta["epoch"], list(meta.get("history", []))
+        if start < args.epochs:   # everything checked before anything is written
+            _check_schedule(meta, run, method, args, ckpt_path)
+            checkpoint.load(ckpt_path, method, opt)
+            _check_finite_weights(method, ckpt_path)
+            _restore_rng(meta, ckpt_path)
         # The checkpoint's history is the record of the epochs it holds; an epoch logged
         # after the last checkpoint (a kill between the two writes) is dropped.
         if lead:
-            _atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in history))
+            _atomic_write_text(log_path, _jsonl(history))
         if start >= args.epochs:
             if lead:
                 print(f"already trained for {start} epochs (asked {args.epochs}); nothing to do")
             return 0
-    elif lead:
-        os.makedirs(args.out, exist_ok=True)
-        if os.path.exists(log_path):
-            os.remove(log_path)
+        saved.append(start)
     probe = args.probe_every and method.data_kind == "images"
 
     def on_epoch_end(epoch, record):
@@ -200,23 +303,32 @@ def cmd_pretrain(args):
         if method.data_kind == "images":
             from .evaluate import embedding_std
             record["embedding_std"] = embedding_std(method.features(d.test_x[:512]))
-        history.append(record)
-        # Checkpoint first, then the log line: a kill in between loses a log line that the
-        # resumed run rewrites from the checkpoint's history, never a checkpointed epoch.
+        history.append(_finite_or_none(record))
+        # Checkpoint first, then the whole log, replaced atomically: a kill in between loses
+        # a log line that the resumed run rewrites from the checkpoint's history, never a
+        # checkpointed epoch; and a new run never leaves an old checkpoint without its log.
         checkpoint.save(ckpt_path, method, opt, method=args.method, data=args.data,
                         epoch=epoch + 1, seed=args.seed, batch_size=args.batch_size,
                         limit=args.limit, optimizer_name=args.optimizer, lr=args.lr,
-                        history=history,
+                        history=history, **run,
                         rng_state=random.default_generator().bit_generator.state)
-        _write_jsonl(log_path, record)
+        saved.append(epoch + 1)
+        _atomic_write_text(log_path, _jsonl(history))
         msg = " ".join(f"{k}={v:.4g}" for k, v in record.items()
                        if isinstance(v, float) and k != "seconds")
         print(f"epoch {epoch + 1}/{args.epochs} {msg}", flush=True)
 
-    _JOB["training"] = True   # from here on, a failing rank must end the job (see main)
-    pretrain(method, train_x, args.epochs, args.batch_size, optimizer=opt, seed=args.seed,
-             device=args.device, start_epoch=start, progress=not args.no_progress,
-             on_epoch_end=on_epoch_end)
+    _JOB["training"] = True   # from here on, a rank failing alone must end the job (see main)
+    try:
+        pretrain(method, train_x, args.epochs, args.batch_size, optimizer=opt, seed=args.seed,
+                 device=args.device, start_epoch=start, progress=not args.no_progress,
+                 on_epoch_end=on_epoch_end)
+    except FloatingPointError as e:
+        # Every rank sees the same global loss and the same weights, so all stop here alike.
+        _JOB["training"] = False
+        kept = (f"{ckpt_path} keeps epoch {saved[-1]}, the last finite state" if saved
+                else "no checkpoint was written")
+        raise CLIError(f"{e}; stopped, {kept}") from None
     _JOB["training"] = False
     if not lead:
         return 0
@@ -224,6 +336,24 @@ def cmd_pretrain(args):
         _plots(args.out, method, d, history)
     print(f"checkpoint: {ckpt_path}\nmetrics: {log_path}")
     return 0
+
+
+def _restore_rng(meta, path):
+    from . import random
+    if "rng_state" in meta:
+        try:
+            random.default_generator().bit_generator.state = meta["rng_state"]
+        except (TypeError, ValueError, KeyError):
+            raise CLIError(f"{path}: metadata field 'rng_state' is not a state of minissl's "
+                           "generator") from None
+
+
+def _check_finite_weights(method, path):
+    from .train import first_nonfinite
+    bad = first_nonfinite(method)
+    if bad is not None:
+        raise CLIError(f"{path}: weight {bad} holds NaN or infinity (a diverged run); "
+                       "use an earlier checkpoint or retrain with a lower --lr")
 
 
 def _plots(out, method, d, history):
@@ -245,12 +375,13 @@ def _restore(path, data_name=None, device="cpu"):
         raise CLIError(f"checkpoint not found: {path}")
     if not os.path.isfile(path):
         raise CLIError(f"--checkpoint {path} is not a file")
-    meta = checkpoint.load(path)
-    name = meta.get("method")
+    from .rundir import check_run_meta
+    meta = check_run_meta(checkpoint.load(path), path, required=("method",))
+    name = meta["method"]
     if name not in methods.METHODS:
         raise CLIError(f"{path}: not a minissl pretraining checkpoint (method {name!r})")
     d = _load_data(data_name or meta.get("data"), methods.data_kind(name), name)
-    method = _build(name, d, int(meta.get("seed", 0)), device)
+    method = _build(name, d, meta.get("seed", 0), device)
     try:
         checkpoint.load(path, method)
     except checkpoint.CheckpointError as e:
@@ -258,6 +389,7 @@ def _restore(path, data_name=None, device="cpu"):
             raise CLIError(f"{path}: the {name} model trained on {meta.get('data')} does not "
                            f"fit data set {data_name!r} (other input shape or kind)") from None
         raise
+    _check_finite_weights(method, path)
     return method, d, meta
 
 
@@ -352,7 +484,8 @@ def make_parser():
                      help="folder for checkpoint.npz, metrics.jsonl and the plots")
     pre.add_argument("--resume", action="store_true",
                      help="continue the run in OUT/checkpoint.npz up to --epochs (with the "
-                          "same options; the result equals an uninterrupted run)")
+                          "same options; the result equals an uninterrupted run of --epochs; "
+                          "a method whose schedule spans the run, BYOL, keeps its --epochs)")
     pre.add_argument("--probe-every", type=_nonnegative_int, default=0,
                      help="log a 10-labels-per-class probe accuracy every N epochs")
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -369,7 +502,7 @@ def make_parser():
                     help="linear probe or cosine kNN on frozen features, or fine-tuning")
     ev.add_argument("--labels-per-class", type=_positive(int), default=10,
                     help="labelled training images per class the protocol may use")
-    ev.add_argument("--draws", type=_positive(int), default=5,
+    ev.add_argument("--draws", type=_positive(int, MAX_DRAWS), default=5,
                     help="random draws of the labelled images averaged (linear)")
     ev.add_argument("--data", help="evaluate on this data set instead of the checkpoint's")
     ev.add_argument("--seed", type=_nonnegative_int, default=0)
@@ -405,11 +538,21 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(text, file=sys.stderr if file is None else file)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same cleanup runs (temporary files, lock)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
 def main(argv=None):
     # The process settings of a training loop (heap, idle BLAS/OpenMP threads): see
     # minissl/runtime.py. The compiled kernels load lazily, after this line.
     runtime.tune()
     parser = make_parser()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         args = parser.parse_args(argv)
         if not getattr(args, "fn", None):
@@ -420,6 +563,9 @@ def main(argv=None):
             return args.fn(args)
     except CLIError as e:
         _error_line(str(e))
+    except Terminated:
+        print("minissl: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("minissl: interrupted", file=sys.stderr)
         return 130
@@ -431,6 +577,9 @@ def main(argv=None):
         if len(msg) > MAX_MESSAGE:   # e.g. the key list of a checkpoint of another model
             msg = msg[:MAX_MESSAGE - 4] + " ..."
         _error_line(msg)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return USAGE_ERROR
 
 

@@ -45,9 +45,9 @@ __all__ = ["nt_xent", "info_nce", "clip_loss", "byol_loss", "simsiam_loss",
 def _check_float(fn, name, x):
     if not isinstance(x, Tensor):
         raise TypeError(f"{fn}: {name} must be a minissl Tensor, got {type(x).__name__}")
-    if x.dtype.kind != "f":
-        raise TypeError(f"{fn}: {name} must be a floating tensor, got dtype {x.dtype} "
-                        f"(shape {x.shape})")
+    if x.dtype.char not in "fd":   # the engine's dtype policy (autograd.Function), by name
+        raise TypeError(f"{fn}: {name} must be a float32 or float64 tensor, got dtype "
+                        f"{x.dtype} (shape {x.shape})")
 
 
 def _check_matrix(fn, name, x, min_rows=1):

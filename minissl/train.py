@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from . import distributed as dist, optim
-from .backend import to_device
+from .backend import get_array_module, to_device
 from .data import DataLoader
 
 
@@ -31,6 +31,22 @@ def make_optimizer(method, name="adam", lr=1e-3, weight_decay=0.0):
     if name == "lars":
         return optim.LARS(params, lr=lr, weight_decay=weight_decay or 1e-6)
     raise ValueError(f"unknown optimizer {name!r}: adam, adamw, sgd or lars")
+
+
+def first_nonfinite(module):
+    """The name of the first floating parameter or buffer of ``module`` holding a NaN or an
+    infinity, or None. Fast path, run after every step: one sum per array and one host
+    transfer in all (a sum is finite when every element is, unless finite elements overflow
+    it, which the exact test per array then rules out)."""
+    items = [(n, t.data) for n, t in module._state_items()
+             if t.data.dtype.kind == "f" and t.data.size]
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not items or np.isfinite(float(sum(a.sum() for _, a in items))):
+            return None
+        for name, a in items:
+            if not bool(get_array_module(a).isfinite(a).all()):
+                return name
+    return None
 
 
 def _progress(iterable, enable, desc, total):
@@ -79,15 +95,19 @@ def pretrain(method, train_data, epochs, batch_size=256, lr=1e-3, optimizer=None
             step = epoch * steps_per_epoch + i
             optimizer.zero_grad()
             loss, metrics = method.training_step(x, rng)
+            value = dist.all_reduce(loss.item())             # the global batch's loss
+            if not np.isfinite(value):                        # (the same on every rank)
+                raise FloatingPointError(f"{method.name}: the loss became {value} at epoch "
+                                         f"{epoch + 1}, step {i + 1}; lower the learning rate")
             loss.backward()
             dist.all_reduce_gradients(method.parameters())   # mean over ranks (no-op on one)
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             method.on_step_end(step, total)
-            value = dist.all_reduce(loss.item())             # the global batch's loss
-            if not np.isfinite(value):
-                raise FloatingPointError(f"{method.name}: the loss became {value} at epoch "
+            bad = first_nonfinite(method)     # weights are equal on every rank: all agree
+            if bad is not None:
+                raise FloatingPointError(f"{method.name}: {bad} became non-finite at epoch "
                                          f"{epoch + 1}, step {i + 1}; lower the learning rate")
             sums["loss"] = sums.get("loss", 0.0) + value
             for k, v in metrics.items():

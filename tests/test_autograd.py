@@ -187,6 +187,62 @@ def test_no_grad_as_decorator():
     np.testing.assert_allclose(y.data, [2.0])
 
 
+def test_no_grad_in_one_thread_leaves_another_recording():
+    """Grad mode is per thread (as PyTorch's): a thread inside no_grad does not switch off
+    the graph of a training step running in another thread."""
+    import threading
+    inside, done = threading.Event(), threading.Event()
+
+    def evaluator():
+        with ms.no_grad():
+            inside.set()
+            done.wait(5)
+
+    t = threading.Thread(target=evaluator)
+    t.start()
+    try:
+        assert inside.wait(5)
+        x = leaf([1.0, 2.0])
+        y = (x * x).sum()
+        assert ms.is_grad_enabled() and y.requires_grad
+        y.backward()
+        np.testing.assert_allclose(x.grad, [2.0, 4.0])
+    finally:
+        done.set()
+        t.join()
+
+
+def test_interleaved_no_grad_in_two_threads_restores_each_threads_mode():
+    """Thread A enters, thread B enters, A exits, B exits: with one process-wide flag, B's
+    exit restores A's "disabled" and leaves the whole process without gradients."""
+    import threading
+    steps = [threading.Event() for _ in range(4)]
+    seen = {}
+
+    def a():
+        with ms.no_grad():
+            steps[0].set()
+            steps[1].wait(5)
+        seen["a_after"] = ms.is_grad_enabled()
+        steps[2].set()
+
+    def b():
+        steps[0].wait(5)
+        with ms.no_grad():
+            steps[1].set()
+            steps[2].wait(5)
+        seen["b_after"] = ms.is_grad_enabled()
+        steps[3].set()
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == {"a_after": True, "b_after": True}
+    assert ms.is_grad_enabled()
+
+
 def test_detach_shares_data_and_stops_the_gradient():
     x = leaf([1.0, 2.0])
     d = (x * 2).detach()

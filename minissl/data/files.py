@@ -14,8 +14,10 @@ minissl never downloads anything. Put the files where these loaders look (``root
   https://www.cs.toronto.edu/~kriz/cifar.html; ``root/cifar10/`` may hold either folder.
 """
 import gzip
+import math
 import os
 import pickle
+import zlib
 
 import numpy as np
 
@@ -32,30 +34,55 @@ MNIST_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "e
 
 # ----------------------------------------------------------------------------------- IDX files
 
+# Deflate cannot expand one byte into more than 1032: a .gz whose IDX header promises more
+# than this times the file's size is lying, and is refused before anything is inflated.
+_MAX_GZIP_RATIO = 1032
+
+
 def read_idx(path):
     """Read an IDX file (MNIST's format), gzipped or not, into a uint8 ndarray.
 
     Format (big-endian): two zero bytes, a type code (0x08 = unsigned byte, the only one
     MNIST uses), the number of dimensions d, then d uint32 sizes, then the data in C order.
+    The header is read first and bounds everything after it: no more than the promised bytes
+    are ever inflated, and a promise the file cannot hold is refused before reading data.
+    A truncated or corrupt file raises ValueError naming it.
     """
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"read_idx: {path} is not an IDX file (bad magic number)")
-    if raw[2] != 0x08:
-        raise ValueError(f"read_idx: {path} has element type 0x{raw[2]:02x}; only unsigned "
-                         f"bytes (0x08) are supported")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"read_idx: {path} is truncated (header)")
-    shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    size = int(np.prod(shape, dtype=np.int64))
-    if len(raw) - header != size:
-        raise ValueError(f"read_idx: {path} holds {len(raw) - header} data bytes but its "
-                         f"header says {shape} = {size}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
+    path = os.fspath(path)
+    gz = path.endswith(".gz")
+    on_disk = os.path.getsize(path)
+    try:
+        with (gzip.open if gz else open)(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise ValueError(f"read_idx: {path} is not an IDX file (bad magic number)")
+            if head[2] != 0x08:
+                raise ValueError(f"read_idx: {path} has element type 0x{head[2]:02x}; only "
+                                 f"unsigned bytes (0x08) are supported")
+            dims = f.read(4 * head[3])
+            if len(dims) < 4 * head[3]:
+                raise ValueError(f"read_idx: {path} is truncated (header)")
+            shape = tuple(int(s) for s in np.frombuffer(dims, dtype=">u4"))
+            size = math.prod(shape)
+            room = _MAX_GZIP_RATIO * on_disk if gz else on_disk - 4 - len(dims)
+            if size > room or (not gz and size != room):
+                raise ValueError(f"read_idx: {path} holds {on_disk} bytes but its header "
+                                 f"says {shape} = {size} data bytes")
+            out = np.empty(size, dtype=np.uint8)
+            got = 0
+            while got < size:
+                n = f.readinto(memoryview(out)[got:])
+                if not n:
+                    raise ValueError(f"read_idx: {path} is truncated: {got} of the {size} "
+                                     f"data bytes its header {shape} promises")
+                got += n
+            if f.read(1):
+                raise ValueError(f"read_idx: {path} holds more data than its header {shape} "
+                                 f"says")
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise ValueError(f"read_idx: {path} is corrupt or truncated "
+                         f"({type(e).__name__}: {e})") from None
+    return out.reshape(shape)
 
 
 def _find_idx(folder, stem):
@@ -119,6 +146,8 @@ _CIFAR_RECORD = 1 + 3 * 32 * 32  # binary version: one label byte, then R, G, B 
 def read_cifar_bin(path):
     """One file of CIFAR-10's binary version: ``(images uint8 (N, 3, 32, 32), labels (N,))``."""
     raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0:
+        raise ValueError(f"read_cifar_bin: {path} is empty")
     if raw.size % _CIFAR_RECORD:
         raise ValueError(f"read_cifar_bin: {path} has {raw.size} bytes, not a multiple of the "
                          f"{_CIFAR_RECORD}-byte record")
@@ -165,7 +194,11 @@ def read_cifar_pickle(path):
     :class:`_CifarUnpickler`, which allows NumPy arrays only.
     """
     with open(path, "rb") as f:
-        batch = _CifarUnpickler(f, encoding="bytes").load()
+        try:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+        except Exception as e:   # refused global, truncated, empty, garbage: all decoding
+            raise ValueError(f"read_cifar_pickle: {path} is not a readable CIFAR-10 batch "
+                             f"({type(e).__name__}: {e})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise ValueError(f"read_cifar_pickle: {path} is not a CIFAR-10 batch (a dict with "
                          f"b'data' and b'labels')")

@@ -26,6 +26,7 @@ class SSLMethod(nn.Module):
 
     name = "method"
     data_kind = "images"  # "images", "text" or "series": what ``training_step`` is fed
+    uses_total_steps = False  # on_step_end schedules over total_steps: fixed for a resume
 
     def training_data(self, data):
         """What pretraining iterates over: an array (or a tuple of equally long arrays) whose

@@ -31,6 +31,7 @@ class BYOLConfig:
 
 class BYOL(SSLMethod):
     name = "byol"
+    uses_total_steps = True    # tau's cosine spans the whole run
 
     def __init__(self, image_shape, config=None, encoder=None, feature_dim=None,
                  transform=None):

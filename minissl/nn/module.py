@@ -61,6 +61,14 @@ def _host_copy(array):
     return np.array(a, copy=True) if a is array else a
 
 
+def _same_kind(src, dst):
+    """Whether an array of dtype ``src`` may load into a tensor of dtype ``dst``: floats into
+    floats (cast, as PyTorch does), integers into integers, bools into bools; never an int8
+    into a weight, a complex or a string."""
+    kind = {"f": "f", "i": "iu", "u": "iu", "b": "b"}.get(np.dtype(dst).kind, "")
+    return np.dtype(src).kind in kind
+
+
 class Module:
     """Base class of every layer and model: subclass it, assign parameters and sub-modules in
     ``__init__`` and define ``forward``; calling the module calls ``forward``.
@@ -288,6 +296,10 @@ class Module:
             if tuple(arr.shape) != t.shape:
                 errors.append(f"size mismatch for {k}: checkpoint shape {tuple(arr.shape)}, "
                               f"model shape {t.shape}")
+                continue
+            if not _same_kind(arr.dtype, t.dtype):
+                errors.append(f"dtype mismatch for {k}: checkpoint dtype {arr.dtype}, model "
+                              f"dtype {t.dtype}")
                 continue
             updates.append((t, arr))
         if errors:

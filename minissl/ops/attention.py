@@ -22,6 +22,11 @@ def _mT(a):
     return a.swapaxes(-1, -2)
 
 
+def _rows(a):
+    """``a`` as (rows, last dim); explicit, so that empty operands (L or S = 0) reshape too."""
+    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
+
+
 def _attend(q, k, v, scale, causal, mask):
     """y = softmax(q k^T scale [+ mask]) v and the probabilities P, for (..., L, E) operands."""
     xp = get_array_module(q)
@@ -35,8 +40,8 @@ def _attend(q, k, v, scale, causal, mask):
             s = xp.where(mask, s, q.dtype.type(-xp.inf))
         else:
             s = s + mask
-    shape = s.shape
-    p = _k.softmax_forward(s.reshape(-1, S)).reshape(shape)
+    # No query or no key: P is empty and y = P v is (..., L, Ev) of zeros, as in PyTorch.
+    p = _k.softmax_forward(_rows(s)).reshape(s.shape) if s.size else s
     return p @ v, p
 
 
@@ -52,8 +57,7 @@ def _attend_backward(g, p, q, k, v, scale, needs, out=(None, None, None)):
         return o
     dv = product(_mT(p), g, out[2]) if needs[2] else None
     dp = g @ _mT(v)
-    S = p.shape[-1]
-    ds = _k.softmax_backward(dp.reshape(-1, S), p.reshape(-1, S)).reshape(p.shape)
+    ds = _k.softmax_backward(_rows(dp), _rows(p)).reshape(p.shape) if p.size else dp
     ds *= q.dtype.type(scale)
     dq = product(ds, k, out[0]) if needs[0] else None
     dk = product(_mT(ds), q, out[1]) if needs[1] else None

@@ -50,6 +50,8 @@ def _binary(fn_cls, a, b):
 class Add(Function):
     """y = a + b;  da = sum_to(g), db = sum_to(g)."""
 
+    integer_inputs = True
+
     def forward(self, a, b):
         self.a, self.b = a, b
         return a + b
@@ -63,6 +65,8 @@ class Add(Function):
 class Sub(Function):
     """y = a - b;  da = sum_to(g), db = -sum_to(g)."""
 
+    integer_inputs = True
+
     def forward(self, a, b):
         self.a, self.b = a, b
         return a - b
@@ -75,6 +79,8 @@ class Sub(Function):
 
 class Mul(Function):
     """y = a * b;  da = sum_to(g * b), db = sum_to(g * a)."""
+
+    integer_inputs = True
 
     def forward(self, a, b):
         self.a, self.b = a, b
@@ -166,6 +172,8 @@ def pow(a, b):
 class Cast(Function):
     """y = x converted to another floating dtype;  dx = g converted back."""
 
+    integer_inputs = True
+
     __slots__ = ("dtype", "src")
 
     def __init__(self, dtype):
@@ -181,6 +189,8 @@ class Cast(Function):
 
 class Neg(Function):
     """y = -x;  dx = -g."""
+
+    integer_inputs = True
 
     __slots__ = ()
 
@@ -233,6 +243,8 @@ class Sqrt(Function):
 class Abs(Function):
     """y = |x|;  dx = g * sign(x) (0 at x == 0, as PyTorch)."""
 
+    integer_inputs = True
+
     __slots__ = ("x",)
 
     def forward(self, x):
@@ -278,6 +290,8 @@ class Sigmoid(Function):
 
 class ReLU(Function):
     """y = max(x, 0);  dx = g * [x > 0]."""
+
+    integer_inputs = True
 
     __slots__ = ("y",)
 
@@ -342,6 +356,8 @@ def _mask_array(mask, like, op):
 class MaskedFill(Function):
     """y = where(mask, value, x);  dx = g where mask is False, else 0."""
 
+    integer_inputs = True
+
     __slots__ = ("mask", "value")
 
     def __init__(self, mask, value):
@@ -370,6 +386,8 @@ def masked_fill(x, mask, value):
 
 class Where(Function):
     """y = where(cond, a, b);  da = sum_to(g where cond), db = sum_to(g where not cond)."""
+
+    integer_inputs = True
 
     __slots__ = ("cond", "a", "b")
 

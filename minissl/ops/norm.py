@@ -174,6 +174,9 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
         if t is not None and tuple(t.shape) != nshape:
             raise ValueError(f"layer_norm: {name} of shape {tuple(t.shape)} does not match "
                              f"normalized_shape {nshape}")
+    if 0 in nshape:
+        raise ValueError(f"layer_norm: normalized_shape {nshape} holds no element to "
+                         f"normalise over (input {x.shape})")
     tensors, present = _optional(weight, bias)
     return LayerNorm(nshape, eps, present)(x, *tensors)
 

@@ -118,6 +118,9 @@ def adaptive_avg_pool2d(x, output_size):
     out = _pair(output_size)
     if min(out) < 1:
         raise ValueError(f"adaptive_avg_pool2d: output_size {output_size} must be >= 1")
+    if x.shape[2] == 0 or x.shape[3] == 0:   # the mean of no pixel is not a number
+        raise ValueError(f"adaptive_avg_pool2d: input of shape {x.shape} has no pixels to "
+                         "average (H and W must be >= 1)")
     if out == (1, 1):
         return GlobalAvgPool()(x)
     return AdaptiveAvgPool2d(out)(x)

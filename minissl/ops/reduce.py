@@ -32,6 +32,8 @@ def _expand_back(g, axes, keepdim, shape):
 class Sum(Function):
     """y = sum_{axes} x;  dx = g broadcast back along the summed axes."""
 
+    integer_inputs = True
+
     __slots__ = ("dim", "keepdim", "axes", "shape")
 
     def __init__(self, dim=None, keepdim=False):
@@ -74,6 +76,8 @@ class Max(Function):
     to the first maximum instead. The two agree wherever the maximum is unique.
     """
 
+    integer_inputs = True
+
     __slots__ = ("dim", "keepdim", "axes", "x", "y")
 
     def __init__(self, dim=None, keepdim=False):
@@ -115,4 +119,7 @@ class Var(Function):
 
     def backward(self, g):
         g = _expand_back(g, self.axes, self.keepdim, self.centered.shape)
-        return (g * self.centered * (2.0 / self.denom)).astype(self.centered.dtype, copy=False)
+        # One element, unbiased: the forward is NaN (n - 1 = 0), and so is its gradient, as
+        # in PyTorch; never a ZeroDivisionError.
+        scale = 2.0 / self.denom if self.denom > 0 else float("nan")
+        return (g * self.centered * scale).astype(self.centered.dtype, copy=False)

@@ -13,6 +13,8 @@ from ..backend import get_array_module, to_device
 class Reshape(Function):
     """y = x viewed with another shape (same elements, row-major order);  dx = g reshaped back."""
 
+    integer_inputs = True
+
     __slots__ = ("shape", "in_shape")
 
     def __init__(self, shape):
@@ -62,6 +64,8 @@ def squeeze(x, dim):
 
 class Permute(Function):
     """y = x with its axes reordered by ``dims``;  dx = g permuted by the inverse order."""
+
+    integer_inputs = True
 
     __slots__ = ("dims", "inverse")
 
@@ -121,6 +125,8 @@ class GetItem(Function):
     the sum of both picks, which ``add.at`` (unbuffered) gives and plain assignment would not.
     """
 
+    integer_inputs = True
+
     __slots__ = ("key", "advanced", "shape", "dtype")
 
     def __init__(self, key, advanced):
@@ -150,6 +156,8 @@ def getitem(x, key):
 
 class Cat(Function):
     """y = concatenation of the inputs along ``dim``;  dx_i = the slice of g that x_i became."""
+
+    integer_inputs = True
 
     __slots__ = ("dim", "sizes")
 
@@ -200,6 +208,8 @@ def cat(tensors, dim=0):
 class Stack(Function):
     """y = the inputs stacked along a new axis ``dim``;  dx_i = g[..., i, ...] along that axis."""
 
+    integer_inputs = True
+
     __slots__ = ("dim",)
 
     def __init__(self, dim):
@@ -240,6 +250,8 @@ def chunk(x, chunks, dim=0):
 
 class ToDevice(Function):
     """y = x copied to another device;  dx = g copied back."""
+
+    integer_inputs = True
 
     __slots__ = ("device", "src")
 
