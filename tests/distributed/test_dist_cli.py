@@ -70,3 +70,23 @@ def test_pretrain_under_mpi_writes_once_and_equals_one_process():
         dist.barrier()
         if dist.rank() == 0:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_busy_run_folder_stops_every_rank_before_training():
+    # Rank 0 alone takes the folder's lock; when another live run holds it, every rank must
+    # exit 2 (not rank 0 alone, leaving the others waiting in a collective until the timeout).
+    root = _shared_dir()
+    try:
+        out = os.path.join(root, "busy")
+        if dist.rank() == 0:
+            os.makedirs(out)
+            with open(os.path.join(out, ".minissl.lock"), "w") as f:
+                f.write(f"{os.getppid()}\n")          # a live process that is not this one
+        dist.barrier()
+        assert cli.main(ARGS + ["--epochs", "1", "--out", out]) == 2
+        dist.barrier()
+        assert sorted(os.listdir(out)) == [".minissl.lock"]       # nothing written
+    finally:
+        dist.barrier()
+        if dist.rank() == 0:
+            shutil.rmtree(root, ignore_errors=True)
