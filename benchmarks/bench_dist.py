@@ -14,7 +14,9 @@ the method's first ``dist.shard``; every rank repeats it) and, for the methods w
 on the gathered batch, that loss's forward and backward alone: the inputs of the model in
 benchmarks/dist_model.py. Medians and quartiles over the measured steps.
 """
-import minissl  # noqa: F401  first, before NumPy: its process settings (minissl/_runtime.py)
+import minissl  # noqa: F401
+
+minissl.runtime.tune()   # the training loop's process settings, as the CLI (minissl/runtime.py)
 
 import argparse
 import importlib

@@ -13,7 +13,7 @@ import pytest
 from minissl import cli, data
 
 from test_checkpoint_faults import cli_error
-from test_data import _idx_bytes, _write_cifar_bin, _write_cifar_py, _write_mnist, _Exploit
+from data.test_data import _idx_bytes, _write_cifar_bin, _write_cifar_py, _write_mnist, _Exploit
 
 
 def _pretrain_on(name, root, monkeypatch, capsys):

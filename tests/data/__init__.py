@@ -1,0 +1,1 @@
+"""Tests of minissl/data (the folders of tests/ mirror minissl/)."""

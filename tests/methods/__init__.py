@@ -1,0 +1,1 @@
+"""Tests of minissl/methods (the folders of tests/ mirror minissl/)."""

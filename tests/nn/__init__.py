@@ -1,0 +1,1 @@
+"""Tests of minissl/nn (the folders of tests/ mirror minissl/)."""

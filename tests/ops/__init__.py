@@ -1,0 +1,1 @@
+"""Tests of minissl/ops (the folders of tests/ mirror minissl/)."""
