@@ -20,17 +20,22 @@ from .backend import get_array_module, to_device
 from .data import DataLoader
 
 
-def make_optimizer(method, name="adam", lr=1e-3, weight_decay=0.0):
+def make_optimizer(method, name="adam", lr=1e-3, weight_decay=None):
+    """The optimiser ``name`` over ``method``'s trainable parameters. ``weight_decay=None``
+    is the optimiser's own default (0 for Adam and SGD, 1e-2 for AdamW, 1e-6 for LARS); a
+    number, 0 included, is used as given."""
     params = method.trainable_parameters()
+    defaults = {"adam": 0.0, "adamw": 1e-2, "sgd": 0.0, "lars": 1e-6}
+    if name not in defaults:
+        raise ValueError(f"unknown optimizer {name!r}: adam, adamw, sgd or lars")
+    wd = defaults[name] if weight_decay is None else weight_decay
     if name == "adam":
-        return optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return optim.Adam(params, lr=lr, weight_decay=wd)
     if name == "adamw":
-        return optim.AdamW(params, lr=lr, weight_decay=weight_decay or 1e-2)
+        return optim.AdamW(params, lr=lr, weight_decay=wd)
     if name == "sgd":
-        return optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    if name == "lars":
-        return optim.LARS(params, lr=lr, weight_decay=weight_decay or 1e-6)
-    raise ValueError(f"unknown optimizer {name!r}: adam, adamw, sgd or lars")
+        return optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
+    return optim.LARS(params, lr=lr, weight_decay=wd)
 
 
 def first_nonfinite(module):

@@ -26,6 +26,26 @@ METHODS = {
 }
 
 
+# name: (module, config dataclass): the settings ``build(name, data, **overrides)`` accepts.
+CONFIGS = {
+    "autoencoder": ("autoencoder", "AutoencoderConfig"),
+    "denoising": ("autoencoder", "DenoisingConfig"),
+    "vae": ("autoencoder", "VAEConfig"),
+    "gpt": ("autoregressive", "GPTConfig"),
+    "ar": ("autoregressive", "ARConfig"),
+    "mlm": ("masked", "MaskedLMConfig"),
+    "mae": ("masked", "MAEConfig"),
+    "rotation": ("rotation", "RotNetConfig"),
+    "simclr": ("simclr", "SimCLRConfig"),
+    "moco": ("moco", "MoCoConfig"),
+    "byol": ("byol", "BYOLConfig"),
+    "simsiam": ("simsiam", "SimSiamConfig"),
+    "barlow_twins": ("barlow_twins", "BarlowTwinsConfig"),
+    "vicreg": ("vicreg", "VICRegConfig"),
+    "clip": ("clip", "CLIPConfig"),
+}
+
+
 def builder(name):
     """The ``build(data, **overrides)`` function of method ``name``."""
     try:
@@ -38,6 +58,16 @@ def builder(name):
 def build(name, data, **overrides):
     """Build method ``name`` for the loaded ``data`` (see ``minissl.data.load``)."""
     return builder(name)(data, **overrides)
+
+
+def config_class(name):
+    """The config dataclass of method ``name`` (its fields are the method's settings), or
+    None for a method registered without one in ``CONFIGS``."""
+    builder(name)  # validates the name
+    if name not in CONFIGS:
+        return None
+    module, cls = CONFIGS[name]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
 def data_kind(name):
