@@ -203,6 +203,9 @@ def cmd_pretrain(args):
     args.overrides = _overrides(args)   # checked before any data is read
     d = _load_data(args.data, methods.data_kind(args.method), args.method, args.data_root,
                    args.image_size)
+    if (args.knn_every or args.probe_every) and not getattr(d, "labelled", True):
+        raise CLIError(f"--knn-every/--probe-every: {args.data} has no labels (no class "
+                       f"subfolders, no 'y' array) to measure accuracy with")
     if args.resume and not os.path.isfile(os.path.join(args.out, "checkpoint.npz")):
         raise CLIError(f"--resume: no checkpoint at {os.path.join(args.out, 'checkpoint.npz')}")
     lead = _init_distributed(args)   # data-parallel: rank 0 alone writes and prints
@@ -267,10 +270,16 @@ def _pretrain(args, d, lead):
             return 0
         saved.append(start)
     probe = args.probe_every and method.data_kind == "images"
+    knn = args.knn_every and method.data_kind == "images"
+    shown = {}    # the last kNN accuracy, in the progress bar
 
     def on_epoch_end(epoch, record):
         if not lead:
             return
+        if knn and (epoch + 1) % args.knn_every == 0:
+            from .clidata import knn_monitor
+            record["knn_acc"] = knn_monitor(method, d)
+            shown["knn"] = f"{record['knn_acc']:.3f}"
         if probe and (epoch + 1) % args.probe_every == 0:
             from .evaluate import few_label_probe
             tr, te = method.features(d.train_x), method.features(d.test_x)
@@ -300,7 +309,7 @@ def _pretrain(args, d, lead):
     try:
         pretrain(method, train_x, args.epochs, args.batch_size, optimizer=opt, scheduler=sched,
                  seed=args.seed, device=args.device, start_epoch=start,
-                 progress=not args.no_progress, on_epoch_end=on_epoch_end)
+                 progress=not args.no_progress, on_epoch_end=on_epoch_end, postfix=shown)
     except FloatingPointError as e:
         # Every rank sees the same global loss and the same weights, so all stop here alike.
         _JOB["training"] = False

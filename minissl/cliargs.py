@@ -96,6 +96,9 @@ def build_parser(commands):
                           "a method whose schedule spans the run, BYOL, keeps its --epochs)")
     pre.add_argument("--probe-every", type=_nonnegative_int, default=0,
                      help="log a 10-labels-per-class probe accuracy every N epochs")
+    pre.add_argument("--knn-every", type=_nonnegative_int, default=0, metavar="N",
+                     help="log the kNN accuracy (k=20, cosine) of the held-out test split "
+                          "against the training split's features every N epochs")
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")
     pre.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     pre.add_argument("--limit", type=_nonnegative_int, default=0, metavar="N",

@@ -104,6 +104,20 @@ def heldout_loss(method, d, seed=0, batch_size=256):
     return total / n, n
 
 
+KNN_BANK, KNN_QUERIES = 5000, 1000   # a monitor costs a fraction of an epoch, not an eval
+
+
+def knn_monitor(method, d, k=20):
+    """The online monitor of ``--knn-every``: accuracy of a weighted cosine kNN (k = 20, as
+    the InstDisc / MoCo monitors) classifying the held-out test split by the training split's
+    features and labels; the first 5000 training and 1000 test images at most."""
+    from .evaluate import knn_classify
+    tr = method.features(d.train_x[:KNN_BANK])
+    te = method.features(d.test_x[:KNN_QUERIES])
+    return knn_classify(tr, d.train_y[:KNN_BANK], te, d.test_y[:KNN_QUERIES],
+                        k=min(k, len(tr)))
+
+
 def embed_arrays(method, d):
     """What ``embed`` writes: features of both splits, labels, and for files the file names."""
     if method.data_kind == "images":

@@ -68,7 +68,7 @@ def _progress(iterable, enable, desc, total):
 
 def pretrain(method, train_data, epochs, batch_size=256, lr=1e-3, optimizer=None, scheduler=None,
              seed=0, device="cpu", start_epoch=0, progress=True, on_epoch_end=None,
-             drop_last=True):
+             drop_last=True, postfix=None):
     """Train ``method`` on ``train_data`` for ``epochs`` epochs.
 
     ``train_data`` is an array, or a tuple of equally long arrays (``method.training_data``
@@ -77,6 +77,8 @@ def pretrain(method, train_data, epochs, batch_size=256, lr=1e-3, optimizer=None
     Returns a list with one dict per epoch: ``epoch``, ``loss`` (mean over the epoch),
     ``lr``, ``seconds``, ``samples_per_s`` and the mean of every metric the method reports.
     ``on_epoch_end(epoch, record)`` is called after each epoch (checkpointing, logging).
+    ``postfix``: a dict shown in the progress bar beside the loss, read at each step (so
+    ``on_epoch_end`` can put an epoch's monitor there for the next epoch's bar).
     """
     dist.prepare(method)              # data-parallel: SyncBatchNorm, rank 0's weights
     optimizer = optimizer or make_optimizer(method, lr=lr)
@@ -120,7 +122,8 @@ def pretrain(method, train_data, epochs, batch_size=256, lr=1e-3, optimizer=None
             n += 1
             if hasattr(bar, "set_postfix"):
                 el = time.perf_counter() - t0
-                bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{n * loader.batch_size / el:.0f}")
+                bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{n * loader.batch_size / el:.0f}",
+                                **(postfix or {}))
         sums.update({k: dist.all_reduce(v) for k, v in sums.items() if k != "loss"})
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()},

@@ -301,3 +301,38 @@ def test_the_readmes_own_data_commands_run(tmp_path):
         proc = run_cli(*argv, cwd=tmp_path)
         assert proc.returncode == 0, (argv, proc.stderr)
     assert set(arrays_of(tmp_path / "photos.npz")) >= {"train_features", "train_files"}
+
+
+def test_knn_monitor_in_the_log_the_line_the_plot_and_the_bar(files, tmp_path, monkeypatch):
+    pytest.importorskip("PIL")
+    if not (files / "pngs").exists():
+        write_pngs(files / "pngs")
+    proc = run_cli("pretrain", "simclr", "--data", files / "pngs", "--image-size", "8",
+                   "--epochs", "2", "--batch-size", "8", "--no-progress", "--knn-every", "2",
+                   "--out", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    log = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert "knn_acc" not in log[0] and 0.0 <= log[1]["knn_acc"] <= 1.0
+    assert "epoch 2/2" in proc.stdout and "knn_acc=" in proc.stdout
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "run" / "monitor.png").is_file()
+    # The bar of the epoch after a monitor shows its value beside the loss.
+    from minissl import data, methods, train
+    shown, seen = {}, []
+
+    class Bar(list):
+        def set_postfix(self, **kv):
+            seen.append(kv)
+
+    monkeypatch.setattr(train, "_progress", lambda it, *a: Bar(it))
+    m = methods.build("simclr", data.digits())
+    train.pretrain(m, data.digits().train_x[:16], 2, 8, postfix=shown,
+                   on_epoch_end=lambda e, r: shown.update(knn="0.5"))
+    assert "knn" not in seen[0] and seen[-1]["knn"] == "0.5"
+
+
+def test_monitors_need_labels(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((10, 1, 8, 8), np.uint8))
+    assert_usage_error(run_cli("pretrain", "simclr", "--data", tmp_path / "x.npy",
+                               "--knn-every", "1", "--out", tmp_path / "run", *FAST),
+                       "--knn-every", "no labels")
