@@ -100,11 +100,15 @@ def _atomic_savez(path, **arrays):
 
 # ----------------------------------------------------------------------------- pretrain
 
-def _build(method_name, d, seed, device, overrides=None):
+def _build(method_name, d, seed, device, overrides=None, encoder=None, widths=None):
     from . import methods, nn, random
     random.manual_seed(seed)
+    overrides = dict(overrides or {})
+    if encoder:   # after the seed: a built-in backbone's initial weights are the seed's
+        from .methods.base import build_encoder
+        overrides["encoder"] = build_encoder(encoder, d.image_shape, widths)[0]
     try:
-        m = nn.fuse(methods.build(method_name, d, **(overrides or {})))   # BN + ReLU: one op
+        m = nn.fuse(methods.build(method_name, d, **overrides))   # BN + ReLU: one op
     except TypeError as e:
         raise CLIError(f"{method_name}: bad option: {e}") from None
     return m.to(device) if device != "cpu" else m
@@ -120,7 +124,8 @@ def _check_resume(meta, args, ckpt_path):
     options = {"seed": args.seed, "batch_size": args.batch_size, "limit": args.limit,
                "optimizer_name": args.optimizer, "lr": args.lr, "image_size": args.image_size,
                "weight_decay": args.weight_decay, "schedule": args.schedule,
-               "warmup_epochs": args.warmup_epochs}
+               "warmup_epochs": args.warmup_epochs, "encoder": args.encoder,
+               "widths": list(args.widths) if args.widths else None}
     for key, want in options.items():
         if key in meta and meta[key] != want:
             flag = "--" + key.replace("_name", "").replace("_", "-")
@@ -201,6 +206,11 @@ def cmd_pretrain(args):
     if args.warmup_epochs > args.epochs:
         raise CLIError(f"--warmup-epochs {args.warmup_epochs} exceeds --epochs {args.epochs}")
     args.overrides = _overrides(args)   # checked before any data is read
+    if args.widths and not args.encoder:
+        raise CLIError("--widths needs --encoder (mlp or resnet)")
+    if args.encoder and not methods.accepts_encoder(args.method):
+        raise CLIError(f"--encoder: {args.method} has its own network (set its sizes with "
+                       f"--set; `minissl list {args.method}`), not a choice of backbone")
     d = _load_data(args.data, methods.data_kind(args.method), args.method, args.data_root,
                    args.image_size)
     if (args.knn_every or args.probe_every) and not getattr(d, "labelled", True):
@@ -242,7 +252,8 @@ def _pretrain(args, d, lead):
     if args.resume:   # the metadata only: check it before building
         meta = check_run_meta(checkpoint.load(ckpt_path), ckpt_path)
         _check_resume(meta, args, ckpt_path)
-    method = _build(args.method, d, args.seed, args.device, args.overrides)
+    method = _build(args.method, d, args.seed, args.device, args.overrides, args.encoder,
+                    args.widths)
     opt = make_optimizer(method, args.optimizer, lr=args.lr, weight_decay=args.weight_decay)
     train_x = method.training_data(d)
     if args.limit:   # the first N examples (quick runs and tests)
@@ -297,6 +308,8 @@ def _pretrain(args, d, lead):
                         limit=args.limit, optimizer_name=args.optimizer, lr=args.lr,
                         image_size=args.image_size, weight_decay=args.weight_decay,
                         schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+                        encoder=args.encoder,
+                        widths=list(args.widths) if args.widths else None,
                         history=history, **run,
                         rng_state=random.default_generator().bit_generator.state)
         saved.append(epoch + 1)
@@ -379,7 +392,8 @@ def _restore(path, data_name=None, device="cpu", root=None):
         raise CLIError(f"{path}: not a minissl pretraining checkpoint (method {name!r})")
     d = _load_data(data_name or meta.get("data"), methods.data_kind(name), name, root,
                    meta.get("image_size") or 32)
-    method = _build(name, d, meta.get("seed", 0), device, _stored_settings(meta, path))
+    method = _build(name, d, meta.get("seed", 0), device, _stored_settings(meta, path),
+                    *_stored_encoder(meta, path))
     try:
         checkpoint.load(path, method)
     except checkpoint.CheckpointError as e:
@@ -405,11 +419,23 @@ def _stored_settings(meta, path):
         raise CLIError(str(e)) from None
 
 
+def _stored_encoder(meta, path):
+    from .methods.base import ENCODERS
+    encoder, widths = meta.get("encoder"), meta.get("widths")
+    if encoder is not None and (encoder not in ENCODERS or not (
+            widths is None or (isinstance(widths, list) and widths
+                               and all(isinstance(w, int) and w > 0 for w in widths)))):
+        raise CLIError(f"{path}: metadata encoder={encoder!r}, widths={widths!r} is not a "
+                       f"built-in encoder ({', '.join(ENCODERS)}) with positive widths")
+    return encoder, widths
+
+
 def cmd_eval(args):
     from . import evaluate
     method, d, meta = _restore(args.checkpoint, args.data, root=args.data_root)
     shown = {"method": meta["method"], "data": meta.get("data") if args.data is None
-             else args.data, "epoch": meta.get("epoch"), "settings": meta.get("config")}
+             else args.data, "epoch": meta.get("epoch"), "settings": meta.get("config"),
+             "encoder": meta.get("encoder"), "widths": meta.get("widths")}
     if method.data_kind != "images":   # text, series: no labels; the held-out pretext loss
         from .clidata import heldout_loss
         loss, n = heldout_loss(method, d, seed=args.seed)

@@ -40,6 +40,16 @@ def _nonnegative_int(text):
     return v
 
 
+def _widths(text):
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated integers: {text!r}") from None
+    if not all(0 < w <= 65536 for w in widths):
+        raise argparse.ArgumentTypeError(f"widths must be in 1..65536, got {text}")
+    return widths
+
+
 def _nonnegative_float(text):
     try:
         v = float(text)
@@ -77,6 +87,13 @@ def build_parser(commands):
     pre.add_argument("--epochs", type=_positive(int), default=100, help="total epochs")
     pre.add_argument("--batch-size", type=_positive(int), default=256)
     pre.add_argument("--lr", type=_positive(float), default=1e-3, help="learning rate")
+    pre.add_argument("--encoder", choices=["mlp", "resnet"],
+                     help="the backbone of an image method (default: an MLP for 8x8 grey "
+                          "images, else the resnet): mlp (Linear-BN-ReLU per width) or resnet "
+                          "(a conv stem, a BasicBlock per width, average pool)")
+    pre.add_argument("--widths", type=_widths, metavar="W1,W2,...",
+                     help="the encoder's widths (mlp default 256,256; resnet 32,64,128); "
+                          "the last is the feature width")
     pre.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "lars"], default="adam")
     pre.add_argument("--weight-decay", type=_nonnegative_float, default=None,
                      help="weight decay (default: the optimiser's, 1e-2 for adamw, 1e-6 for "

@@ -336,3 +336,44 @@ def test_monitors_need_labels(tmp_path):
     assert_usage_error(run_cli("pretrain", "simclr", "--data", tmp_path / "x.npy",
                                "--knn-every", "1", "--out", tmp_path / "run", *FAST),
                        "--knn-every", "no labels")
+
+
+def test_a_built_in_encoder_chosen_from_the_cli_is_rebuilt_by_eval(tmp_path):
+    args = ["pretrain", "simclr", "--data", "digits", "--limit", "32", *FAST, "--out",
+            tmp_path, "--encoder", "resnet", "--widths", "4,8"]
+    assert run_cli(*args).returncode == 0
+    weights = arrays_of(tmp_path / "checkpoint.npz")
+    assert weights["model/encoder.blocks.1.conv2.weight"].shape == (8, 8, 3, 3)
+    ev = run_cli("eval", "--checkpoint", tmp_path / "checkpoint.npz", "--protocol", "knn",
+                 "--labels-per-class", "2")
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["encoder"] == "resnet"
+    again = args[:args.index("4,8")] + ["4,16", "--resume"]
+    again[again.index("1")] = "2"
+    assert_usage_error(run_cli(*again), "--widths", "[4, 8]")
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["pretrain", "mae", "--encoder", "mlp"], ["--encoder", "mae has its own network"]),
+    (["pretrain", "simclr", "--widths", "8,16"], ["--widths needs --encoder"]),
+    (["pretrain", "simclr", "--encoder", "mlp", "--widths", "8,0"], ["--widths", "1..65536"]),
+    (["pretrain", "simclr", "--encoder", "vgg"], ["--encoder", "invalid choice"]),
+])
+def test_bad_encoder_options(argv, needles):
+    assert_usage_error(run_cli(*argv), *needles)
+
+
+def test_any_module_as_the_encoder_from_python():
+    from minissl import data, methods, nn
+    from minissl.train import pretrain
+    d = data.digits()
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(64, 24), nn.ReLU())
+    for name in ("byol", "rotation", "autoencoder"):
+        m = methods.build(name, d, encoder=encoder, feature_dim=24)
+        assert m.encoder is encoder
+        pretrain(m, d.train_x[:16], 1, 8, progress=False)
+        assert m.features(d.test_x[:5]).shape == (5, 24)
+    mlp = nn.MLPEncoder(64, (32, 16))       # out_dim gives the feature width
+    assert methods.build("simclr", d, encoder=mlp).feature_dim == 16
+    with pytest.raises(ValueError, match="needs feature_dim"):
+        methods.build("simclr", d, encoder=nn.Sequential(nn.Flatten()))

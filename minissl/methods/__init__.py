@@ -5,6 +5,7 @@ data, **overrides)`` imports the module only when asked and builds the method fo
 data object (an image ``Dataset``, a ``TextCorpus`` or an ``ARSeries``).
 """
 import importlib
+import inspect
 
 # name: (module, builder function, family in the taxonomy, what it trains on)
 METHODS = {
@@ -56,8 +57,18 @@ def builder(name):
 
 
 def build(name, data, **overrides):
-    """Build method ``name`` for the loaded ``data`` (see ``minissl.data.load``)."""
+    """Build method ``name`` for the loaded ``data`` (see ``minissl.data.load``).
+
+    ``overrides`` set fields of the method's config (``config_class(name)``); the image
+    methods but MAE (``accepts_encoder``) also take ``encoder=`` (any ``nn.Module`` mapping
+    (B, C, H, W) images to (B, D) features) and ``feature_dim=D`` (default: the encoder's
+    ``out_dim``); ``base.build_encoder`` makes the built-in ones by name."""
     return builder(name)(data, **overrides)
+
+
+def accepts_encoder(name):
+    """Whether ``build(name, data, encoder=...)`` takes a custom encoder."""
+    return "encoder" in inspect.signature(builder(name)).parameters
 
 
 def config_class(name):
