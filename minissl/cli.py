@@ -7,10 +7,14 @@ stderr, never a traceback; files are written atomically, so a killed run (SIGKIL
 leaves the previous checkpoint intact, and SIGTERM cleans up as Ctrl-C does.
 
 ``pretrain --resume`` continues the run exactly: the result equals the uninterrupted run of
-``--epochs``. Everything else that shapes the run (seed, batch size, data, ``--limit``,
-optimiser, learning rate, the method's settings, the steps per epoch) must be the
-checkpoint's; ``--epochs`` may change unless the method schedules over the whole run (BYOL's
-EMA rate), which is refused with what to do. A run stops with status 2 when the loss or a
+``--epochs``. Everything else that shapes the run (seed, batch size, data, ``--image-size``,
+``--limit``, optimiser, learning rate and its schedule, weight decay, the encoder, the
+method's settings, the steps per epoch) must be the checkpoint's; ``--epochs`` may change
+unless a schedule spans the whole run (BYOL's EMA rate, ``--schedule cosine``), which is
+refused with what to do.
+
+``--data`` is a registered data set or a path (``minissl.clidata``, ``minissl.data.user``);
+``--set``/``--config`` are checked against the method's config (``minissl.settings``). A run stops with status 2 when the loss or a
 weight becomes non-finite, keeping the last finite checkpoint; one run at a time writes to an
 ``--out`` folder (see ``minissl.rundir``).
 """
@@ -19,6 +23,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -110,6 +115,10 @@ def _build(method_name, d, seed, device, overrides=None, encoder=None, widths=No
     try:
         m = nn.fuse(methods.build(method_name, d, **overrides))   # BN + ReLU: one op
     except TypeError as e:
+        taken = re.search(r"multiple values for keyword argument '(\w+)'", str(e))
+        if taken:   # e.g. a language model's vocab_size: the corpus's characters
+            raise CLIError(f"{method_name}: {taken.group(1)} is set from the data, not by "
+                           f"--set or --config") from None
         raise CLIError(f"{method_name}: bad option: {e}") from None
     return m.to(device) if device != "cpu" else m
 

@@ -17,7 +17,8 @@ import pytest
 from minissl import cli, clidata
 from minissl.data import user
 
-from test_cli import ROOT, arrays_of, assert_usage_error, run_cli
+from test_cli import (ROOT, _interrupted_then_resumed, arrays_of, assert_same_state,
+                      assert_usage_error, run_cli)
 
 FAST = ["--epochs", "1", "--batch-size", "8", "--no-progress", "--no-plots"]
 
@@ -377,3 +378,20 @@ def test_any_module_as_the_encoder_from_python():
     assert methods.build("simclr", d, encoder=mlp).feature_dim == 16
     with pytest.raises(ValueError, match="needs feature_dim"):
         methods.build("simclr", d, encoder=nn.Sequential(nn.Flatten()))
+
+
+def test_a_cosine_schedule_resumes_exactly_and_keeps_its_length(tmp_path, monkeypatch):
+    extra = ["--schedule", "cosine", "--warmup-epochs", "1", "--weight-decay", "1e-4",
+             "--limit", "32", "--batch-size", "16"]
+    resumed, straight = _interrupted_then_resumed("simclr", tmp_path, monkeypatch, epochs=3,
+                                                  extra=extra)
+    assert_same_state(resumed / "checkpoint.npz", straight / "checkpoint.npz")
+    assert_usage_error(run_cli("pretrain", "simclr", "--epochs", "4", "--no-progress",
+                               "--no-plots", "--seed", "3", *extra, "--out", straight,
+                               "--resume"), "--schedule cosine", "whole run")
+
+
+def test_a_setting_the_data_decides_is_refused(files, tmp_path):
+    assert_usage_error(run_cli("pretrain", "gpt", "--data", files / "story.txt", *FAST,
+                               "--set", "vocab_size=10", "--out", tmp_path),
+                       "vocab_size is set from the data")
