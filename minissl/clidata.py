@@ -16,10 +16,6 @@ FILE_DATASETS = {
     "fashion_mnist": "fashion-mnist/ (or FashionMNIST/raw/): the four IDX files",
     "cifar10": "cifar-10-batches-bin/ or cifar-10-batches-py/ (also under cifar10/)",
 }
-KIND_OF = {"Dataset": "images", "FileDataset": "images", "TextCorpus": "text",
-           "ARSeries": "series", "Series": "series"}
-
-
 class DataError(ValueError):
     """Data the command cannot use: one line for the user."""
 
@@ -49,10 +45,12 @@ def load(name, kind=None, method="this method", root=None, image_size=32):
             d = user.from_path(name, image_size=image_size)
         except ImportError as e:
             raise DataError(str(e)) from None
-    got = KIND_OF.get(type(d).__name__, type(d).__name__)
+    got = ("images" if isinstance(d, data.Dataset) else "text"
+           if isinstance(d, data.TextCorpus) else "series")
     if kind is not None and got != kind:
         takers = [m for m in methods.METHODS if methods.data_kind(m) == got]
-        audio = " (WAV audio is read as series of samples)" if got == "series" else ""
+        audio = (" (WAV audio is read as series of samples)"
+                 if is_path(name) and user.kind_of_path(name) == "audio" else "")
         raise DataError(f"{method} trains on {kind}, but {name!r} is {got}{audio}; the methods "
                         f"for {got}: {', '.join(takers) or 'none'}")
     return d

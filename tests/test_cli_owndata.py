@@ -395,3 +395,9 @@ def test_a_setting_the_data_decides_is_refused(files, tmp_path):
     assert_usage_error(run_cli("pretrain", "gpt", "--data", files / "story.txt", *FAST,
                                "--set", "vocab_size=10", "--out", tmp_path),
                        "vocab_size is set from the data")
+
+
+def test_too_few_examples_to_hold_out_a_test_split(tmp_path):
+    np.save(tmp_path / "two.npy", np.zeros((2, 16), np.float32))
+    assert_usage_error(run_cli("pretrain", "ar", "--data", tmp_path / "two.npy", *FAST,
+                               "--out", tmp_path / "run"), "two.npy", "too few")

@@ -76,7 +76,7 @@ def _check_size(path, most=MAX_FILE_BYTES):
     return size
 
 
-def _split(n, labels, files, seed):
+def _split(n, labels, where, seed):
     if labels is not None:
         tr, te = stratified_split(labels, TEST_FRACTION, seed)
     else:
@@ -84,14 +84,15 @@ def _split(n, labels, files, seed):
         cut = n - int(round(TEST_FRACTION * n))
         tr, te = np.sort(order[:cut]), np.sort(order[cut:])
     if len(tr) == 0 or len(te) == 0:
-        raise ValueError(f"{len(files) and os.path.dirname(files[0]) or 'data'}: {n} examples "
-                         f"are too few to hold out a test split; add more")
+        raise ValueError(f"{where}: {n} examples are too few to hold out a test split; add "
+                         f"more")
     return tr, te
 
 
-def _image_dataset(name, x, labels, class_names, files, seed):
+def _image_dataset(where, x, labels, class_names, files, seed):
     y = np.zeros(len(x), np.int64) if labels is None else labels.astype(np.int64)
-    tr, te = _split(len(x), labels, files, seed)
+    tr, te = _split(len(x), labels, where, seed)
+    name = os.path.basename(os.path.normpath(where))
     names = np.asarray(files)
     return FileDataset(name, x[tr], y[tr], x[te], y[te],
                        num_classes=len(class_names), class_names=list(class_names),
@@ -164,8 +165,7 @@ def image_folder(path, image_size=32, seed=0):
     if grey:
         x = np.ascontiguousarray(x[:, :1])
     names = classes if classes else ["unlabelled"]
-    return _image_dataset(os.path.basename(os.path.normpath(path)), x, labels, names,
-                          files, seed)
+    return _image_dataset(path, x, labels, names, files, seed)
 
 
 # ------------------------------------------------------------------------------- array files
@@ -214,13 +214,13 @@ def array_file(path, seed=0):
         return _series(path, x.astype(np.float32), files, seed)
     k = int(y.max()) + 1 if y is not None else 1
     names = [str(c) for c in range(k)] if y is not None else ["unlabelled"]
-    return _image_dataset(os.path.basename(path), _as_images(path, x), y, names, files, seed)
+    return _image_dataset(path, _as_images(path, x), y, names, files, seed)
 
 
 def _series(path, x, files, seed):
     if not np.isfinite(x).all():
         raise ValueError(f"{path}: the series hold NaN or infinity")
-    tr, te = _split(len(x), None, files, seed)
+    tr, te = _split(len(x), None, path, seed)
     names = np.asarray(files)
     return Series(x[tr], np.zeros(0), 0.0, test_series=x[te],
                   train_files=tuple(names[tr]), test_files=tuple(names[te]))
