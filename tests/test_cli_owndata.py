@@ -401,3 +401,17 @@ def test_too_few_examples_to_hold_out_a_test_split(tmp_path):
     np.save(tmp_path / "two.npy", np.zeros((2, 16), np.float32))
     assert_usage_error(run_cli("pretrain", "ar", "--data", tmp_path / "two.npy", *FAST,
                                "--out", tmp_path / "run"), "two.npy", "too few")
+
+
+def test_no_unbounded_read(tmp_path, monkeypatch):
+    """A compressed .npz that inflates past the limit, and a folder of WAVs past it, are
+    refused by their sizes, before they are read."""
+    np.savez_compressed(tmp_path / "bomb.npz", x=np.zeros((100, 1, 8, 8), np.float32))
+    (tmp_path / "wavs").mkdir()
+    write_wav(tmp_path / "wavs" / "a.wav", np.zeros(800))
+    monkeypatch.setattr(user, "MAX_TOTAL_BYTES", 4000)
+    assert (tmp_path / "bomb.npz").stat().st_size < 4000
+    with pytest.raises(ValueError, match="bomb.npz: its arrays inflate to"):
+        user.from_path(tmp_path / "bomb.npz")
+    with pytest.raises(ValueError, match="bytes of audio, more than"):
+        user.from_path(tmp_path / "wavs")

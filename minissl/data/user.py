@@ -196,6 +196,11 @@ def array_file(path, seed=0):
                 if "x" not in f.files:
                     raise ValueError(f"{path}: an .npz needs an array 'x' (and optionally "
                                      f"'y'), found {', '.join(f.files) or 'none'}")
+                # A compressed member inflates: its size is checked before it is read.
+                inflated = sum(i.file_size for i in f.zip.infolist())
+                if inflated > MAX_TOTAL_BYTES:
+                    raise ValueError(f"{path}: its arrays inflate to {inflated} bytes, more "
+                                     f"than the {MAX_TOTAL_BYTES} minissl reads")
                 x, y = f["x"], (f["y"] if "y" in f.files else None)
     except ValueError as e:
         if str(e).startswith(path):
@@ -267,6 +272,10 @@ def wav_folder(path, series_length=256, seed=0):
     files = _listed(path, (".wav",))
     if not files:
         raise ValueError(f"{path}: no .wav files in it")
+    total = sum(_check_size(f) for f in files)
+    if total > MAX_TOTAL_BYTES // 4:   # 8-bit samples become 4-byte floats
+        raise ValueError(f"{path}: {total} bytes of audio, more than the "
+                         f"{MAX_TOTAL_BYTES // 4} minissl reads")
     windows, names, rate = [], [], None
     for f in files:
         a, r = read_wav(f)
