@@ -222,6 +222,10 @@ def cmd_pretrain(args):
                        f"--set; `minissl list {args.method}`), not a choice of backbone")
     d = _load_data(args.data, methods.data_kind(args.method), args.method, args.data_root,
                    args.image_size)
+    if (args.knn_every or args.probe_every) and methods.data_kind(args.method) != "images":
+        raise CLIError(f"--knn-every/--probe-every: accuracy needs labelled images; "
+                       f"{args.method} trains on {methods.data_kind(args.method)} (its "
+                       f"held-out loss: `minissl eval`)")
     if (args.knn_every or args.probe_every) and not getattr(d, "labelled", True):
         raise CLIError(f"--knn-every/--probe-every: {args.data} has no labels (no class "
                        f"subfolders, no 'y' array) to measure accuracy with")
@@ -289,8 +293,7 @@ def _pretrain(args, d, lead):
                 print(f"already trained for {start} epochs (asked {args.epochs}); nothing to do")
             return 0
         saved.append(start)
-    probe = args.probe_every and method.data_kind == "images"
-    knn = args.knn_every and method.data_kind == "images"
+    probe, knn = args.probe_every, args.knn_every   # images with labels (checked above)
     shown = {}    # the last kNN accuracy, in the progress bar
 
     def on_epoch_end(epoch, record):

@@ -332,11 +332,14 @@ def test_knn_monitor_in_the_log_the_line_the_plot_and_the_bar(files, tmp_path, m
     assert "knn" not in seen[0] and seen[-1]["knn"] == "0.5"
 
 
-def test_monitors_need_labels(tmp_path):
+def test_monitors_need_labelled_images(tmp_path, files):
     np.save(tmp_path / "x.npy", np.zeros((10, 1, 8, 8), np.uint8))
     assert_usage_error(run_cli("pretrain", "simclr", "--data", tmp_path / "x.npy",
                                "--knn-every", "1", "--out", tmp_path / "run", *FAST),
                        "--knn-every", "no labels")
+    assert_usage_error(run_cli("pretrain", "gpt", "--data", files / "story.txt",
+                               "--probe-every", "1", "--out", tmp_path / "run", *FAST),
+                       "--probe-every", "gpt trains on text")
 
 
 def test_a_built_in_encoder_chosen_from_the_cli_is_rebuilt_by_eval(tmp_path):
