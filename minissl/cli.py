@@ -11,12 +11,13 @@ leaves the previous checkpoint intact, and SIGTERM cleans up as Ctrl-C does.
 ``--limit``, optimiser, learning rate and its schedule, weight decay, the encoder, the
 method's settings, the steps per epoch) must be the checkpoint's; ``--epochs`` may change
 unless a schedule spans the whole run (BYOL's EMA rate, ``--schedule cosine``), which is
-refused with what to do.
+refused with what to do. A run stops with status 2 when the loss or a weight becomes
+non-finite, keeping the last finite checkpoint; one run at a time writes to an ``--out``
+folder (see ``minissl.rundir``).
 
 ``--data`` is a registered data set or a path (``minissl.clidata``, ``minissl.data.user``);
-``--set``/``--config`` are checked against the method's config (``minissl.settings``). A run stops with status 2 when the loss or a
-weight becomes non-finite, keeping the last finite checkpoint; one run at a time writes to an
-``--out`` folder (see ``minissl.rundir``).
+``--set``/``--config`` are checked against the method's config (``minissl.settings``); the
+parser is ``minissl.cliargs``.
 """
 import contextlib
 import dataclasses
@@ -424,7 +425,8 @@ def _stored_settings(meta, path):
     stored = meta.get("settings") or {}
     try:
         if not isinstance(stored, dict):
-            raise settings.SettingsError(f"expected a table, got {type(stored).__name__}")
+            raise settings.SettingsError(f"{path}: metadata field 'settings' is not a table "
+                                         f"(got {type(stored).__name__})")
         return settings.validate(methods.config_class(meta["method"]), stored,
                                  f"{path}: settings")
     except settings.SettingsError as e:

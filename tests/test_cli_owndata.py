@@ -418,3 +418,18 @@ def test_no_unbounded_read(tmp_path, monkeypatch):
         user.from_path(tmp_path / "bomb.npz")
     with pytest.raises(ValueError, match="bytes of audio, more than"):
         user.from_path(tmp_path / "wavs")
+
+
+@pytest.mark.parametrize("meta,needles", [
+    ({"settings": {"temprature": 0.1}}, ["settings", "unknown setting 'temprature'"]),
+    ({"settings": {"temperature": "hot"}}, ["settings", "temperature='hot'"]),
+    ({"settings": [1]}, ["'settings' is not a table"]),
+    ({"encoder": "vgg"}, ["encoder='vgg'", "not a built-in encoder"]),
+    ({"encoder": "resnet", "widths": [4, -1]}, ["widths=[4, -1]"]),
+])
+def test_a_hand_edited_checkpoint_is_refused_by_eval(meta, needles, tmp_path):
+    from minissl import checkpoint, data, methods
+    m = methods.build("simclr", data.digits())
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, m, method="simclr", data="digits", epoch=1, **meta)
+    assert_usage_error(run_cli("eval", "--checkpoint", path), str(path), *needles)
