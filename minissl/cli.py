@@ -7,19 +7,24 @@ stderr, never a traceback; files are written atomically, so a killed run (SIGKIL
 leaves the previous checkpoint intact, and SIGTERM cleans up as Ctrl-C does.
 
 ``pretrain --resume`` continues the run exactly: the result equals the uninterrupted run of
-``--epochs``. Everything else that shapes the run (seed, batch size, data, ``--limit``,
-optimiser, learning rate, the method's settings, the steps per epoch) must be the
-checkpoint's; ``--epochs`` may change unless the method schedules over the whole run (BYOL's
-EMA rate), which is refused with what to do. A run stops with status 2 when the loss or a
-weight becomes non-finite, keeping the last finite checkpoint; one run at a time writes to an
-``--out`` folder (see ``minissl.rundir``).
+``--epochs``. Everything else that shapes the run (seed, batch size, data, ``--image-size``,
+``--limit``, optimiser, learning rate and its schedule, weight decay, the encoder, the
+method's settings, the steps per epoch) must be the checkpoint's; ``--epochs`` may change
+unless a schedule spans the whole run (BYOL's EMA rate, ``--schedule cosine``), which is
+refused with what to do. A run stops with status 2 when the loss or a weight becomes
+non-finite, keeping the last finite checkpoint; one run at a time writes to an ``--out``
+folder (see ``minissl.rundir``).
+
+``--data`` is a registered data set or a path (``minissl.clidata``, ``minissl.data.user``);
+``--set``/``--config`` are checked against the method's config (``minissl.settings``); the
+parser is ``minissl.cliargs``.
 """
-import argparse
 import contextlib
 import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -28,49 +33,14 @@ import warnings
 import numpy as np
 
 from . import runtime
+from .cliargs import CLIError, build_parser
 
 USAGE_ERROR = 2
 MAX_MESSAGE = 400   # characters of an error line; longer messages are cut
 _JOB = {"training": False}   # True while the ranks of a data-parallel run train together
 
 
-class CLIError(Exception):
-    """A user error: printed as one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise CLIError(f"{self.prog}: {message}")
-
-
 # ----------------------------------------------------------------------------- helpers
-
-def _positive(kind, most=None):
-    def parse(text):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not (v > 0 and math.isfinite(v)):
-            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-        if most is not None and v > most:
-            raise argparse.ArgumentTypeError(f"must be at most {most}, got {text}")
-        return v
-    return parse
-
-
-MAX_DRAWS = 100   # each draw fits a probe; past ~100 the mean's error is far below the spread
-
-
-def _nonnegative_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
-
 
 def _check_device(device):
     if device == "cuda":
@@ -80,21 +50,21 @@ def _check_device(device):
                            "(pip install 'minissl[gpu]'), or use --device cpu")
 
 
-def _load_data(name, kind=None, method="this method"):
-    from . import data
-    if name not in data.DATASETS:
-        raise CLIError(f"unknown data set {name!r}; known: {', '.join(sorted(data.DATASETS))}")
+def _load_data(name, kind=None, method="this method", root=None, image_size=32):
+    from . import clidata
     try:
-        d = data.load(name)
-    except ImportError as e:
-        raise CLIError(f"data set {name!r} needs a package: {e}") from None
-    if kind is not None:
-        expect = {"images": data.Dataset, "text": data.TextCorpus, "series": data.ARSeries}[kind]
-        if not isinstance(d, expect):
-            got = {data.Dataset: "images", data.TextCorpus: "text",
-                   data.ARSeries: "series"}.get(type(d), type(d).__name__)
-            raise CLIError(f"{method} trains on {kind}, but data set {name!r} is {got}")
-    return d
+        return clidata.load(name, kind, method, root=root, image_size=image_size)
+    except clidata.DataError as e:
+        raise CLIError(str(e)) from None
+
+
+def _overrides(args):
+    """The method's settings of ``--config FILE`` then ``--set KEY=VALUE`` (later wins)."""
+    from . import methods, settings
+    try:
+        return settings.parse(methods.config_class(args.method), args.set or (), args.config)
+    except settings.SettingsError as e:
+        raise CLIError(f"{args.method}: {e}") from None
 
 
 def _finite_or_none(value):
@@ -136,12 +106,20 @@ def _atomic_savez(path, **arrays):
 
 # ----------------------------------------------------------------------------- pretrain
 
-def _build(method_name, d, seed, device, overrides=None):
+def _build(method_name, d, seed, device, overrides=None, encoder=None, widths=None):
     from . import methods, nn, random
     random.manual_seed(seed)
+    overrides = dict(overrides or {})
+    if encoder:   # after the seed: a built-in backbone's initial weights are the seed's
+        from .methods.base import build_encoder
+        overrides["encoder"] = build_encoder(encoder, d.image_shape, widths)[0]
     try:
-        m = nn.fuse(methods.build(method_name, d, **(overrides or {})))   # BN + ReLU: one op
+        m = nn.fuse(methods.build(method_name, d, **overrides))   # BN + ReLU: one op
     except TypeError as e:
+        taken = re.search(r"multiple values for keyword argument '(\w+)'", str(e))
+        if taken:   # e.g. a language model's vocab_size: the corpus's characters
+            raise CLIError(f"{method_name}: {taken.group(1)} is set from the data, not by "
+                           f"--set or --config") from None
         raise CLIError(f"{method_name}: bad option: {e}") from None
     return m.to(device) if device != "cpu" else m
 
@@ -154,7 +132,10 @@ def _check_resume(meta, args, ckpt_path):
         raise CLIError(f"--resume: {ckpt_path} holds {meta['method']} on {meta.get('data')}, "
                        f"not {args.method} on {args.data}")
     options = {"seed": args.seed, "batch_size": args.batch_size, "limit": args.limit,
-               "optimizer_name": args.optimizer, "lr": args.lr}
+               "optimizer_name": args.optimizer, "lr": args.lr, "image_size": args.image_size,
+               "weight_decay": args.weight_decay, "schedule": args.schedule,
+               "warmup_epochs": args.warmup_epochs, "encoder": args.encoder,
+               "widths": list(args.widths) if args.widths else None}
     for key, want in options.items():
         if key in meta and meta[key] != want:
             flag = "--" + key.replace("_name", "").replace("_", "-")
@@ -201,9 +182,11 @@ def _check_schedule(meta, run, method, args, ckpt_path):
         raise CLIError(f"--resume: {ckpt_path} was trained with {spe} steps per epoch, the "
                        f"data now gives {run['steps_per_epoch']}; resume on the same data")
     planned = meta.get("epochs")
-    if getattr(method, "uses_total_steps", False) and planned != args.epochs:
+    spans = ("--schedule cosine" if args.schedule == "cosine" else args.method
+             if getattr(method, "uses_total_steps", False) else None)
+    if spans and planned != args.epochs:
         told = f"planned as {planned} epochs" if planned else "whose length it does not record"
-        raise CLIError(f"--resume: {args.method} schedules over the whole run, {told}, so "
+        raise CLIError(f"--resume: {spans} schedules over the whole run, {told}, so "
                        f"resuming it to --epochs {args.epochs} cannot equal a "
                        f"{args.epochs}-epoch run; resume with --epochs {planned or 'N'} as "
                        f"planned, or start a new run (without --resume) with --epochs "
@@ -228,7 +211,25 @@ def cmd_pretrain(args):
     if args.method not in methods.METHODS:
         raise CLIError(f"unknown method {args.method!r}; known: {', '.join(methods.METHODS)}")
     _check_device(args.device)
-    d = _load_data(args.data, methods.data_kind(args.method), args.method)
+    if args.warmup_epochs and args.schedule != "cosine":
+        raise CLIError("--warmup-epochs needs --schedule cosine")
+    if args.warmup_epochs > args.epochs:
+        raise CLIError(f"--warmup-epochs {args.warmup_epochs} exceeds --epochs {args.epochs}")
+    args.overrides = _overrides(args)   # checked before any data is read
+    if args.widths and not args.encoder:
+        raise CLIError("--widths needs --encoder (mlp or resnet)")
+    if args.encoder and not methods.accepts_encoder(args.method):
+        raise CLIError(f"--encoder: {args.method} has its own network (set its sizes with "
+                       f"--set; `minissl list {args.method}`), not a choice of backbone")
+    d = _load_data(args.data, methods.data_kind(args.method), args.method, args.data_root,
+                   args.image_size)
+    if (args.knn_every or args.probe_every) and methods.data_kind(args.method) != "images":
+        raise CLIError(f"--knn-every/--probe-every: accuracy needs labelled images; "
+                       f"{args.method} trains on {methods.data_kind(args.method)} (its "
+                       f"held-out loss: `minissl eval`)")
+    if (args.knn_every or args.probe_every) and not getattr(d, "labelled", True):
+        raise CLIError(f"--knn-every/--probe-every: {args.data} has no labels (no class "
+                       f"subfolders, no 'y' array) to measure accuracy with")
     if args.resume and not os.path.isfile(os.path.join(args.out, "checkpoint.npz")):
         raise CLIError(f"--resume: no checkpoint at {os.path.join(args.out, 'checkpoint.npz')}")
     lead = _init_distributed(args)   # data-parallel: rank 0 alone writes and prints
@@ -265,20 +266,23 @@ def _pretrain(args, d, lead):
     if args.resume:   # the metadata only: check it before building
         meta = check_run_meta(checkpoint.load(ckpt_path), ckpt_path)
         _check_resume(meta, args, ckpt_path)
-    method = _build(args.method, d, args.seed, args.device)
-    opt = make_optimizer(method, args.optimizer, lr=args.lr)
+    method = _build(args.method, d, args.seed, args.device, args.overrides, args.encoder,
+                    args.widths)
+    opt = make_optimizer(method, args.optimizer, lr=args.lr, weight_decay=args.weight_decay)
     train_x = method.training_data(d)
     if args.limit:   # the first N examples (quick runs and tests)
         train_x = (tuple(a[:args.limit] for a in train_x) if isinstance(train_x, tuple)
                    else train_x[:args.limit])
     run = {"epochs": args.epochs, "config": _method_settings(method),
+           "settings": json.loads(json.dumps(args.overrides)),
            "steps_per_epoch": _steps_per_epoch(train_x, args.batch_size, args.method, method)}
+    sched = _scheduler(opt, args, run["steps_per_epoch"])
     start, history, saved = 0, [], []
     if args.resume:
         start, history = meta["epoch"], list(meta.get("history", []))
         if start < args.epochs:   # everything checked before anything is written
             _check_schedule(meta, run, method, args, ckpt_path)
-            checkpoint.load(ckpt_path, method, opt)
+            checkpoint.load(ckpt_path, method, opt, sched)
             _check_finite_weights(method, ckpt_path)
             _restore_rng(meta, ckpt_path)
         # The checkpoint's history is the record of the epochs it holds; an epoch logged
@@ -290,11 +294,16 @@ def _pretrain(args, d, lead):
                 print(f"already trained for {start} epochs (asked {args.epochs}); nothing to do")
             return 0
         saved.append(start)
-    probe = args.probe_every and method.data_kind == "images"
+    probe, knn = args.probe_every, args.knn_every   # images with labels (checked above)
+    shown = {}    # the last kNN accuracy, in the progress bar
 
     def on_epoch_end(epoch, record):
         if not lead:
             return
+        if knn and (epoch + 1) % args.knn_every == 0:
+            from .clidata import knn_monitor
+            record["knn_acc"] = knn_monitor(method, d)
+            shown["knn"] = f"{record['knn_acc']:.3f}"
         if probe and (epoch + 1) % args.probe_every == 0:
             from .evaluate import few_label_probe
             tr, te = method.features(d.train_x), method.features(d.test_x)
@@ -307,9 +316,13 @@ def _pretrain(args, d, lead):
         # Checkpoint first, then the whole log, replaced atomically: a kill in between loses
         # a log line that the resumed run rewrites from the checkpoint's history, never a
         # checkpointed epoch; and a new run never leaves an old checkpoint without its log.
-        checkpoint.save(ckpt_path, method, opt, method=args.method, data=args.data,
+        checkpoint.save(ckpt_path, method, opt, sched, method=args.method, data=args.data,
                         epoch=epoch + 1, seed=args.seed, batch_size=args.batch_size,
                         limit=args.limit, optimizer_name=args.optimizer, lr=args.lr,
+                        image_size=args.image_size, weight_decay=args.weight_decay,
+                        schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+                        encoder=args.encoder,
+                        widths=list(args.widths) if args.widths else None,
                         history=history, **run,
                         rng_state=random.default_generator().bit_generator.state)
         saved.append(epoch + 1)
@@ -320,9 +333,9 @@ def _pretrain(args, d, lead):
 
     _JOB["training"] = True   # from here on, a rank failing alone must end the job (see main)
     try:
-        pretrain(method, train_x, args.epochs, args.batch_size, optimizer=opt, seed=args.seed,
-                 device=args.device, start_epoch=start, progress=not args.no_progress,
-                 on_epoch_end=on_epoch_end)
+        pretrain(method, train_x, args.epochs, args.batch_size, optimizer=opt, scheduler=sched,
+                 seed=args.seed, device=args.device, start_epoch=start,
+                 progress=not args.no_progress, on_epoch_end=on_epoch_end, postfix=shown)
     except FloatingPointError as e:
         # Every rank sees the same global loss and the same weights, so all stop here alike.
         _JOB["training"] = False
@@ -336,6 +349,16 @@ def _pretrain(args, d, lead):
         _plots(args.out, method, d, history)
     print(f"checkpoint: {ckpt_path}\nmetrics: {log_path}")
     return 0
+
+
+def _scheduler(opt, args, steps_per_epoch):
+    """``--schedule cosine``: linear warm-up over ``--warmup-epochs``, then cosine to 0
+    (``optim.CosineWarmupSchedule``); ``constant`` keeps ``--lr``."""
+    if args.schedule == "constant":
+        return None
+    from .optim import CosineWarmupSchedule
+    return CosineWarmupSchedule(opt, args.warmup_epochs * steps_per_epoch,
+                                args.epochs * steps_per_epoch)
 
 
 def _restore_rng(meta, path):
@@ -368,7 +391,7 @@ def _plots(out, method, d, history):
 
 # ----------------------------------------------------------------------------- eval / embed
 
-def _restore(path, data_name=None, device="cpu"):
+def _restore(path, data_name=None, device="cpu", root=None):
     """Rebuild the method stored in checkpoint ``path``; returns (method, data, metadata)."""
     from . import checkpoint, methods
     if not os.path.exists(path):
@@ -380,8 +403,10 @@ def _restore(path, data_name=None, device="cpu"):
     name = meta["method"]
     if name not in methods.METHODS:
         raise CLIError(f"{path}: not a minissl pretraining checkpoint (method {name!r})")
-    d = _load_data(data_name or meta.get("data"), methods.data_kind(name), name)
-    method = _build(name, d, meta.get("seed", 0), device)
+    d = _load_data(data_name or meta.get("data"), methods.data_kind(name), name, root,
+                   meta.get("image_size") or 32)
+    method = _build(name, d, meta.get("seed", 0), device, _stored_settings(meta, path),
+                    *_stored_encoder(meta, path))
     try:
         checkpoint.load(path, method)
     except checkpoint.CheckpointError as e:
@@ -393,12 +418,47 @@ def _restore(path, data_name=None, device="cpu"):
     return method, d, meta
 
 
+def _stored_settings(meta, path):
+    """The ``--set``/``--config`` settings a checkpoint was trained with, validated again
+    (a hand-edited file is refused like a bad ``--set``)."""
+    from . import methods, settings
+    stored = meta.get("settings") or {}
+    try:
+        if not isinstance(stored, dict):
+            raise settings.SettingsError(f"{path}: metadata field 'settings' is not a table "
+                                         f"(got {type(stored).__name__})")
+        return settings.validate(methods.config_class(meta["method"]), stored,
+                                 f"{path}: settings")
+    except settings.SettingsError as e:
+        raise CLIError(str(e)) from None
+
+
+def _stored_encoder(meta, path):
+    from .methods.base import ENCODERS
+    encoder, widths = meta.get("encoder"), meta.get("widths")
+    if encoder is not None and (encoder not in ENCODERS or not (
+            widths is None or (isinstance(widths, list) and widths
+                               and all(isinstance(w, int) and w > 0 for w in widths)))):
+        raise CLIError(f"{path}: metadata encoder={encoder!r}, widths={widths!r} is not a "
+                       f"built-in encoder ({', '.join(ENCODERS)}) with positive widths")
+    return encoder, widths
+
+
 def cmd_eval(args):
     from . import evaluate
-    method, d, meta = _restore(args.checkpoint, args.data)
-    if method.data_kind != "images":
-        raise CLIError(f"eval: protocols need an image data set; {meta['method']} trained on "
-                       f"{method.data_kind}")
+    method, d, meta = _restore(args.checkpoint, args.data, root=args.data_root)
+    shown = {"method": meta["method"], "data": meta.get("data") if args.data is None
+             else args.data, "epoch": meta.get("epoch"), "settings": meta.get("config"),
+             "encoder": meta.get("encoder"), "widths": meta.get("widths")}
+    if method.data_kind != "images":   # text, series: no labels; the held-out pretext loss
+        from .clidata import heldout_loss
+        loss, n = heldout_loss(method, d, seed=args.seed)
+        print(json.dumps(_finite_or_none({"protocol": "heldout_loss", "loss": loss,
+                                          "examples": n, **shown})))
+        return 0
+    if not getattr(d, "labelled", True):
+        raise CLIError(f"eval: {shown['data']} has no labels (no class subfolders, no 'y' "
+                       f"array): the protocols need some; `minissl embed` works without")
     k = args.labels_per_class
     if args.protocol == "finetune":
         acc = evaluate.finetune(method, d.train_x, d.train_y, d.test_x, d.test_y, k,
@@ -417,36 +477,38 @@ def cmd_eval(args):
             acc = evaluate.knn_classify(tr[idx], d.train_y[idx], te, d.test_y,
                                         k=min(20, len(idx)))
             result = {"protocol": "knn", "labels_per_class": k, "accuracy": acc}
-    result.update(method=meta["method"], data=d.name, epoch=meta.get("epoch"))
+    result.update(shown)
     print(json.dumps(result))
     return 0
 
 
 def cmd_embed(args):
-    method, d, _ = _restore(args.checkpoint, args.data)
-    if method.data_kind != "images":
-        raise CLIError("embed: needs an image data set")
+    from .clidata import embed_arrays
     if not args.out.endswith(".npz"):
         raise CLIError(f"embed: --out must be a .npz file, got {args.out}")
     folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(folder):
         raise CLIError(f"embed: folder {folder} does not exist")
-    _atomic_savez(args.out, train_features=method.features(d.train_x).astype(np.float32),
-                  train_labels=d.train_y.astype(np.int64),
-                  test_features=method.features(d.test_x).astype(np.float32),
-                  test_labels=d.test_y.astype(np.int64))
+    method, d, _ = _restore(args.checkpoint, args.data, root=args.data_root)
+    _atomic_savez(args.out, **embed_arrays(method, d))
     print(f"wrote {args.out}")
     return 0
 
 
 def cmd_list(args):
-    from . import data, methods
-    print("methods:")
+    from . import clidata, methods, settings
+    if args.method:
+        if args.method not in methods.METHODS:
+            raise CLIError(f"unknown method {args.method!r}; known: {', '.join(methods.METHODS)}")
+        _, _, family, kind = methods.METHODS[args.method]
+        print(f"{args.method}: {family} (trains on {kind}); settings (--set KEY=VALUE):")
+        print("\n".join(settings.describe(methods.config_class(args.method))))
+        return 0
+    print("methods (`minissl list METHOD` shows a method's settings):")
     for name, (_, _, family, kind) in methods.METHODS.items():
         print(f"  {name:13s} {family} (trains on {kind})")
-    print("data sets:")
-    for name in sorted(data.DATASETS):
-        print(f"  {name}")
+    print("data sets (--data NAME or --data PATH):")
+    print("\n".join(clidata.describe_datasets()))
     return 0
 
 
@@ -466,68 +528,8 @@ def cmd_conformance(args):
 # ----------------------------------------------------------------------------- main
 
 def make_parser():
-    p = _Parser(prog="minissl", description="Self-supervised learning from first principles.")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser)
-
-    pre = sub.add_parser("pretrain", help="pretrain a method on a data set",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    pre.add_argument("method", help="a method of `minissl list`")
-    pre.add_argument("--data", default="digits", help="a data set of `minissl list`")
-    pre.add_argument("--epochs", type=_positive(int), default=100, help="total epochs")
-    pre.add_argument("--batch-size", type=_positive(int), default=256)
-    pre.add_argument("--lr", type=_positive(float), default=1e-3, help="learning rate")
-    pre.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "lars"], default="adam")
-    pre.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    pre.add_argument("--seed", type=_nonnegative_int, default=0,
-                     help="seeds the weights, the batches and the augmentations")
-    pre.add_argument("--out", default="runs/latest",
-                     help="folder for checkpoint.npz, metrics.jsonl and the plots")
-    pre.add_argument("--resume", action="store_true",
-                     help="continue the run in OUT/checkpoint.npz up to --epochs (with the "
-                          "same options; the result equals an uninterrupted run of --epochs; "
-                          "a method whose schedule spans the run, BYOL, keeps its --epochs)")
-    pre.add_argument("--probe-every", type=_nonnegative_int, default=0,
-                     help="log a 10-labels-per-class probe accuracy every N epochs")
-    pre.add_argument("--no-progress", action="store_true", help="no progress bar")
-    pre.add_argument("--no-plots", action="store_true", help="write no PNG plots")
-    pre.add_argument("--limit", type=_nonnegative_int, default=0, metavar="N",
-                     help="train on the first N training examples only (0: all; for quick "
-                          "runs and tests)")
-    pre.set_defaults(fn=cmd_pretrain)
-
-    ev = sub.add_parser("eval", help="evaluate a checkpoint's features; prints one JSON line",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ev.add_argument("--checkpoint", required=True, help="a checkpoint.npz of pretrain")
-    ev.add_argument("--protocol", choices=["linear", "knn", "finetune"], default="linear",
-                    help="linear probe or cosine kNN on frozen features, or fine-tuning")
-    ev.add_argument("--labels-per-class", type=_positive(int), default=10,
-                    help="labelled training images per class the protocol may use")
-    ev.add_argument("--draws", type=_positive(int, MAX_DRAWS), default=5,
-                    help="random draws of the labelled images averaged (linear)")
-    ev.add_argument("--data", help="evaluate on this data set instead of the checkpoint's")
-    ev.add_argument("--seed", type=_nonnegative_int, default=0)
-    ev.set_defaults(fn=cmd_eval)
-
-    em = sub.add_parser("embed", help="write the frozen features of both splits to .npz")
-    em.add_argument("--checkpoint", required=True, help="a checkpoint.npz of pretrain")
-    em.add_argument("--data", help="embed this data set instead of the checkpoint's")
-    em.add_argument("--out", required=True, help="the .npz file to write")
-    em.set_defaults(fn=cmd_embed)
-
-    ls = sub.add_parser("list", help="the methods and data sets")
-    ls.set_defaults(fn=cmd_list)
-
-    de = sub.add_parser("demo", help="SimCLR on digits vs raw pixels vs a random encoder")
-    de.add_argument("--epochs", type=_positive(int), default=100)
-    de.add_argument("--seed", type=_nonnegative_int, default=0)
-    de.add_argument("--out", default="runs/demo")
-    de.add_argument("--no-progress", action="store_true")
-    de.set_defaults(fn=cmd_demo)
-
-    co = sub.add_parser("conformance", help="write conformance vectors for ports")
-    co.add_argument("--out", required=True)
-    co.set_defaults(fn=cmd_conformance)
-    return p
+    return build_parser({"pretrain": cmd_pretrain, "eval": cmd_eval, "embed": cmd_embed,
+                         "list": cmd_list, "demo": cmd_demo, "conformance": cmd_conformance})
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):

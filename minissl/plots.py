@@ -1,6 +1,7 @@
 """Pictures of a pretraining run, saved as PNG with matplotlib (an optional extra).
 
-``save_all(out, method, data, history)`` writes what fits the method: the loss curve, a 2-D
+``save_all(out, method, data, history)`` writes what fits the method: the loss curve, the
+online evaluations (``monitor.png``, when ``--knn-every``/``--probe-every`` logged any), a 2-D
 PCA of the test embeddings coloured by label, reconstructions (autoencoders, VAE, MAE),
 samples (VAE) and generated text (language models). Returns the paths written.
 """
@@ -30,6 +31,24 @@ def loss_curve(history, path, title):
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss")
     ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+MONITORS = {"knn_acc": "kNN accuracy (k=20)", "probe_acc_10": "linear probe, 10 labels/class"}
+
+
+def monitor_curve(history, path, title):
+    """The online evaluations of ``--knn-every`` / ``--probe-every`` against the epoch."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for key, label in MONITORS.items():
+        points = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), marker=".", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -77,6 +96,9 @@ def save_all(out, method, data, history):
     if history:
         written.append(loss_curve(history, os.path.join(out, "loss.png"),
                                   f"{method.name}: training loss"))
+    if any(k in r for r in history for k in MONITORS):
+        written.append(monitor_curve(history, os.path.join(out, "monitor.png"),
+                                     f"{method.name}: online evaluation (held-out split)"))
     if method.data_kind == "images":
         n = min(len(data.test_x), 1000)
         feats = method.features(data.test_x[:n])

@@ -20,17 +20,22 @@ from .backend import get_array_module, to_device
 from .data import DataLoader
 
 
-def make_optimizer(method, name="adam", lr=1e-3, weight_decay=0.0):
+def make_optimizer(method, name="adam", lr=1e-3, weight_decay=None):
+    """The optimiser ``name`` over ``method``'s trainable parameters. ``weight_decay=None``
+    is the optimiser's own default (0 for Adam and SGD, 1e-2 for AdamW, 1e-6 for LARS); a
+    number, 0 included, is used as given."""
     params = method.trainable_parameters()
+    defaults = {"adam": 0.0, "adamw": 1e-2, "sgd": 0.0, "lars": 1e-6}
+    if name not in defaults:
+        raise ValueError(f"unknown optimizer {name!r}: adam, adamw, sgd or lars")
+    wd = defaults[name] if weight_decay is None else weight_decay
     if name == "adam":
-        return optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return optim.Adam(params, lr=lr, weight_decay=wd)
     if name == "adamw":
-        return optim.AdamW(params, lr=lr, weight_decay=weight_decay or 1e-2)
+        return optim.AdamW(params, lr=lr, weight_decay=wd)
     if name == "sgd":
-        return optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    if name == "lars":
-        return optim.LARS(params, lr=lr, weight_decay=weight_decay or 1e-6)
-    raise ValueError(f"unknown optimizer {name!r}: adam, adamw, sgd or lars")
+        return optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
+    return optim.LARS(params, lr=lr, weight_decay=wd)
 
 
 def first_nonfinite(module):
@@ -63,7 +68,7 @@ def _progress(iterable, enable, desc, total):
 
 def pretrain(method, train_data, epochs, batch_size=256, lr=1e-3, optimizer=None, scheduler=None,
              seed=0, device="cpu", start_epoch=0, progress=True, on_epoch_end=None,
-             drop_last=True):
+             drop_last=True, postfix=None):
     """Train ``method`` on ``train_data`` for ``epochs`` epochs.
 
     ``train_data`` is an array, or a tuple of equally long arrays (``method.training_data``
@@ -72,6 +77,8 @@ def pretrain(method, train_data, epochs, batch_size=256, lr=1e-3, optimizer=None
     Returns a list with one dict per epoch: ``epoch``, ``loss`` (mean over the epoch),
     ``lr``, ``seconds``, ``samples_per_s`` and the mean of every metric the method reports.
     ``on_epoch_end(epoch, record)`` is called after each epoch (checkpointing, logging).
+    ``postfix``: a dict shown in the progress bar beside the loss, read at each step (so
+    ``on_epoch_end`` can put an epoch's monitor there for the next epoch's bar).
     """
     dist.prepare(method)              # data-parallel: SyncBatchNorm, rank 0's weights
     optimizer = optimizer or make_optimizer(method, lr=lr)
@@ -115,7 +122,8 @@ def pretrain(method, train_data, epochs, batch_size=256, lr=1e-3, optimizer=None
             n += 1
             if hasattr(bar, "set_postfix"):
                 el = time.perf_counter() - t0
-                bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{n * loader.batch_size / el:.0f}")
+                bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{n * loader.batch_size / el:.0f}",
+                                **(postfix or {}))
         sums.update({k: dist.all_reduce(v) for k, v in sums.items() if k != "loss"})
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()},

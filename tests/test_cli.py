@@ -357,7 +357,8 @@ def bad_files(tmp_path_factory, simclr_run):
 
 BAD_ARGS = [
     (["pretrain", "nosuch"], ["unknown method 'nosuch'"]),
-    (["pretrain", "simclr", "--data", "nosuch"], ["unknown data set 'nosuch'"]),
+    (["pretrain", "simclr", "--data", "nosuch"], ["--data nosuch", "not a data set",
+                                                  "nor an existing file"]),
     (["pretrain", "gpt", "--data", "digits"], ["gpt trains on text", "images"]),
     (["pretrain", "simclr", "--epochs", "-1"], ["--epochs", "> 0"]),
     (["pretrain", "simclr", "--epochs", "abc"], ["--epochs", "not a number"]),
@@ -377,8 +378,8 @@ BAD_ARGS = [
     (["eval", "--checkpoint", "{bad}/mislabelled/checkpoint.npz"], ["another model"]),
     (["eval", "--checkpoint", "{good}", "--data", "shapes"], ["does not fit", "shapes"]),
     (["eval", "--checkpoint", "{good}", "--labels-per-class", "1000"], ["fewer than"]),
-    (["eval", "--checkpoint", "{bad}/gpt.npz"], ["image data set", "text"]),
-    (["embed", "--checkpoint", "{bad}/gpt.npz", "--out", "{bad}/e.npz"], ["image data set"]),
+    (["eval", "--checkpoint", "{bad}/gpt.npz", "--data", "digits"], ["gpt trains on text",
+                                                                     "'digits' is images"]),
     (["embed", "--checkpoint", "{bad}/random.npz", "--out", "{bad}/e.npz"], ["corrupt"]),
     (["embed", "--checkpoint", "{good}", "--out", "{bad}/no/such/dir/e.npz"], ["folder"]),
     (["embed", "--checkpoint", "{good}", "--out", "{bad}/e.txt"], [".npz"]),

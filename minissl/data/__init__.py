@@ -13,6 +13,9 @@ standard-library sources); ``ar()`` is an :class:`ARSeries` of a known AR(p) pro
 
 ``load(name, **kwargs)`` calls the loader registered under ``name`` in ``DATASETS``.
 ``batches`` and :class:`DataLoader` cut an epoch into seeded, resumable mini-batches.
+
+Your own data: ``from_path(path, image_size=32)`` reads a folder of images, an ``.npy``/``.npz``
+file, a ``.txt`` file or folder, or a folder of WAV files (see :mod:`minissl.data.user`).
 """
 from .corpus import TextCorpus, stdlib_files, text
 from .dataset import Dataset, default_root, per_class_subset, stratified_split
@@ -20,6 +23,7 @@ from .files import cifar10, fashion_mnist, mnist, read_cifar_bin, read_cifar_pic
 from .images import SHAPE_NAMES, digits, render_shapes, shapes
 from .loader import DataLoader, batches, epoch_order
 from .series import ARSeries, ar, companion_matrix, is_stationary
+from .user import FileDataset, Series, from_path
 
 # name -> loader. Image loaders return a Dataset, "text" a TextCorpus, "ar" an ARSeries.
 DATASETS = {
@@ -50,4 +54,5 @@ __all__ = [
     "stratified_split", "per_class_subset", "default_root",
     "read_idx", "read_cifar_bin", "read_cifar_pickle", "render_shapes", "SHAPE_NAMES",
     "stdlib_files", "companion_matrix", "is_stationary",
+    "from_path", "FileDataset", "Series",
 ]

@@ -107,7 +107,8 @@ def _idx_dataset(fn, name, root, subfolders, class_names):
         raise FileNotFoundError(
             f"{fn}: no {_IDX_STEMS[0]}[.gz] found in any of {candidates}. minissl does not "
             f"download data: put the four IDX files ({', '.join(_IDX_STEMS)}, gzipped or not) "
-            f"in {candidates[0]} or pass root=..., or set MINISSL_DATA")
+            f"in {candidates[0]} or pass root=DIR (on the command line: --data-root DIR), "
+            f"or set MINISSL_DATA")
     arrays = []
     for stem in _IDX_STEMS:
         path = _find_idx(folder, stem)
@@ -237,7 +238,8 @@ def cifar10(root=None):
             f"cifar10: no CIFAR-10 batches found under {root}. minissl does not download data: "
             f"extract cifar-10-binary.tar.gz (or cifar-10-python.tar.gz) so that "
             f"{os.path.join(root, 'cifar-10-batches-bin')} (or cifar-10-batches-py) holds "
-            f"data_batch_1..5 and test_batch, or pass root=..., or set MINISSL_DATA")
+            f"data_batch_1..5 and test_batch, or pass root=DIR (on the command line: "
+            f"--data-root DIR), or set MINISSL_DATA")
     folder, reader, train_names, test_name = found
     splits = []
     for names in (train_names, [test_name]):

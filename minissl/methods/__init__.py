@@ -5,6 +5,7 @@ data, **overrides)`` imports the module only when asked and builds the method fo
 data object (an image ``Dataset``, a ``TextCorpus`` or an ``ARSeries``).
 """
 import importlib
+import inspect
 
 # name: (module, builder function, family in the taxonomy, what it trains on)
 METHODS = {
@@ -26,6 +27,26 @@ METHODS = {
 }
 
 
+# name: (module, config dataclass): the settings ``build(name, data, **overrides)`` accepts.
+CONFIGS = {
+    "autoencoder": ("autoencoder", "AutoencoderConfig"),
+    "denoising": ("autoencoder", "DenoisingConfig"),
+    "vae": ("autoencoder", "VAEConfig"),
+    "gpt": ("autoregressive", "GPTConfig"),
+    "ar": ("autoregressive", "ARConfig"),
+    "mlm": ("masked", "MaskedLMConfig"),
+    "mae": ("masked", "MAEConfig"),
+    "rotation": ("rotation", "RotNetConfig"),
+    "simclr": ("simclr", "SimCLRConfig"),
+    "moco": ("moco", "MoCoConfig"),
+    "byol": ("byol", "BYOLConfig"),
+    "simsiam": ("simsiam", "SimSiamConfig"),
+    "barlow_twins": ("barlow_twins", "BarlowTwinsConfig"),
+    "vicreg": ("vicreg", "VICRegConfig"),
+    "clip": ("clip", "CLIPConfig"),
+}
+
+
 def builder(name):
     """The ``build(data, **overrides)`` function of method ``name``."""
     try:
@@ -36,8 +57,28 @@ def builder(name):
 
 
 def build(name, data, **overrides):
-    """Build method ``name`` for the loaded ``data`` (see ``minissl.data.load``)."""
+    """Build method ``name`` for the loaded ``data`` (see ``minissl.data.load``).
+
+    ``overrides`` set fields of the method's config (``config_class(name)``); the image
+    methods but MAE (``accepts_encoder``) also take ``encoder=`` (any ``nn.Module`` mapping
+    (B, C, H, W) images to (B, D) features) and ``feature_dim=D`` (default: the encoder's
+    ``out_dim``); ``base.build_encoder`` makes the built-in ones by name."""
     return builder(name)(data, **overrides)
+
+
+def accepts_encoder(name):
+    """Whether ``build(name, data, encoder=...)`` takes a custom encoder."""
+    return "encoder" in inspect.signature(builder(name)).parameters
+
+
+def config_class(name):
+    """The config dataclass of method ``name`` (its fields are the method's settings), or
+    None for a method registered without one in ``CONFIGS``."""
+    builder(name)  # validates the name
+    if name not in CONFIGS:
+        return None
+    module, cls = CONFIGS[name]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
 def data_kind(name):

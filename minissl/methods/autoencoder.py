@@ -58,7 +58,7 @@ from .. import augment, distributed as dist, losses, nn
 from .. import functional as F
 from ..autograd import no_grad
 from ..backend import get_array_module
-from .base import SSLMethod, default_encoder
+from .base import SSLMethod, default_encoder, encoder_args
 
 __all__ = ["AutoencoderConfig", "DenoisingConfig", "VAEConfig", "Autoencoder",
            "DenoisingAutoencoder", "VAE", "MLPDecoder", "ConvDecoder", "default_decoder",
@@ -391,18 +391,20 @@ class VAE(SSLMethod):
 
 # ---------------------------------------------------------------------------------- builders
 
-def build_autoencoder(data, **overrides):
+def build_autoencoder(data, encoder=None, feature_dim=None, **overrides):
     """An ``Autoencoder`` for an image ``Dataset``; ``overrides`` set ``AutoencoderConfig``."""
-    return Autoencoder(data.image_shape, AutoencoderConfig(**overrides))
+    return Autoencoder(data.image_shape, AutoencoderConfig(**overrides),
+                       **encoder_args(encoder, feature_dim))
 
 
-def build_denoising(data, **overrides):
+def build_denoising(data, encoder=None, feature_dim=None, **overrides):
     """A ``DenoisingAutoencoder`` for an image ``Dataset``; ``overrides`` set
     ``DenoisingConfig`` (mask_prob, noise_std, recon_loss)."""
-    return DenoisingAutoencoder(data.image_shape, DenoisingConfig(**overrides))
+    return DenoisingAutoencoder(data.image_shape, DenoisingConfig(**overrides),
+                                **encoder_args(encoder, feature_dim))
 
 
-def build_vae(data, **overrides):
+def build_vae(data, encoder=None, feature_dim=None, **overrides):
     """A ``VAE`` for an image ``Dataset``; ``overrides`` set ``VAEConfig``."""
-    return VAE(data.image_shape, VAEConfig(**overrides))
+    return VAE(data.image_shape, VAEConfig(**overrides), **encoder_args(encoder, feature_dim))
 

@@ -13,7 +13,7 @@ as the official ``forward(y1, y2)`` does. Differences (docs/faithful.md): the wi
 from dataclasses import dataclass
 
 from .. import distributed as dist, losses
-from .base import TwoViewMethod, projection_head
+from .base import TwoViewMethod, encoder_args, projection_head
 
 
 @dataclass
@@ -38,5 +38,6 @@ class BarlowTwins(TwoViewMethod):
         return losses.barlow_twins_loss(z1, z2, lambd=self.config.lambd), {}
 
 
-def build(data, **overrides):
-    return BarlowTwins(data.image_shape, BarlowTwinsConfig(**overrides))
+def build(data, encoder=None, feature_dim=None, **overrides):
+    return BarlowTwins(data.image_shape, BarlowTwinsConfig(**overrides),
+                       **encoder_args(encoder, feature_dim))

@@ -151,6 +151,40 @@ def default_encoder(image_shape, hidden=(256, 256), widths=(32, 64, 128)):
     return enc, widths[-1]
 
 
+ENCODERS = ("mlp", "resnet")   # the built-in backbones ``build_encoder`` makes by name
+
+
+def build_encoder(kind, image_shape, widths=None):
+    """A built-in backbone by name for images of ``image_shape`` (C, H, W), and its feature
+    width: ``"mlp"``, an ``nn.MLPEncoder`` over the flattened image (``widths``: its hidden
+    sizes, default 256,256, the digits' quality-bar encoder); ``"resnet"``, an
+    ``nn.ConvEncoder`` (a conv stem, one ``BasicBlock`` per width, the first at stride 1 and
+    the others at stride 2, global average pool; default 32,64,128)."""
+    C, H, W = image_shape
+    if kind == "mlp":
+        widths = tuple(widths or (256, 256))
+        return nn.MLPEncoder(C * H * W, widths), widths[-1]
+    if kind == "resnet":
+        widths = tuple(widths or (32, 64, 128))
+        strides = (1,) + (2,) * (len(widths) - 1)
+        return nn.ConvEncoder(in_channels=C, widths=widths, strides=strides), widths[-1]
+    raise ValueError(f"build_encoder: unknown encoder {kind!r}; built in: {', '.join(ENCODERS)}")
+
+
+def encoder_args(encoder, feature_dim):
+    """The ``encoder=``/``feature_dim=`` arguments of a method's constructor for a builder's
+    ``encoder`` (any ``nn.Module`` mapping (B, C, H, W) images to (B, feature_dim) features;
+    None: the method's default). ``feature_dim`` defaults to the encoder's ``out_dim``."""
+    if encoder is None:
+        return {}
+    if feature_dim is None:
+        feature_dim = getattr(encoder, "out_dim", None)
+    if feature_dim is None:
+        raise ValueError(f"a custom encoder ({type(encoder).__name__}) needs feature_dim=, the "
+                         f"width of its output, or an out_dim attribute")
+    return {"encoder": encoder, "feature_dim": int(feature_dim)}
+
+
 def default_augmentation(image_shape):
     """The SimCLR-style augmentation for a data set: the digits recipe for 8x8 digits (shift
     of up to 1 pixel, 10 % pixel dropout, Gaussian noise 0.1), crop/flip/colour otherwise."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from .. import augment, distributed as dist, losses, nn
 from ..autograd import no_grad
 from .base import (SSLMethod, cosine_tau, default_augmentation, default_encoder, ema_update,
-                   frozen_copy)
+                   encoder_args, frozen_copy)
 
 
 @dataclass
@@ -65,5 +65,5 @@ class BYOL(SSLMethod):
         ema_update(self.target_projector, self.projector, self.tau)
 
 
-def build(data, **overrides):
-    return BYOL(data.image_shape, BYOLConfig(**overrides))
+def build(data, encoder=None, feature_dim=None, **overrides):
+    return BYOL(data.image_shape, BYOLConfig(**overrides), **encoder_args(encoder, feature_dim))

@@ -22,7 +22,7 @@ import numpy as np
 from .. import distributed as dist, losses, nn
 from .. import functional as F
 from ..autograd import no_grad
-from .base import SSLMethod, default_augmentation, default_encoder
+from .base import SSLMethod, default_augmentation, default_encoder, encoder_args
 
 TEMPLATES = ("a photo of a {}", "a handwritten {}", "the number {}", "an image of {}",
              "a small {}", "{}")
@@ -147,5 +147,6 @@ class CLIP(SSLMethod):
         return float((self.zero_shot_predict(x, prompt) == np.asarray(y)).mean())
 
 
-def build(data, **overrides):
-    return CLIP(data.image_shape, data.class_names, CLIPConfig(**overrides))
+def build(data, encoder=None, feature_dim=None, **overrides):
+    return CLIP(data.image_shape, data.class_names, CLIPConfig(**overrides),
+                **encoder_args(encoder, feature_dim))

@@ -48,7 +48,8 @@ from .. import augment, distributed as dist, losses, nn
 from .. import functional as F
 from ..autograd import no_grad
 from ..backend import get_array_module
-from .base import SSLMethod, default_augmentation, default_encoder, ema_update, frozen_copy
+from .base import (SSLMethod, default_augmentation, default_encoder, ema_update,
+                   encoder_args, frozen_copy)
 
 
 @dataclass
@@ -124,5 +125,5 @@ class MoCo(SSLMethod):
         self.queue_ptr.data[0] = (ptr + b) % K
 
 
-def build(data, **overrides):
-    return MoCo(data.image_shape, MoCoConfig(**overrides))
+def build(data, encoder=None, feature_dim=None, **overrides):
+    return MoCo(data.image_shape, MoCoConfig(**overrides), **encoder_args(encoder, feature_dim))

@@ -38,7 +38,7 @@ import numpy as np
 from .. import augment, distributed as dist, nn
 from .. import functional as F
 from ..backend import get_array_module
-from .base import SSLMethod, default_encoder
+from .base import SSLMethod, default_encoder, encoder_args
 
 __all__ = ["RotNetConfig", "RotNet", "all_rotations", "random_rotations",
            "default_rotation_augmentation", "build"]
@@ -147,6 +147,7 @@ class RotNet(SSLMethod):
         return loss, {"rotation_acc": accuracy}
 
 
-def build(data, **overrides):
+def build(data, encoder=None, feature_dim=None, **overrides):
     """RotNet for an image ``Dataset`` (square images); ``overrides`` set ``RotNetConfig``."""
-    return RotNet(data.image_shape, RotNetConfig(**overrides))
+    return RotNet(data.image_shape, RotNetConfig(**overrides),
+                  **encoder_args(encoder, feature_dim))

@@ -28,7 +28,7 @@ every rank.
 from dataclasses import dataclass
 
 from .. import distributed as dist, losses
-from .base import TwoViewMethod, projection_head
+from .base import TwoViewMethod, encoder_args, projection_head
 
 
 @dataclass
@@ -55,6 +55,8 @@ class SimCLR(TwoViewMethod):
         return losses.nt_xent(z1, z2, temperature=self.config.temperature), {}
 
 
-def build(data, **overrides):
-    """SimCLR for an image ``Dataset``; ``overrides`` set fields of ``SimCLRConfig``."""
-    return SimCLR(data.image_shape, SimCLRConfig(**overrides))
+def build(data, encoder=None, feature_dim=None, **overrides):
+    """SimCLR for an image ``Dataset``; ``overrides`` set fields of ``SimCLRConfig``;
+    ``encoder``: any ``nn.Module`` mapping images to (B, feature_dim) (see ``encoder_args``)."""
+    return SimCLR(data.image_shape, SimCLRConfig(**overrides),
+                  **encoder_args(encoder, feature_dim))

@@ -21,7 +21,7 @@ official ``forward(x1, x2)`` does. Differences (docs/faithful.md): the widths.
 from dataclasses import dataclass
 
 from .. import losses
-from .base import TwoViewMethod, projection_head
+from .base import TwoViewMethod, encoder_args, projection_head
 
 
 @dataclass
@@ -54,5 +54,6 @@ class SimSiam(TwoViewMethod):
         return loss, {}
 
 
-def build(data, **overrides):
-    return SimSiam(data.image_shape, SimSiamConfig(**overrides))
+def build(data, encoder=None, feature_dim=None, **overrides):
+    return SimSiam(data.image_shape, SimSiamConfig(**overrides),
+                   **encoder_args(encoder, feature_dim))

@@ -15,7 +15,7 @@ spread over the batch (no collapse); the covariance term decorrelates dimensions
 from dataclasses import dataclass
 
 from .. import distributed as dist, losses
-from .base import TwoViewMethod, projection_head
+from .base import TwoViewMethod, encoder_args, projection_head
 
 
 @dataclass
@@ -45,5 +45,6 @@ class VICReg(TwoViewMethod):
         return loss, {}
 
 
-def build(data, **overrides):
-    return VICReg(data.image_shape, VICRegConfig(**overrides))
+def build(data, encoder=None, feature_dim=None, **overrides):
+    return VICReg(data.image_shape, VICRegConfig(**overrides),
+                  **encoder_args(encoder, feature_dim))
