@@ -211,7 +211,7 @@ def _fmt(x, spec, width):
     return format(x, spec).rjust(width) if x is not None else "n/a".rjust(width)
 
 
-def print_table(columns, names, cell, width=27):
+def print_table(columns, names, cell, width=30):
     """One row per workload, one column per key of ``columns``: ``cell(columns[key][name])``."""
     print(f"{'workload':12s}" + "".join(f"{key:>{width}s}" for key in columns))
     for name in names:
