@@ -107,17 +107,19 @@ def worker(kind, names, reps, rounds, with_torch=True):
     """Run in a child process: time one configuration (``fresh``: one round) and print the
     result as one JSON line. The imports below are the measured process's import order."""
     sys.path.insert(0, HERE)
-    with_torch = with_torch and kind in ("torch", "one-process")
+    library = kind.split("+")[0]        # "torch+heap" times PyTorch, "minissl+tune" minissl
+    with_torch = with_torch and library in ("torch", "one-process")
+    with_minissl = library in ("minissl", "one-process")
     if with_torch:
         import torch  # noqa: F401  (PyTorch first, then NumPy, then minissl)
-    if kind != "torch":
+    if with_minissl:
         import numpy  # noqa: F401  (NumPy before minissl, as a script usually has it)
         import minissl
     tuning = minissl.runtime.tune()._asdict() if kind == "minissl+tune" else None
     result = {"tuning": tuning, "rounds": []}
     for _ in range(rounds):
         r = {}
-        if kind != "torch":
+        if with_minissl:
             r["minissl"], result["flops"], r["sgemm_gflops"] = time_minissl(names, reps)
         if with_torch:
             r["torch"] = time_torch(names, reps)
@@ -158,7 +160,7 @@ def measure_fresh(args, names, with_torch):
                 runs[config].append({})
                 continue
             r = res["rounds"][0]
-            runs[config].append(r.get("minissl") or r.get("torch"))
+            runs[config].append(r[config.split("+")[0]])
             if "sgemm_gflops" in r:
                 rates.append(r["sgemm_gflops"])
                 flops = res["flops"]

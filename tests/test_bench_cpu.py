@@ -86,3 +86,14 @@ def test_the_torch_workloads_train_the_same_parameters_with_the_same_optimiser(n
     for key in ("lr", "momentum", "dampening", "nesterov", "betas", "eps", "weight_decay"):
         if key in g1 or key in g2:
             assert np.allclose(g1[key], g2[key]), (key, g1[key], g2[key])
+
+
+@needs_torch
+@pytest.mark.parametrize("config", ["minissl", "minissl+tune", "torch", "torch+heap"])
+def test_each_fresh_worker_times_its_own_library_only(config):
+    run = subprocess.run([sys.executable, BENCH, "--worker", config, "--reps", "1", "--rounds",
+                          "1", "--names", "mlp_simclr"], capture_output=True, text=True,
+                         timeout=300)
+    line, = [x for x in run.stdout.splitlines() if x.startswith("BENCH_RESULT ")]
+    (timed,) = json.loads(line.split(" ", 1)[1])["rounds"]
+    assert set(timed) - {"sgemm_gflops"} == {config.split("+")[0]}
