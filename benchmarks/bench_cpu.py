@@ -1,129 +1,77 @@
-"""The three benchmark workloads of the PyTorch reference script, built in minissl.
+"""minissl against PyTorch on the three CPU workloads, measured the way users run code.
 
-Each workload is one full training step (forward, loss, backward, optimiser step) on fixed
-random inputs, with the same architectures, shapes and optimisers as the PyTorch reference.
-The script prints minissl's median step time, PyTorch's measured in the same run (by running
-the reference script itself when it and torch are available), and their ratio.
+    python benchmarks/bench_cpu.py [--mode fresh|one-process|all] [--rounds 3] [--reps 10]
+                                   [--only NAME] [--no-torch] [--json FILE]
 
-    python benchmarks/bench_cpu.py [--reps 10] [--rounds 3] [--only NAME] [--no-torch]
-                                   [--torch-malloc] [--json FILE]
+The workloads (one full training step each) are built in benchmarks/minissl_workloads.py and,
+with the same architectures, shapes, optimisers and loss, in benchmarks/torch_workloads.py.
+Every timing runs in a child process started for it, so nothing this script imports or sets
+leaks into what is measured:
 
-minissl and PyTorch take turns (``--rounds``), and each ratio compares the two timings of one
-round; the table shows medians over the rounds. Ratios below 1.0 mean minissl is faster. Also
-printed: the share of numpy's measured sgemm rate that each step reaches (FLOPs of the step's
-matrix products / sgemm GFLOP/s).
+``fresh``  Each library in its own fresh process, a new one per library per round; the
+           libraries take turns within a round. The minissl processes import NumPy before
+           minissl (the usual order in a script) and run once as a user would and once after
+           ``minissl.runtime.tune()`` (as the command line calls it); PyTorch runs once with
+           its default settings and once with minissl's heap settings given through glibc's
+           environment (``HEAP_TUNABLES``).
+``one-process``  Both libraries in ONE process, PyTorch imported first (a user porting a
+           model and comparing), taking turns each round; no ``tune()``.
+
+For each configuration the tables give the median step time over the rounds (each round: the
+median of ``--reps`` steps after 3 warm-up), the spread across rounds (min-max), and the share
+of numpy's sgemm rate, measured in the same round, that the step's matrix products reach. A
+ratio is minissl / PyTorch within one round (below 1.0: minissl is faster); the median and
+every round's ratio are shown. The machine's speed drifts by 10-30 % over minutes: read the
+per-round ratios and the spread, never one number. Without torch, minissl's columns still
+print and PyTorch's say n/a. The environment is passed to every child unchanged (apart from
+the heap settings of ``torch+heap``); the header lists the settings in it that matter.
 """
-import minissl as ms
-
-# The heap and OpenMP settings (minissl/runtime.py); for OpenBLAS's, set
-# OPENBLAS_THREAD_TIMEOUT=12 in the shell (NumPy is loaded by now).
-TUNING = ms.runtime.tune()
-
 import argparse
+import importlib.util
 import json
 import os
-import re
+import statistics
 import subprocess
 import sys
 import time
 
-import numpy as np
-
-import minissl.functional as F
-from minissl import losses, nn, optim, runtime
-
 HERE = os.path.dirname(os.path.abspath(__file__))
-# The PyTorch reference script (same workloads in torch; prints "<name> cpu median <ms> ms"),
-# kept outside this repository: give its path in MINISSL_TORCH_REFERENCE.
-REFERENCE = os.environ.get("MINISSL_TORCH_REFERENCE", "")
+NAMES = ("mlp_simclr", "conv_simclr", "gpt_char")
+# minissl.runtime's heap settings (M_TRIM_THRESHOLD 1 GiB, M_MMAP_MAX 0) as glibc tunables.
+HEAP_TUNABLES = "glibc.malloc.trim_threshold=1073741824:glibc.malloc.mmap_max=0"
+# Settings in the environment that change either library's speed (printed in the header).
+SETTINGS = ("OPENBLAS_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS",
+            "OMP_WAIT_POLICY", "GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_",
+            "MALLOC_MMAP_THRESHOLD_", "MINISSL_RUNTIME", "MINISSL_REFERENCE")
+# Fresh-process configurations in their order within a round (the libraries alternate), and
+# the comparisons of the ratio table.
+FRESH = ("minissl", "torch", "minissl+tune", "torch+heap")
+FRESH_RATIOS = (("minissl", "torch"), ("minissl", "torch+heap"),
+                ("minissl+tune", "torch"), ("minissl+tune", "torch+heap"))
+RESULT = "BENCH_RESULT "   # prefix of a worker's one line of JSON on stdout
 
 
-def randn(*shape, rng):
-    return ms.tensor(rng.standard_normal(shape, dtype=np.float32))
+# ----------------------------------------------------------------------------- in a worker
 
-
-def mlp_simclr(rng):
-    enc = nn.fuse(nn.Sequential(nn.Linear(64, 512), nn.BatchNorm1d(512), nn.ReLU(),
-                                nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(),
-                                nn.Linear(512, 128)))       # BatchNorm + ReLU as one op
-    opt = optim.Adam(enc.parameters(), 1e-3)
-    x1, x2 = randn(512, 64, rng=rng), randn(512, 64, rng=rng)
-
-    def step():
-        opt.zero_grad()
-        loss = losses.nt_xent(enc(x1), enc(x2), temperature=0.5)
-        loss.backward()
-        opt.step()
-        return loss
-    # Matrix-product FLOPs: forward 2*m*k*n per Linear, backward twice that; two views.
-    flops = 2 * 3 * 2 * 512 * (64 * 512 + 512 * 512 + 512 * 128) + 3 * 2 * 1024 * 1024 * 128
-    return step, flops
-
-
-def conv_simclr(rng):
-    def blk(i, o, s):
-        return [nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
-    enc = nn.fuse(nn.Sequential(*blk(3, 32, 1), *blk(32, 64, 2), *blk(64, 128, 2),
-                                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 128),
-                                nn.ReLU(), nn.Linear(128, 64)))   # BatchNorm + ReLU as one op
-    opt = optim.SGD(enc.parameters(), 0.1, momentum=0.9)
-    x1, x2 = randn(256, 3, 32, 32, rng=rng), randn(256, 3, 32, 32, rng=rng)
-
-    def step():
-        opt.zero_grad()
-        loss = losses.nt_xent(enc(x1), enc(x2), temperature=0.5)
-        loss.backward()
-        opt.step()
-        return loss
-    convs = [(32 * 32, 3 * 9, 32), (16 * 16, 32 * 9, 64), (8 * 8, 64 * 9, 128)]
-    conv_flops = sum(2 * 256 * hw * k * o for hw, k, o in convs)
-    # Backward: dW for every layer, dX for all but the first (its input needs no grad).
-    bwd = sum(2 * 256 * hw * k * o * (1 if i == 0 else 2) for i, (hw, k, o) in enumerate(convs))
-    flops = 2 * (conv_flops + bwd)
-    return step, flops
-
-
-def gpt_char(rng, causal=True):
-    V, T, d, B = 96, 128, 128, 32
-    emb = nn.Embedding(V, d)
-    pos = nn.Parameter(np.zeros((T, d), dtype=np.float32))
-    blocks = nn.Sequential(nn.TransformerBlock(d, 4, causal=causal),
-                           nn.TransformerBlock(d, 4, causal=causal))
-    head = nn.Linear(d, V)
-    params = list(emb.parameters()) + [pos] + list(blocks.parameters()) + list(head.parameters())
-    opt = optim.AdamW(params, 3e-4)
-    idx = rng.integers(0, V, (B, T))
-    tgt = ms.tensor(rng.integers(0, V, (B, T)))
-
-    def step():
-        opt.zero_grad()
-        logits = head(blocks(emb(idx) + pos))
-        loss = F.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1))
-        loss.backward()
-        opt.step()
-        return loss
-    rows = B * T
-    per_block = 2 * rows * (d * 3 * d + d * d + 2 * d * 4 * d) + 2 * 2 * B * 4 * T * T * (d // 4)
-    flops = 3 * (2 * per_block + 2 * rows * d * V)
-    return step, flops
-
-
-WORKLOADS = {"mlp_simclr": mlp_simclr, "conv_simclr": conv_simclr, "gpt_char": gpt_char}
-
-
-def time_step(step, reps, warmup=3):
+def time_step(step, reps, warmup=3, sync=None):
+    """(median, min) seconds of ``reps`` calls of ``step`` after ``warmup`` calls."""
     for _ in range(warmup):
         step()
+    if sync:
+        sync()
     ts = []
     for _ in range(reps):
         t = time.perf_counter()
         step()
+        if sync:
+            sync()
         ts.append(time.perf_counter() - t)
     ts.sort()
     return ts[len(ts) // 2], ts[0]
 
 
 def sgemm_gflops(n=1024, reps=10):
+    import numpy as np
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     a @ a
     t = time.perf_counter()
@@ -132,93 +80,217 @@ def sgemm_gflops(n=1024, reps=10):
     return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def torch_times(reps, malloc=False):
-    """Median ms/step of each workload from the PyTorch reference script, same machine;
-    ``malloc=True`` runs it under the glibc heap settings minissl applies to itself
-    (``minissl.runtime``), given to PyTorch's process through glibc's environment variables."""
-    if not REFERENCE or not os.path.exists(REFERENCE):
-        return {}, f"reference script not found (MINISSL_TORCH_REFERENCE={REFERENCE!r})"
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return {}, "torch is not installed (pip install torch==2.13.0)"
-    env = {**os.environ, **(runtime.ENVIRONMENT if malloc else {})}
-    if TUNING.blas_thread_timeout:   # minissl's own setting, not the user's: PyTorch runs
-        env.pop("OPENBLAS_THREAD_TIMEOUT")   # with its defaults
-    out = subprocess.run([sys.executable, REFERENCE, "cpu", str(reps)], capture_output=True,
-                         text=True, check=False, env=env)
-    found = dict((m.group(1), float(m.group(2))) for m in
-                 re.finditer(r"^(\w+)\s+cpu median ([\d.]+) ms", out.stdout, re.M))
-    return found, None if found else out.stderr.strip()[-500:]
+def time_minissl(names, reps):
+    """{name: median ms}, {name: matrix-product FLOPs}, numpy's sgemm GFLOP/s."""
+    import numpy as np
+    import minissl as ms
+    import minissl_workloads
+    ms_times, flops = {}, {}
+    for name in names:
+        ms.random.manual_seed(0)
+        step, flops[name] = minissl_workloads.WORKLOADS[name](np.random.default_rng(0))
+        ms_times[name] = 1e3 * time_step(step, reps)[0]
+    return ms_times, flops, sgemm_gflops()
+
+
+def time_torch(names, reps):
+    import torch
+    import torch_workloads
+    out = {}
+    for name in names:
+        torch.manual_seed(0)
+        out[name] = 1e3 * time_step(torch_workloads.WORKLOADS[name](), reps)[0]
+    return out
+
+
+def worker(kind, names, reps, rounds, with_torch=True):
+    """Run in a child process: time one configuration (``fresh``: one round) and print the
+    result as one JSON line. The imports below are the measured process's import order."""
+    sys.path.insert(0, HERE)
+    library = kind.split("+")[0]        # "torch+heap" times PyTorch, "minissl+tune" minissl
+    with_torch = with_torch and library in ("torch", "one-process")
+    with_minissl = library in ("minissl", "one-process")
+    if with_torch:
+        import torch  # noqa: F401  (PyTorch first, then NumPy, then minissl)
+    if with_minissl:
+        import numpy  # noqa: F401  (NumPy before minissl, as a script usually has it)
+        import minissl
+    tuning = minissl.runtime.tune()._asdict() if kind == "minissl+tune" else None
+    result = {"tuning": tuning, "rounds": []}
+    for _ in range(rounds):
+        r = {}
+        if with_minissl:
+            r["minissl"], result["flops"], r["sgemm_gflops"] = time_minissl(names, reps)
+        if with_torch:
+            r["torch"] = time_torch(names, reps)
+        result["rounds"].append(r)
+    print(RESULT + json.dumps(result), flush=True)
+
+
+# ----------------------------------------------------------------------------- in the parent
+
+def run_worker(kind, args, names, rounds=1, env=None, with_torch=True):
+    """The parsed result of a worker process, or {"error": why}."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--reps",
+           str(args.reps), "--rounds", str(rounds), "--names", ",".join(names)]
+    cmd += [] if with_torch else ["--no-torch"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                         env={**os.environ, **(env or {})})
+    for line in out.stdout.splitlines():
+        if line.startswith(RESULT):
+            return json.loads(line[len(RESULT):])
+    tail = (out.stderr.strip() or out.stdout.strip() or f"exit {out.returncode}")
+    return {"error": f"{kind} worker failed: {tail.splitlines()[-1]}"}
+
+
+def measure_fresh(args, names, with_torch):
+    """Per configuration, per round: {name: ms}; plus the rounds' sgemm rates and FLOPs."""
+    runs = {c: [] for c in FRESH}
+    sgemm, flops, tuning, errors = [], {}, None, []
+    for _ in range(args.rounds):
+        rates = []
+        for config in FRESH:
+            if config.startswith("torch") and not with_torch:
+                runs[config].append({})
+                continue
+            env = {"GLIBC_TUNABLES": HEAP_TUNABLES} if config == "torch+heap" else None
+            res = run_worker(config, args, names, env=env)
+            if "error" in res:
+                errors.append(res["error"])
+                runs[config].append({})
+                continue
+            r = res["rounds"][0]
+            runs[config].append(r[config.split("+")[0]])
+            if "sgemm_gflops" in r:
+                rates.append(r["sgemm_gflops"])
+                flops = res["flops"]
+            tuning = res["tuning"] or tuning
+        sgemm.append(statistics.median(rates) if rates else None)
+    return {"runs": runs, "sgemm_gflops": sgemm, "flops": flops, "tuning": tuning,
+            "errors": errors}
+
+
+def measure_one_process(args, names, with_torch):
+    """Both libraries in one worker (minissl alone without torch), all rounds in it."""
+    res = run_worker("one-process", args, names, rounds=args.rounds, with_torch=with_torch)
+    if "error" in res:
+        res = {"rounds": [{}] * args.rounds, "flops": {}, "errors": [res["error"]]}
+    rounds = res["rounds"]
+    return {"runs": {lib: [r.get(lib, {}) for r in rounds] for lib in ("minissl", "torch")},
+            "sgemm_gflops": [r.get("sgemm_gflops") for r in rounds], "flops": res["flops"],
+            "tuning": None, "errors": res.get("errors", [])}
+
+
+def summarise(m, names, ratios):
+    """The tables' numbers: per configuration and workload, and per ratio and workload."""
+    table = {}
+    for config, per_round in m["runs"].items():
+        table[config] = {}
+        for name in names:
+            times = [r.get(name) for r in per_round]
+            ok = [t for t in times if t is not None]
+            roof = [m["flops"][name] / 1e9 / gf / (t / 1e3)
+                    for t, gf in zip(times, m["sgemm_gflops"]) if t and gf and m["flops"]]
+            table[config][name] = {
+                "median_ms": statistics.median(ok) if ok else None,
+                "min_ms": min(ok, default=None), "max_ms": max(ok, default=None),
+                "rounds_ms": times,
+                "roofline": statistics.median(roof) if roof else None}
+    ratio_table = {}
+    for mine, theirs in ratios:
+        key = f"{mine} vs {theirs}"
+        ratio_table[key] = {}
+        for name in names:
+            per = [a[name] / b[name] if a.get(name) and b.get(name) else None for a, b in
+                   zip(m["runs"].get(mine, []), m["runs"].get(theirs, []))]
+            ok = [p for p in per if p is not None]
+            ratio_table[key][name] = {"median": statistics.median(ok) if ok else None,
+                                      "rounds": per}
+    return table, ratio_table
+
+
+def _fmt(x, spec, width):
+    return format(x, spec).rjust(width) if x is not None else "n/a".rjust(width)
+
+
+def print_table(columns, names, cell, width=30):
+    """One row per workload, one column per key of ``columns``: ``cell(columns[key][name])``."""
+    print(f"{'workload':12s}" + "".join(f"{key:>{width}s}" for key in columns))
+    for name in names:
+        print(f"{name:12s}" + "".join(cell(col[name]).rjust(width) for col in columns.values()))
+
+
+def print_mode(title, m, table, ratio_table, names, args):
+    print(f"\n== {title}")
+    rates = [g for g in m["sgemm_gflops"] if g]
+    print(f"step ms: median of {args.rounds} rounds [min-max across rounds] and % of numpy's "
+          f"sgemm rate (median {statistics.median(rates) if rates else 0:.0f} GFLOP/s); "
+          f"each round the median of {args.reps} steps after 3 warm-up")
+    if m["tuning"]:
+        print(f"minissl.runtime.tune() applied: {m['tuning']}")
+
+    def step_cell(s):
+        if s["median_ms"] is None:
+            return "n/a"
+        roof = s["roofline"] and 100 * s["roofline"]
+        return (f"{s['median_ms']:8.1f} [{s['min_ms']:.1f}-{s['max_ms']:.1f}] "
+                f"{_fmt(roof, '.0f', 3)}%")
+
+    def ratio_cell(r):
+        each = " ".join(_fmt(p, ".2f", 0) for p in r["rounds"])
+        return f"{_fmt(r['median'], '.2f', 4)} ({each})"
+
+    print_table(table, names, step_cell)
+    print("ratio minissl / PyTorch: median (each round)")
+    print_table(ratio_table, names, ratio_cell)
+    for e in dict.fromkeys(m["errors"]):
+        print(f"(PyTorch or a worker not measured: {e})")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="alternate minissl and PyTorch this many times; report medians")
-    ap.add_argument("--only", choices=sorted(WORKLOADS))
-    ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--torch-malloc", action="store_true",
-                    help="also time PyTorch under minissl's glibc heap settings")
-    ap.add_argument("--json", help="also write the table to this JSON file")
+    ap.add_argument("--mode", choices=("fresh", "one-process", "all"), default="all")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of alternating libraries")
+    ap.add_argument("--reps", type=int, default=10, help="timed steps per workload and round")
+    ap.add_argument("--only", choices=NAMES)
+    ap.add_argument("--no-torch", action="store_true", help="time minissl only")
+    ap.add_argument("--json", help="also write every table, with each round, to this file")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--names", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    names = [args.only] if args.only else list(WORKLOADS)
-    steps = {}
-    for name in names:
-        ms.random.manual_seed(0)
-        steps[name] = WORKLOADS[name](np.random.default_rng(0))
-    # The machine's speed drifts by 10-30 % over minutes, so the libraries take turns: each
-    # round times every minissl workload, then PyTorch's, and a ratio compares one round.
-    runs = {name: [] for name in names}   # per round: (minissl s, torch ms, torch+heap ms, GF/s)
-    why = "--no-torch" if args.no_torch else None
-    for _ in range(args.rounds):
-        gf = sgemm_gflops()
-        mine = {name: time_step(steps[name][0], args.reps)[0] for name in names}
-        ref, tuned = {}, {}
-        if not args.no_torch:
-            ref, why = torch_times(args.reps)
-            if args.torch_malloc and ref:
-                tuned = torch_times(args.reps, malloc=True)[0]
-        for name in names:
-            runs[name].append((mine[name], ref.get(name), tuned.get(name), gf))
-    print(f"median of {args.rounds} rounds, each the median of {args.reps} steps after 3 "
-          f"warm-up; minissl's heap settings {'on' if TUNING.heap else 'off'}, OpenBLAS "
-          f"thread timeout {os.environ.get('OPENBLAS_THREAD_TIMEOUT', 'default')}")
-    heap = args.torch_malloc and not args.no_torch
-    print(f"{'workload':12s} {'minissl ms':>11s} {'torch ms':>9s} {'ratio':>6s} "
-          f"{'GFLOP':>6s} {'% sgemm':>8s}" + (f" {'torch+heap ms':>14s} {'ratio':>6s}"
-                                              if heap else ""))
-    nan = float("nan")
-
-    def median(values):
-        values = [v for v in values if v is not None]
-        return float(np.median(values)) if values else None
-
-    rows = {}
-    for name in names:
-        flops = steps[name][1]
-        r = rows[name] = {
-            "minissl_ms": 1e3 * median([m for m, _, _, _ in runs[name]]),
-            "torch_ms": median([t for _, t, _, _ in runs[name]]),
-            "ratio": median([1e3 * m / t for m, t, _, _ in runs[name] if t]),
-            "gflop": flops / 1e9,
-            "roofline": median([flops / 1e9 / gf / m for m, _, _, gf in runs[name]]),
-            "rounds": [{"minissl_ms": 1e3 * m, "torch_ms": t, "torch_heap_ms": h,
-                        "sgemm_gflops": gf} for m, t, h, gf in runs[name]]}
-        line = (f"{name:12s} {r['minissl_ms']:11.1f} {r['torch_ms'] or nan:9.1f} "
-                f"{r['ratio'] or nan:6.2f} {r['gflop']:6.2f} {100 * r['roofline']:7.0f}%")
-        if heap:
-            r["torch_heap_ms"] = median([h for _, _, h, _ in runs[name]])
-            r["ratio_heap"] = median([1e3 * m / h for m, _, h, _ in runs[name] if h])
-            line += f" {r['torch_heap_ms'] or nan:14.1f} {r['ratio_heap'] or nan:6.2f}"
-        print(line)
-    if why:
-        print(f"(PyTorch not measured: {why})")
+    if args.rounds < 1 or args.reps < 1:
+        ap.error("--rounds and --reps must be at least 1")
+    if args.worker:
+        return worker(args.worker, args.names.split(","), args.reps, args.rounds,
+                      with_torch=not args.no_torch)
+    names = [args.only] if args.only else list(NAMES)
+    with_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+    env = {k: os.environ[k] for k in SETTINGS if k in os.environ}
+    print(f"minissl vs PyTorch, CPU; environment: {env or 'none of ' + ', '.join(SETTINGS)}")
+    if not with_torch:
+        print("(PyTorch not measured: " + ("--no-torch)" if args.no_torch else
+                                           "torch is not installed: pip install torch)"))
+    modes = ("fresh", "one-process") if args.mode == "all" else (args.mode,)
+    report = {"rounds": args.rounds, "reps": args.reps, "environment": env, "modes": {}}
+    for mode in modes:
+        if mode == "fresh":
+            m = measure_fresh(args, names, with_torch)
+            title = ("fresh processes: one per library per round, in the order "
+                     f"{', '.join(FRESH)}; `import numpy` before `import minissl`")
+            ratios = FRESH_RATIOS
+        else:
+            m = measure_one_process(args, names, with_torch)
+            title = "one process: `import torch`, then numpy, then minissl; no tune()"
+            ratios = (("minissl", "torch"),)
+        table, ratio_table = summarise(m, names, ratios)
+        print_mode(title, m, table, ratio_table, names, args)
+        report["modes"][mode] = {"steps": table, "ratios": ratio_table,
+                                 "sgemm_gflops": m["sgemm_gflops"], "gflop": m["flops"],
+                                 "tuning": m["tuning"], "errors": m["errors"]}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rounds": args.rounds, "reps": args.reps, "workloads": rows}, f, indent=1)
+            json.dump(report, f, indent=1)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,10 +3,10 @@
     python benchmarks/bench_gpu.py [--reps 20] [--only NAME] [--no-torch] [--graph] [--json F]
 
 Each workload is one full training step (forward, loss, backward, optimiser step) built by
-``bench_cpu.py``'s builders (imported, not copied) and moved to the GPU. Times are medians of
-``--reps`` steps after 3 warm-up steps, each step followed by a stream synchronisation (the
-same protocol as the PyTorch reference script (MINISSL_TORCH_REFERENCE), which this script
-runs with ``cuda`` in the same invocation). Ratios below 1.0 mean minissl is faster.
+``minissl_workloads.py``'s builders (imported, not copied) and moved to the GPU. Times are
+medians of ``--reps`` steps after 3 warm-up steps, each step followed by a stream
+synchronisation (the same protocol as ``torch_workloads.py``, the workloads in PyTorch, which
+this script runs with ``cuda`` in the same invocation). Ratios below 1.0 mean minissl is faster.
 
 ``--graph`` also captures one whole training step in a CUDA graph (CuPy stream capture) and
 times its replays: the GPU work of a step launched with one call, without Python, autograd
@@ -50,13 +50,13 @@ from minissl import nn, optim  # noqa: E402
 from minissl.autograd import Tensor  # noqa: E402
 from minissl.backend import is_cuda_available, to_device  # noqa: E402
 
-import bench_cpu  # noqa: E402  (the workload builders)
+import minissl_workloads  # noqa: E402  (the workload builders)
 
 
 # ----------------------------------------------------------------------------- building
 
 def build_on_cuda(builder, rng):
-    """A workload of bench_cpu built on the GPU: ``(step, flops, objects)``.
+    """A workload of minissl_workloads built on the GPU: ``(step, flops, objects)``.
 
     A builder that takes ``device`` is given ``device="cuda"``. The current builders make
     their modules, parameters and inputs on the CPU and close over them, so the step's closure
@@ -228,16 +228,15 @@ def capture(step, objects):
 # ----------------------------------------------------------------------------- PyTorch
 
 def torch_times(reps):
-    """Median ms/step of each workload from the PyTorch reference script on "cuda"."""
-    if not bench_cpu.REFERENCE or not os.path.exists(bench_cpu.REFERENCE):
-        return {}, "reference script not found (set MINISSL_TORCH_REFERENCE)"
+    """Median ms/step of each workload of torch_workloads.py on "cuda", in its own process."""
     try:
         import torch
         if not torch.cuda.is_available():
             return {}, "torch has no CUDA device"
     except ImportError:
         return {}, "torch is not installed"
-    out = subprocess.run([sys.executable, bench_cpu.REFERENCE, "cuda", str(reps)],
+    script = os.path.join(HERE, "torch_workloads.py")
+    out = subprocess.run([sys.executable, script, "cuda", str(reps)],
                          capture_output=True, text=True, check=False)
     found = dict((m.group(1), float(m.group(2))) for m in
                  re.finditer(r"^(\w+)\s+cuda median ([\d.]+) ms", out.stdout, re.M))
@@ -249,7 +248,7 @@ def torch_times(reps):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--only", choices=sorted(bench_cpu.WORKLOADS))
+    ap.add_argument("--only", choices=sorted(minissl_workloads.WORKLOADS))
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--graph", action="store_true",
                     help="also time replays of the step captured in a CUDA graph")
@@ -261,11 +260,12 @@ def main(argv=None):
     import cupy
     dev = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     name = dev["name"].decode() if isinstance(dev["name"], bytes) else dev["name"]
-    names = [args.only] if args.only else list(bench_cpu.WORKLOADS)
+    names = [args.only] if args.only else list(minissl_workloads.WORKLOADS)
     rows = {}
     for wl in names:
         ms.random.manual_seed(0)
-        step, flops, objects = build_on_cuda(bench_cpu.WORKLOADS[wl], np.random.default_rng(0))
+        step, flops, objects = build_on_cuda(minissl_workloads.WORKLOADS[wl],
+                                             np.random.default_rng(0))
         row = rows[wl] = {"gflop": flops / 1e9}
         try:
             med, best = time_steps(step, args.reps)

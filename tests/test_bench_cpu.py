@@ -1,0 +1,99 @@
+"""benchmarks/bench_cpu.py runs in each mode and writes a complete JSON report (one tiny
+workload, one round of one step: this checks the harness, never a timing)."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks", "bench_cpu.py")
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+
+
+def bench(tmp_path, *args):
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, BENCH, "--rounds", "1", "--reps", "1",
+                          "--only", "mlp_simclr", "--json", str(out), *args],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return json.loads(out.read_text()), run.stdout
+
+
+def step(report, mode, config):
+    return report["modes"][mode]["steps"][config]["mlp_simclr"]
+
+
+def ratio(report, mode, key):
+    return report["modes"][mode]["ratios"][key]["mlp_simclr"]
+
+
+def test_without_torch_minissl_is_timed_and_the_ratios_are_n_a(tmp_path):
+    report, stdout = bench(tmp_path, "--mode", "all", "--no-torch")
+    assert set(report["modes"]) == {"fresh", "one-process"}
+    for mode, mine in (("fresh", "minissl"), ("fresh", "minissl+tune"),
+                       ("one-process", "minissl")):
+        s = step(report, mode, mine)
+        assert s["median_ms"] > 0 and len(s["rounds_ms"]) == 1 and 0 < s["roofline"]
+        assert step(report, mode, "torch")["median_ms"] is None
+        assert ratio(report, mode, f"{mine} vs torch") == {"median": None, "rounds": [None]}
+    assert report["modes"]["fresh"]["tuning"]["heap"] in (True, False)
+    assert "n/a" in stdout and "PyTorch not measured: --no-torch" in stdout
+
+
+@needs_torch
+@pytest.mark.parametrize("mode", ["fresh", "one-process"])
+def test_each_mode_times_both_libraries_and_their_ratio(tmp_path, mode):
+    report, stdout = bench(tmp_path, "--mode", mode)
+    assert list(report["modes"]) == [mode]
+    configs = (["minissl", "torch", "minissl+tune", "torch+heap"] if mode == "fresh"
+               else ["minissl", "torch"])
+    assert list(report["modes"][mode]["steps"]) == configs
+    for config in configs:
+        assert step(report, mode, config)["median_ms"] > 0
+    r = ratio(report, mode, "minissl vs torch")
+    mine, theirs = step(report, mode, "minissl"), step(report, mode, "torch")
+    assert r["median"] == pytest.approx(mine["median_ms"] / theirs["median_ms"])
+    assert report["modes"][mode]["errors"] == [] and "n/a" not in stdout
+
+
+def _optimizer(step):
+    """The optimiser a workload's step closure steps (it holds the model's parameters)."""
+    found = [c.cell_contents for c in step.__closure__
+             if hasattr(c.cell_contents, "param_groups")]
+    assert len(found) == 1
+    return found[0]
+
+
+@needs_torch
+@pytest.mark.parametrize("name", ["mlp_simclr", "conv_simclr", "gpt_char"])
+def test_the_torch_workloads_train_the_same_parameters_with_the_same_optimiser(name):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import numpy as np
+        import minissl_workloads
+        import torch_workloads
+    finally:
+        sys.path.pop(0)
+    mine = _optimizer(minissl_workloads.WORKLOADS[name](np.random.default_rng(0))[0])
+    theirs = _optimizer(torch_workloads.WORKLOADS[name]())
+    assert type(mine).__name__ == type(theirs).__name__
+    (g1,), (g2,) = mine.param_groups, theirs.param_groups
+    assert sorted(p.shape for p in g1["params"]) == sorted(tuple(p.shape) for p in g2["params"])
+    for key in ("lr", "momentum", "dampening", "nesterov", "betas", "eps", "weight_decay"):
+        if key in g1 or key in g2:
+            assert np.allclose(g1[key], g2[key]), (key, g1[key], g2[key])
+
+
+@needs_torch
+@pytest.mark.parametrize("config", ["minissl", "minissl+tune", "torch", "torch+heap"])
+def test_each_fresh_worker_times_its_own_library_only(config):
+    run = subprocess.run([sys.executable, BENCH, "--worker", config, "--reps", "1", "--rounds",
+                          "1", "--names", "mlp_simclr"], capture_output=True, text=True,
+                         timeout=300)
+    line, = [x for x in run.stdout.splitlines() if x.startswith("BENCH_RESULT ")]
+    (timed,) = json.loads(line.split(" ", 1)[1])["rounds"]
+    assert set(timed) - {"sgemm_gflops"} == {config.split("+")[0]}
