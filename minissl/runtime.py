@@ -45,8 +45,8 @@ from collections import namedtuple
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 SETTINGS = {M_TRIM_THRESHOLD: 1 << 30, M_MMAP_MAX: 0}
-# The same heap settings as glibc's environment variables (for a child process, e.g. the
-# PyTorch reference of benchmarks/bench_cpu.py --torch-malloc).
+# The same heap settings as glibc's environment variables, for a child process that should
+# start with them (a program that is not minissl, or one launched before it can call tune()).
 ENVIRONMENT = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_MAX_": "0"}
 _USER_HEAP_CHOICE = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_",
                      "GLIBC_TUNABLES")
