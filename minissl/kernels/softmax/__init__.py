@@ -81,60 +81,41 @@ def _check_rows(fn, names, arrays):
     _check_same(fn, names, arrays)
 
 
+def _rowwise(name, names, reference, *arrays):
+    """Check and dispatch one of the four row-wise kernels below: the CUDA kernel for device
+    arrays, the compiled one (on C-contiguous copies, into a new output of the last array's
+    shape) for non-empty host arrays it takes, else the NumPy reference."""
+    _check_rows(name, names, arrays)
+    if on_device(arrays[0]):
+        return gpu("softmax", name)(*arrays)
+    ext = compiled("softmax", *arrays)
+    if ext is None or arrays[-1].size == 0:
+        return reference(*arrays)
+    arrays = [np.ascontiguousarray(a) for a in arrays]
+    out = np.empty_like(arrays[-1])
+    getattr(ext, name)(*arrays, out)
+    return out
+
+
 def softmax_forward(x):
     """Softmax over the last axis of a 2-D array (M, C); see the module docstring."""
-    _check_rows("softmax_forward", ("x",), (x,))
-    if on_device(x):
-        return gpu("softmax", "softmax_forward")(x)
-    ext = compiled("softmax", x)
-    if ext is None or x.size == 0:
-        return softmax_forward_ref(x)
-    x = np.ascontiguousarray(x)
-    y = np.empty_like(x)
-    ext.softmax_forward(x, y)
-    return y
+    return _rowwise("softmax_forward", ("x",), softmax_forward_ref, x)
 
 
 def log_softmax_forward(x):
     """Log-softmax over the last axis of a 2-D array (M, C); see the module docstring."""
-    _check_rows("log_softmax_forward", ("x",), (x,))
-    if on_device(x):
-        return gpu("softmax", "log_softmax_forward")(x)
-    ext = compiled("softmax", x)
-    if ext is None or x.size == 0:
-        return log_softmax_forward_ref(x)
-    x = np.ascontiguousarray(x)
-    y = np.empty_like(x)
-    ext.log_softmax_forward(x, y)
-    return y
+    return _rowwise("log_softmax_forward", ("x",), log_softmax_forward_ref, x)
 
 
 def softmax_backward(grad_y, y):
     """Gradient of softmax: y * (grad_y - sum(grad_y * y, -1)); arrays (M, C)."""
-    _check_rows("softmax_backward", ("grad_y", "y"), (grad_y, y))
-    if on_device(grad_y):
-        return gpu("softmax", "softmax_backward")(grad_y, y)
-    ext = compiled("softmax", grad_y, y)
-    if ext is None or y.size == 0:
-        return softmax_backward_ref(grad_y, y)
-    grad_y, y = np.ascontiguousarray(grad_y), np.ascontiguousarray(y)
-    dx = np.empty_like(y)
-    ext.softmax_backward(grad_y, y, dx)
-    return dx
+    return _rowwise("softmax_backward", ("grad_y", "y"), softmax_backward_ref, grad_y, y)
 
 
 def log_softmax_backward(grad_y, y_log):
     """Gradient of log-softmax: grad_y - exp(y_log) * sum(grad_y, -1); arrays (M, C)."""
-    _check_rows("log_softmax_backward", ("grad_y", "y_log"), (grad_y, y_log))
-    if on_device(grad_y):
-        return gpu("softmax", "log_softmax_backward")(grad_y, y_log)
-    ext = compiled("softmax", grad_y, y_log)
-    if ext is None or y_log.size == 0:
-        return log_softmax_backward_ref(grad_y, y_log)
-    grad_y, y_log = np.ascontiguousarray(grad_y), np.ascontiguousarray(y_log)
-    dx = np.empty_like(y_log)
-    ext.log_softmax_backward(grad_y, y_log, dx)
-    return dx
+    return _rowwise("log_softmax_backward", ("grad_y", "y_log"), log_softmax_backward_ref,
+                    grad_y, y_log)
 
 
 def cross_entropy_forward(logits, target, ignore_index=-100):
