@@ -37,7 +37,7 @@ import math
 
 import numpy as np
 
-from .._dispatch import compiled, gpu, on_device
+from .._dispatch import check_float, check_same, compiled, gpu, on_device
 from .reference import adam_step_ref, sgd_step_ref
 
 __all__ = ["sgd_step", "adam_step", "sgd_step_ref", "adam_step_ref"]
@@ -47,19 +47,11 @@ __all__ = ["sgd_step", "adam_step", "sgd_step_ref", "adam_step_ref"]
 def _check_arrays(fn, param, named):
     """param: a writeable float array; every other array: param's shape and dtype. (CuPy
     arrays' flags have no ``writeable``: they count as writeable.)"""
-    if not hasattr(param, "dtype") or not hasattr(param, "shape"):
-        raise TypeError(f"{fn}: param must be an ndarray, got {type(param).__name__}")
-    if param.dtype.kind != "f":
-        raise TypeError(f"{fn}: param must be a floating-point array, got dtype {param.dtype}")
+    check_float(fn, "param", param)
     for name, a in named:
         if not hasattr(a, "dtype") or not hasattr(a, "shape"):
             raise TypeError(f"{fn}: {name} must be an ndarray, got {type(a).__name__}")
-        if a.shape != param.shape:
-            raise ValueError(f"{fn}: {name} must have param's shape {tuple(param.shape)}, "
-                             f"got {tuple(a.shape)}")
-        if a.dtype != param.dtype:
-            raise TypeError(f"{fn}: {name} must have param's dtype {param.dtype}, got "
-                            f"{a.dtype}")
+    check_same(fn, ["param"] + [name for name, _ in named], [param] + [a for _, a in named])
     for name, a in [("param", param)] + list(named[1:]):     # all but grad are written
         if not getattr(getattr(a, "flags", None), "writeable", True):
             raise ValueError(f"{fn}: {name} is read-only; it is updated in place")
