@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import distributed as dist
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
@@ -160,7 +161,7 @@ class PixelCNN(SSLMethod):
         return self.head(self.encoder.stacks(self.as_input(bits)))
 
     def training_step(self, x, rng):
-        bits = self.as_input(self._bits(x))
+        bits = self.as_input(dist.shard(self._bits(x)))                 # this rank's rows
         loss = F.binary_cross_entropy_with_logits(self(bits), bits)     # nats per pixel
         return loss, {"bits_per_dim": loss.item() / LN2}
 
