@@ -100,6 +100,35 @@ def test_conv2d_drawn(data, n, c, o, k, s, p):
             lambda x, w, b: TF.conv_transpose2d(x, w, b, s, p, op), x, wt2, b)
 
 
+@given(data=st.data(), n=st.integers(1, 2), g=st.integers(1, 3), cg=st.integers(1, 2),
+       og=st.integers(1, 2), k=st.integers(1, 3), s=st.integers(1, 3), p=st.integers(0, 2),
+       d=st.integers(1, 3), one_d=st.booleans())
+def test_conv1d_conv2d_dilation_groups_drawn(data, n, g, cg, og, k, s, p, d, one_d):
+    L = data.draw(st.integers(max(1, d * (k - 1) + 1 - 2 * p), 9))
+    spatial, kernel = ((L,), (k,)) if one_d else ((L, 4), (k, 2))
+    x = data.draw(arrays((n, g * cg) + spatial))
+    wt = data.draw(arrays((g * og, cg) + kernel))
+    b = data.draw(arrays((g * og,)))
+    ours, theirs = (F.conv1d, TF.conv1d) if one_d else (F.conv2d, TF.conv2d)
+    compare(lambda x, w, b: ours(x, w, b, s, p, d, g),
+            lambda x, w, b: theirs(x, w, b, s, p, d, g), x, wt, b)
+
+
+@pytest.mark.parametrize("shape,pad,value", [((2, 3, 5), (2, 0), None),
+                                             ((2, 3, 4), (1, -1, 2, 0), 0.5),
+                                             ((2, 2, 3, 3), (0, 1, -1, 1, 1, 0), -1.0)])
+def test_pad(shape, pad, value):
+    compare(lambda x: F.pad(x, pad, value=value), lambda x: TF.pad(x, pad, value=value),
+            rand(*shape))
+
+
+def test_causal_dilated_conv1d():
+    k, d = 3, 4
+    compare(lambda x, w: F.conv1d(F.pad(x, ((k - 1) * d, 0)), w, dilation=d),
+            lambda x, w: TF.conv1d(TF.pad(x, ((k - 1) * d, 0)), w, dilation=d),
+            rand(2, 3, 20), rand(5, 3, k, seed=1))
+
+
 # --------------------------------------------------------------------------- pooling
 
 POOL = [((2, 3, 6, 6), 2, None, 0), ((1, 2, 7, 5), (3, 2), (2, 1), (1, 1)),

@@ -168,6 +168,8 @@ def test_transformer_block_matches_the_reference_block(causal):
 
 def test_parameter_names_and_shapes_equal_torch():
     pairs = [(tnn.Conv2d(3, 8, 5, bias=False), nn.Conv2d(3, 8, 5, bias=False)),
+             (tnn.Conv2d(4, 8, 3, 1, 2, 2, 4), nn.Conv2d(4, 8, 3, 1, 2, 2, 4)),
+             (tnn.Conv1d(6, 4, 3, 2, 1, 3, 2, False), nn.Conv1d(6, 4, 3, 2, 1, 3, 2, False)),
              (tnn.ConvTranspose2d(3, 8, (2, 3)), nn.ConvTranspose2d(3, 8, (2, 3))),
              (tnn.BatchNorm2d(5), nn.BatchNorm2d(5)),
              (tnn.BatchNorm1d(5, affine=False), nn.BatchNorm1d(5, affine=False)),

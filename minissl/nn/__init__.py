@@ -12,14 +12,14 @@ NumPy loads into the same architecture built from these layers and gives the sam
 from ..random import default_generator, manual_seed
 from .blocks import (MLP, BasicBlock, ConvEncoder, MLPEncoder, MultiheadSelfAttention,
                      PatchEmbed, PositionalEmbedding, TransformerBlock)
-from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d,
-                     ConvTranspose2d, Dropout, Embedding, Flatten, Identity, LayerNorm, Linear,
-                     MaxPool2d, ModuleList, ReLU, Sequential, Sigmoid, Tanh)
+from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv1d,
+                     Conv2d, ConvTranspose2d, Dropout, Embedding, Flatten, Identity, LayerNorm,
+                     Linear, MaxPool2d, ModuleList, ReLU, Sequential, Sigmoid, Tanh)
 from .fuse import fuse
 from .module import IncompatibleKeys, Module, Parameter
 from .split_batchnorm import SplitBatchNorm1d, SplitBatchNorm2d, convert_split_batchnorm
 
-__all__ = ["Module", "Parameter", "IncompatibleKeys", "Linear", "Conv2d", "ConvTranspose2d",
+__all__ = ["Module", "Parameter", "IncompatibleKeys", "Linear", "Conv1d", "Conv2d", "ConvTranspose2d",
            "BatchNorm1d", "BatchNorm2d", "LayerNorm", "Embedding", "Dropout", "ReLU", "GELU",
            "Sigmoid", "Tanh", "Flatten", "Identity", "Sequential", "ModuleList", "MaxPool2d",
            "AvgPool2d", "AdaptiveAvgPool2d", "MultiheadSelfAttention", "TransformerBlock", "fuse",

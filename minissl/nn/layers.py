@@ -7,12 +7,13 @@ initialisation and the train/eval switch.
 Initialisation follows ``torch.nn`` exactly in distribution (the values differ: the generator
 is NumPy's, see ``minissl.random``):
 
-* ``Linear``, ``Conv2d``, ``ConvTranspose2d``: weight ``kaiming_uniform_(a=sqrt(5))``, i.e.
+* ``Linear``, ``Conv1d``, ``Conv2d``, ``ConvTranspose2d``: weight ``kaiming_uniform_(a=sqrt(5))``, i.e.
   U(-b, b) with b = gain * sqrt(3 / fan_in), gain = sqrt(2 / (1 + a^2)) = sqrt(1/3), so
   b = 1 / sqrt(fan_in); bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (He et al., "Delving Deep
   into Rectifiers", 2015; the a=sqrt(5) choice is PyTorch's historical default). ``fan_in``
   is computed from dimension 1 of the weight times the kernel area, as PyTorch does, which
-  for ``ConvTranspose2d`` (weight (in, out, kh, kw)) means out * kh * kw.
+  for ``ConvTranspose2d`` (weight (in, out, kh, kw)) means out * kh * kw and for a grouped
+  convolution (weight (out, in / groups, ...)) in / groups * kernel area.
 * ``BatchNorm``/``LayerNorm``: weight 1, bias 0; running_mean 0, running_var 1.
 * ``Embedding``: N(0, 1).
 
@@ -28,7 +29,7 @@ from ..autograd import Tensor
 from ..random import get_generator
 from .module import Module, Parameter
 
-__all__ = ["Linear", "Conv2d", "ConvTranspose2d", "BatchNorm1d", "BatchNorm2d", "LayerNorm",
+__all__ = ["Linear", "Conv1d", "Conv2d", "ConvTranspose2d", "BatchNorm1d", "BatchNorm2d", "LayerNorm",
            "Embedding", "Dropout", "ReLU", "GELU", "Sigmoid", "Tanh", "Flatten", "Identity",
            "Sequential", "ModuleList", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
 
@@ -101,36 +102,84 @@ class Linear(Module):
                 f"bias={self.bias is not None}")
 
 
-class Conv2d(Module):
-    """2-D convolution (cross-correlation, as in PyTorch) of NCHW images.
+def _groups(cls, groups, in_channels, out_channels):
+    _positive(cls, groups=groups)
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"{cls}: groups={groups} must divide in_channels={in_channels} and "
+                         f"out_channels={out_channels}")
+    return int(groups)
 
-    x (N, C_in, H, W) -> (N, C_out, OH, OW), OH = (H + 2 ph - kh) // sh + 1 (OW likewise);
-    weight (C_out, C_in, kh, kw), bias (C_out,).
-    """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 rng=None, dtype=None):
+class _ConvNd(Module):
+    """Conv1d and Conv2d: PyTorch's arguments, weight (out, in / groups, *kernel_size)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, rng=None, dtype=None):
         super().__init__()
-        _positive("Conv2d", in_channels=in_channels, out_channels=out_channels)
+        cls, tuple_of = type(self).__name__, self._tuple_of
+        _positive(cls, in_channels=in_channels, out_channels=out_channels)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = _pair("Conv2d: kernel_size", kernel_size)
-        self.stride = _pair("Conv2d: stride", stride)
-        self.padding = _pair("Conv2d: padding", padding)
-        kh, kw = self.kernel_size
-        _init_weight_and_bias(self, rng, (out_channels, in_channels, kh, kw),
-                              in_channels * kh * kw, out_channels if bias else None, dtype)
+        self.kernel_size = tuple_of(f"{cls}: kernel_size", kernel_size)
+        self.stride = tuple_of(f"{cls}: stride", stride)
+        self.padding = tuple_of(f"{cls}: padding", padding)
+        self.dilation = tuple_of(f"{cls}: dilation", dilation)
+        self.groups = _groups(cls, groups, in_channels, out_channels)
+        fan_in = in_channels // self.groups * math.prod(self.kernel_size)
+        _init_weight_and_bias(self, rng, (out_channels, in_channels // self.groups,
+                                          *self.kernel_size),
+                              fan_in, out_channels if bias else None, dtype)
 
     def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        return self._conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                          self.groups)
 
     def extra_repr(self):
+        ones, zeros = (1,) * len(self.kernel_size), (0,) * len(self.kernel_size)
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}")
-        if self.padding != (0, 0):
+        if self.padding != zeros:
             s += f", padding={self.padding}"
+        if self.dilation != ones:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
         return s
+
+
+def _single(name, value):
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if len(items) != 1 or not isinstance(items[0], (int, np.integer)) or \
+            isinstance(items[0], bool):
+        raise TypeError(f"{name} must be an int or a 1-tuple of ints, got {value!r}")
+    return (int(items[0]),)
+
+
+class Conv1d(_ConvNd):
+    """1-D convolution (cross-correlation, as in PyTorch) of (N, C, L) sequences:
+    ``Conv1d(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+    groups=1, bias=True, rng=None, dtype=None)``.
+
+    x (N, C_in, L) -> (N, C_out, OL), OL = (L + 2 p - d (k - 1) - 1) // s + 1;
+    weight (C_out, C_in / groups, k), bias (C_out,).
+    """
+
+    _tuple_of = staticmethod(_single)
+    _conv = staticmethod(F.conv1d)
+
+
+class Conv2d(_ConvNd):
+    """2-D convolution (cross-correlation, as in PyTorch) of NCHW images:
+    ``Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+    groups=1, bias=True, rng=None, dtype=None)``.
+
+    x (N, C_in, H, W) -> (N, C_out, OH, OW), OH = (H + 2 ph - dh (kh - 1) - 1) // sh + 1 (OW
+    likewise); weight (C_out, C_in / groups, kh, kw), bias (C_out,).
+    """
+
+    _tuple_of = staticmethod(_pair)
+    _conv = staticmethod(F.conv2d)
 
 
 class ConvTranspose2d(Module):

@@ -7,9 +7,16 @@ one matrix product ``Y = cols W^T`` with W = weight.reshape(O, C*kh*kw). Its adj
 with G the output gradient as (N*OH*OW, O). conv_transpose2d is exactly the adjoint of conv2d
 with respect to its input (the same col2im / im2col pair, used the other way round).
 
+Dilation lives in im2col (a window with holes: the rows of cols are the dilated windows, the
+products do not change). Groups split the channels: group g's outputs O/G read only its C/G
+input channels, so with cols' columns ordered (c, i, j) group g owns one contiguous block of
+C/G*kh*kw columns and the products become one batched product over the groups,
+    Y_g = cols_g W_g^T,   dW_g = G_g^T cols_g,   dcols_g = G_g W_g.
+
 ``Conv2dRef`` computes exactly these products, the textbook way, and is what
-``MINISSL_REFERENCE=1`` runs. ``Conv2d`` computes the same products transposed, image by
-image or in chunks, whichever is faster for the shapes (docs/performance.md, "conv2d").
+``MINISSL_REFERENCE=1`` runs (and every grouped convolution). ``Conv2d`` computes the same
+products transposed, image by image or in chunks, whichever is faster for the shapes
+(docs/performance.md, "conv2d").
 """
 import numpy as np
 
@@ -41,34 +48,46 @@ def _nchw(rows_t, n, h, w):
 
 
 class Conv2dRef(Function):
-    """The textbook conv2d: Y = cols W^T as (N*OH*OW, O) rows, then NCHW; the reference of
-    ``Conv2d`` (the same products, see the module docstring), run with MINISSL_REFERENCE=1."""
+    """The textbook conv2d: Y_g = cols_g W_g^T per group, as (N*OH*OW, O) rows, then NCHW; the
+    reference of ``Conv2d`` (the same products, see the module docstring)."""
 
-    __slots__ = ("k", "stride", "padding", "has_bias", "cols", "w2", "x_shape")
+    __slots__ = ("k", "stride", "padding", "dilation", "groups", "has_bias", "cols", "w3",
+                 "x_shape")
 
-    def __init__(self, k, stride, padding, has_bias):
+    def __init__(self, k, stride, padding, has_bias, dilation=(1, 1), groups=1):
         self.k, self.stride, self.padding, self.has_bias = k, stride, padding, has_bias
+        self.dilation, self.groups = dilation, groups
+
+    def _geometry(self):
+        return self.k, self.stride, self.padding, self.dilation
 
     def forward(self, x, w, b=None):
-        _, _, _, (OH, OW) = window_geometry("conv2d", x.shape, self.k, self.stride, self.padding)
-        N, O = x.shape[0], w.shape[0]
+        _, _, _, (OH, OW) = window_geometry("conv2d", x.shape, *self._geometry())
+        N, O, G = x.shape[0], w.shape[0], self.groups
         self.x_shape = x.shape
-        self.cols = im2col(x, self.k, self.stride, self.padding)   # (N*OH*OW, C*kh*kw)
-        self.w2 = w.reshape(O, w.shape[1] * w.shape[2] * w.shape[3])  # (O, C*kh*kw)
-        y = self.cols @ self.w2.T                                    # (N*OH*OW, O)
+        self.cols = im2col(x, *self._geometry())                    # (N*OH*OW, C*kh*kw)
+        M, CgK = self.cols.shape[0], w.shape[1] * w.shape[2] * w.shape[3]
+        self.w3 = w.reshape(G, O // G, CgK)                          # W_g: (G, O/G, C/G*kh*kw)
+        cols3 = self.cols.reshape(M, G, CgK).transpose(1, 0, 2)      # cols_g: (G, M, C/G*kh*kw)
+        y = (cols3 @ self.w3.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(M, O)
         if b is not None:
             y = y + b
         return y.reshape(N, OH, OW, O).transpose(0, 3, 1, 2).copy()
 
     def backward(self, g):
         N, O, OH, OW = g.shape
-        G = g.transpose(0, 2, 3, 1).reshape(N * OH * OW, O)         # (N*OH*OW, O)
-        gx = col2im(G @ self.w2, self.x_shape, self.k, self.stride, self.padding) \
-            if self.needs_grad[0] else None
-        gw = (G.T @ self.cols).reshape(O, self.x_shape[1], *self.k) \
-            if self.needs_grad[1] else None
+        M, G = N * OH * OW, self.groups
+        G3 = g.transpose(0, 2, 3, 1).reshape(M, G, O // G).transpose(1, 0, 2)  # (G, M, O/G)
+        gx = gw = None
+        if self.needs_grad[0]:
+            dcols = (G3 @ self.w3).transpose(1, 0, 2).reshape(self.cols.shape)
+            gx = col2im(dcols, self.x_shape, *self._geometry())
+        if self.needs_grad[1]:
+            cols3 = self.cols.reshape(M, G, self.w3.shape[2]).transpose(1, 0, 2)
+            gw = (G3.transpose(0, 2, 1) @ cols3).reshape(O, self.x_shape[1] // G, *self.k)
         if self.has_bias:
-            return gx, gw, (G.sum(axis=0) if self.needs_grad[2] else None)
+            gb = g.sum(axis=(0, 2, 3)) if self.needs_grad[2] else None
+            return gx, gw, gb
         return gx, gw
 
 
@@ -79,18 +98,21 @@ class Conv2d(Function):
     plane-by-plane copy; image by image (Y_n = W cols_n^T) when the output planes are large
     against the window (OH*OW >= PER_IMAGE_RATIO * C*kh*kw); and the input gradient in chunks
     of images when dcols is larger than 16 * CHUNK_BYTES. Why, with the measurements:
-    docs/performance.md, "conv2d"."""
+    docs/performance.md, "conv2d". One group only (grouped convolutions run Conv2dRef)."""
 
-    __slots__ = ("k", "stride", "padding", "has_bias", "cols", "w2", "x_shape", "per_image")
+    __slots__ = ("k", "stride", "padding", "dilation", "has_bias", "cols", "w2", "x_shape",
+                 "per_image")
 
-    def __init__(self, k, stride, padding, has_bias):
+    def __init__(self, k, stride, padding, has_bias, dilation=(1, 1)):
         self.k, self.stride, self.padding, self.has_bias = k, stride, padding, has_bias
+        self.dilation = dilation
 
     def forward(self, x, w, b=None):
         N = x.shape[0]
-        _, _, _, (OH, OW) = window_geometry("conv2d", x.shape, self.k, self.stride, self.padding)
+        _, _, _, (OH, OW) = window_geometry("conv2d", x.shape, self.k, self.stride, self.padding,
+                                            self.dilation)
         self.x_shape = x.shape
-        self.cols = im2col(x, self.k, self.stride, self.padding)   # (N*OH*OW, C*kh*kw)
+        self.cols = im2col(x, self.k, self.stride, self.padding, self.dilation)  # (N*OH*OW, CK)
         CK = w.shape[1] * w.shape[2] * w.shape[3]
         self.w2 = w.reshape(w.shape[0], CK)                          # (O, C*kh*kw)
         self.per_image = OH * OW >= PER_IMAGE_RATIO * CK
@@ -131,7 +153,8 @@ class Conv2d(Function):
         return (gx, gw, gb) if self.has_bias else (gx, gw)
 
     def _fold(self, dcols, shape=None):
-        return col2im(dcols, shape or self.x_shape, self.k, self.stride, self.padding)
+        return col2im(dcols, shape or self.x_shape, self.k, self.stride, self.padding,
+                      self.dilation)
 
     def _input_grad(self, gt):
         """dx = col2im(G W) from G^T (O, N*OH*OW); in chunks of n images when G W is larger
@@ -154,13 +177,25 @@ def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def _check_conv(op, x, weight, bias, in_dim, bias_dim):
-    if x.ndim != 4 or weight.ndim != 4:
-        raise ValueError(f"{op}: expected input (N, C, H, W) and a 4-D weight, got input "
+def _check_groups(op, groups, in_channels, out_channels, x_shape, w_shape):
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"{op}: groups={groups} must divide both the input channels "
+                         f"({in_channels}, input {tuple(x_shape)}) and the output channels "
+                         f"({out_channels}, weight {tuple(w_shape)})")
+
+
+def _check_conv(op, x, weight, bias, in_dim, bias_dim, groups=1, nd=2):
+    if x.ndim != nd + 2 or weight.ndim != nd + 2:
+        layout = "(N, C, H, W)" if nd == 2 else "(N, C, L)"
+        raise ValueError(f"{op}: expected input {layout} and a {nd + 2}-D weight, got input "
                          f"{x.shape} and weight {weight.shape}")
-    if x.shape[1] != weight.shape[in_dim]:
+    _check_groups(op, groups, x.shape[1], weight.shape[0], x.shape, weight.shape)
+    if x.shape[1] != weight.shape[in_dim] * groups:
         raise ValueError(f"{op}: input of shape {x.shape} has {x.shape[1]} channels but weight "
-                         f"of shape {weight.shape} expects {weight.shape[in_dim]}")
+                         f"of shape {weight.shape} expects {weight.shape[in_dim] * groups} "
+                         f"(groups={groups})")
     if bias is not None and bias.shape != (weight.shape[bias_dim],):
         raise ValueError(f"{op}: bias of shape {bias.shape} does not match weight of shape "
                          f"{weight.shape}")
@@ -168,13 +203,28 @@ def _check_conv(op, x, weight, bias, in_dim, bias_dim):
         raise TypeError(f"{op}: input dtype {x.dtype} differs from weight dtype {weight.dtype}")
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0):
-    """2-D cross-correlation of x (N, C, H, W) with weight (O, C, kh, kw) -> (N, O, OH, OW),
-    OH = (H + 2 padding - kh) // stride + 1, as ``torch.nn.functional.conv2d``."""
-    _check_conv("conv2d", x, weight, bias, 1, 0)
-    op = Conv2dRef if reference_forced() else Conv2d
-    fn = op(tuple(weight.shape[2:]), _pair(stride), _pair(padding), bias is not None)
-    return fn(x, weight) if bias is None else fn(x, weight, bias)
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation of x (N, C, H, W) with weight (O, C/groups, kh, kw) ->
+    (N, O, OH, OW), OH = (H + 2 padding - dilation (kh - 1) - 1) // stride + 1, as
+    ``torch.nn.functional.conv2d``."""
+    return _conv2d("conv2d", x, weight, bias, _pair(stride), _pair(padding), _pair(dilation),
+                   groups)
+
+
+def _conv2d(op, x, weight, bias, stride, padding, dilation, groups, nd=2):
+    """conv2d and conv1d (as a conv2d of height 1) after their own argument handling."""
+    _check_conv(op, x, weight, bias, 1, 0, groups, nd)
+    k = tuple(weight.shape[2:])
+    if nd == 1:
+        x, weight, k = x.reshape(x.shape[0], x.shape[1], 1, x.shape[2]), weight.reshape(
+            weight.shape[0], weight.shape[1], 1, k[0]), (1, k[0])
+    window_geometry(op, x.shape, k, stride, padding, dilation)     # errors name the op
+    if groups == 1 and not reference_forced():
+        fn = Conv2d(k, stride, padding, bias is not None, dilation)
+    else:
+        fn = Conv2dRef(k, stride, padding, bias is not None, dilation, groups)
+    y = fn(x, weight) if bias is None else fn(x, weight, bias)
+    return y.reshape(y.shape[0], y.shape[1], y.shape[3]) if nd == 1 else y
 
 
 class ConvTranspose2d(Function):

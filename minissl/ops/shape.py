@@ -264,3 +264,60 @@ class ToDevice(Function):
 
     def backward(self, g):
         return to_device(g, self.src)
+
+
+
+class Pad(Function):
+    """Constant padding of the last dims: y = value everywhere, then y[dst] = x[src];
+    dx = g[dst] in x's places src, zero elsewhere.
+
+    A negative amount crops, as in PyTorch, so ``src`` and ``dst`` are the box of x that
+    survives and where it lands in y; the padding is a constant and gets no gradient."""
+
+    __slots__ = ("src", "dst", "tail", "value", "x_shape")
+
+    def __init__(self, src, dst, tail, value):
+        self.src, self.dst, self.tail, self.value = src, dst, tail, value
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        y = get_array_module(x).full(x.shape[:x.ndim - len(self.tail)] + self.tail, self.value,
+                                     dtype=x.dtype)
+        y[(Ellipsis,) + self.dst] = x[(Ellipsis,) + self.src]
+        return y
+
+    def backward(self, g):
+        gx = get_array_module(g).zeros(self.x_shape, dtype=g.dtype)
+        gx[(Ellipsis,) + self.src] = g[(Ellipsis,) + self.dst]
+        return gx
+
+
+def pad(input, pad, mode="constant", value=None):
+    """``torch.nn.functional.pad``, constant mode: ``pad = (left, right)`` pads the last dim,
+    ``(left, right, top, bottom)`` the last two, and so on; negative amounts crop. A causal
+    conv1d is ``conv1d(pad(x, ((k - 1) * dilation, 0)), w, dilation=dilation)``."""
+    if mode != "constant":
+        raise NotImplementedError(f"pad: mode {mode!r} is not implemented (only 'constant')")
+    pad = tuple(pad) if isinstance(pad, (tuple, list)) else pad
+    if not isinstance(pad, tuple) or len(pad) % 2 or not all(
+            isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in pad):
+        raise ValueError(f"pad: pad must be an even number of ints (left, right, ...), "
+                         f"got {pad!r}")
+    if len(pad) // 2 > input.ndim:
+        raise ValueError(f"pad: {len(pad)} pad values for an input of shape "
+                         f"{tuple(input.shape)} ({input.ndim} dims)")
+    src, dst, tail = [], [], []
+    for i in range(len(pad) // 2):            # (pad[2i], pad[2i+1]) pads dim -1 - i
+        lo, hi = int(pad[2 * i]), int(pad[2 * i + 1])
+        size = input.shape[input.ndim - 1 - i]
+        if size + lo + hi < 0:
+            raise ValueError(f"pad: padding ({lo}, {hi}) of dim {input.ndim - 1 - i} of an "
+                             f"input of shape {tuple(input.shape)} gives a negative size")
+        a = max(0, -lo)                       # x[a:b] survives the cropping ...
+        b = max(a, size - max(0, -hi))
+        start = max(0, lo)                    # ... and lands at y[start:start + b - a]
+        src.insert(0, slice(a, b))
+        dst.insert(0, slice(start, start + b - a))
+        tail.insert(0, size + lo + hi)
+    v = 0 if value is None else value
+    return Pad(tuple(src), tuple(dst), tuple(tail), v)(input)

@@ -43,7 +43,7 @@ def test_emulator_catches_launch_mistakes(emulator):
     cols = np.zeros((4, 4), np.float32)
     k = emulator.kernel("im2col", "im2col_kernel", np.float32)
     i = np.int32
-    good = [x, cols, *map(i, (1, 3, 3, 2, 2, 1, 1, 0, 0, 2, 2)), i(16)]
+    good = [x, cols, *map(i, (1, 3, 3, 2, 2, 1, 1, 0, 0, 1, 1, 2, 2)), i(16)]
     k((1,), (32,), good)
     np.testing.assert_array_equal(cols, im2col_ref(x, (2, 2), (1, 1), (0, 0)))
     with pytest.raises(AssertionError, match=r"memory access: index \d+ outside"):

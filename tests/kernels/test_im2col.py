@@ -25,24 +25,29 @@ def compiled_module():
 
 @st.composite
 def geometries(draw, min_size=0):
-    """(x_shape, kernel, stride, padding) with an output grid of at least 1 x 1."""
+    """(x_shape, kernel, stride, padding, dilation) with an output grid of at least 1 x 1."""
     kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
-    h = draw(st.integers(max(min_size, kh - 2 * ph), 9))
-    w = draw(st.integers(max(min_size, kw - 2 * pw), 9))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    h = draw(st.integers(max(min_size, dh * (kh - 1) + 1 - 2 * ph), 11))
+    w = draw(st.integers(max(min_size, dw * (kw - 1) + 1 - 2 * pw), 11))
     n, c = draw(st.integers(0, 3)), draw(st.integers(0, 3))
-    return (n, c, h, w), (kh, kw), (sh, sw), (ph, pw)
+    return (n, c, h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw)
 
 
-def out_size(size, k, s, p):
-    return (size + 2 * p - k) // s + 1
+def out_size(size, k, s, p, d=1):
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-def im2col_loops(x, k, s, p):
+def grid(shape, k, s, p, d=(1, 1)):
+    return (out_size(shape[2], k[0], s[0], p[0], d[0]), out_size(shape[3], k[1], s[1], p[1], d[1]))
+
+
+def im2col_loops(x, k, s, p, d=(1, 1)):
     """The definition, one entry at a time."""
     n, c, h, w = x.shape
-    oh, ow = out_size(h, k[0], s[0], p[0]), out_size(w, k[1], s[1], p[1])
+    oh, ow = grid(x.shape, k, s, p, d)
     cols = np.zeros((n * oh * ow, c * k[0] * k[1]), dtype=x.dtype)
     for b in range(n):
         for y in range(oh):
@@ -50,17 +55,17 @@ def im2col_loops(x, k, s, p):
                 for ch in range(c):
                     for i in range(k[0]):
                         for j in range(k[1]):
-                            hh, ww = y * s[0] - p[0] + i, z * s[1] - p[1] + j
+                            hh, ww = y * s[0] - p[0] + i * d[0], z * s[1] - p[1] + j * d[1]
                             if 0 <= hh < h and 0 <= ww < w:
                                 cols[(b * oh + y) * ow + z, (ch * k[0] + i) * k[1] + j] = \
                                     x[b, ch, hh, ww]
     return cols
 
 
-def col2im_loops(cols, x_shape, k, s, p):
+def col2im_loops(cols, x_shape, k, s, p, d=(1, 1)):
     """The adjoint by its definition: scatter every entry back to the pixel it came from."""
     n, c, h, w = x_shape
-    oh, ow = out_size(h, k[0], s[0], p[0]), out_size(w, k[1], s[1], p[1])
+    oh, ow = grid(x_shape, k, s, p, d)
     x = np.zeros(x_shape, dtype=cols.dtype)
     for b in range(n):
         for y in range(oh):
@@ -68,7 +73,7 @@ def col2im_loops(cols, x_shape, k, s, p):
                 for ch in range(c):
                     for i in range(k[0]):
                         for j in range(k[1]):
-                            hh, ww = y * s[0] - p[0] + i, z * s[1] - p[1] + j
+                            hh, ww = y * s[0] - p[0] + i * d[0], z * s[1] - p[1] + j * d[1]
                             if 0 <= hh < h and 0 <= ww < w:
                                 x[b, ch, hh, ww] += \
                                     cols[(b * oh + y) * ow + z, (ch * k[0] + i) * k[1] + j]
@@ -80,38 +85,38 @@ def col2im_loops(cols, x_shape, k, s, p):
 @given(geo=geometries(), dtype=st.sampled_from([np.float32, np.float64]),
        layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**32 - 1))
 def test_im2col_every_version_matches_reference(geo, dtype, layout, seed):
-    shape, k, s, p = geo
+    shape, k, s, p, d = geo
     rng = np.random.default_rng(seed)
     x = make_array(rng, shape, dtype, layout)
-    expected = K.im2col_ref(x, k, s, p)
-    oh, ow = out_size(shape[2], k[0], s[0], p[0]), out_size(shape[3], k[1], s[1], p[1])
+    expected = K.im2col_ref(x, k, s, p, d)
+    oh, ow = grid(shape, k, s, p, d)
     assert expected.shape == (shape[0] * oh * ow, shape[1] * k[0] * k[1])
-    got = K.im2col(x, k, s, p)
+    got = K.im2col(x, k, s, p, d)
     assert got.flags.c_contiguous and got.dtype == dtype
     np.testing.assert_array_equal(got, expected)             # a pure copy: exact
     ext = compiled_module()
     if ext is not None:
         out = np.full(expected.shape, np.nan, dtype=dtype)  # every entry must be written
-        ext.im2col(np.ascontiguousarray(x), out, *k, *s, *p)
+        ext.im2col(np.ascontiguousarray(x), out, *k, *s, *p, *d)
         np.testing.assert_array_equal(out, expected)
 
 
 @given(geo=geometries(), dtype=st.sampled_from([np.float32, np.float64]),
        layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**32 - 1))
 def test_col2im_every_version_matches_reference(geo, dtype, layout, seed):
-    shape, k, s, p = geo
+    shape, k, s, p, d = geo
     rng = np.random.default_rng(seed)
-    rows = shape[0] * out_size(shape[2], k[0], s[0], p[0]) * out_size(shape[3], k[1], s[1], p[1])
+    rows = shape[0] * np.prod(grid(shape, k, s, p, d))
     cols = make_array(rng, (rows, shape[1] * k[0] * k[1]), dtype, layout)
-    expected = K.col2im_ref(cols, shape, k, s, p)
+    expected = K.col2im_ref(cols, shape, k, s, p, d)
     assert expected.shape == shape and expected.dtype == dtype
-    got = K.col2im(cols, shape, k, s, p)
+    got = K.col2im(cols, shape, k, s, p, d)
     assert got.flags.c_contiguous
     assert_close(got, expected, dtype)
     ext = compiled_module()
     if ext is not None:
         out = np.full(shape, np.nan, dtype=dtype)
-        ext.col2im(np.ascontiguousarray(cols), out, *k, *s, *p)
+        ext.col2im(np.ascontiguousarray(cols), out, *k, *s, *p, *d)
         assert_close(out, expected, dtype)
 
 
@@ -121,45 +126,50 @@ def test_col2im_every_version_matches_reference(geo, dtype, layout, seed):
     ((2, 32, 16, 16), (5, 5), (2, 2), (2, 2)),
     ((2, 8, 12, 20), (1, 1), (1, 1), (0, 0)),
 ])
+@pytest.mark.parametrize("d", [(1, 1), (2, 3)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_large_shapes_use_threads_and_agree(shape, k, s, p, dtype):
+def test_large_shapes_use_threads_and_agree(shape, k, s, p, d, dtype):
     rng = np.random.default_rng(1)
     x = make_array(rng, shape, dtype)
-    cols = K.im2col(x, k, s, p)
-    np.testing.assert_array_equal(cols, K.im2col_ref(x, k, s, p))
+    cols = K.im2col(x, k, s, p, d)
+    np.testing.assert_array_equal(cols, K.im2col_ref(x, k, s, p, d))
     c = make_array(rng, cols.shape, dtype)
-    assert_close(K.col2im(c, shape, k, s, p), K.col2im_ref(c, shape, k, s, p), dtype)
+    assert_close(K.col2im(c, shape, k, s, p, d), K.col2im_ref(c, shape, k, s, p, d), dtype)
 
 
-@pytest.mark.parametrize("shape,k,s,p", [
-    ((2, 2, 3, 4), (2, 2), (1, 1), (0, 0)),
-    ((1, 3, 4, 3), (3, 2), (2, 1), (1, 1)),
-    ((2, 1, 5, 5), (3, 3), (3, 2), (2, 0)),
-    ((1, 2, 2, 2), (1, 3), (1, 2), (0, 1)),
-    ((1, 1, 0, 2), (2, 2), (1, 1), (1, 1)),          # an empty plane: all padding
+@pytest.mark.parametrize("shape,k,s,p,d", [
+    ((2, 2, 3, 4), (2, 2), (1, 1), (0, 0), (1, 1)),
+    ((1, 3, 4, 3), (3, 2), (2, 1), (1, 1), (1, 1)),
+    ((2, 1, 5, 5), (3, 3), (3, 2), (2, 0), (1, 1)),
+    ((1, 2, 2, 2), (1, 3), (1, 2), (0, 1), (1, 1)),
+    ((1, 1, 0, 2), (2, 2), (1, 1), (1, 1), (1, 1)),          # an empty plane: all padding
+    ((2, 2, 7, 6), (3, 2), (1, 2), (1, 0), (2, 3)),          # dilated
+    ((1, 1, 1, 9), (1, 3), (1, 1), (0, 2), (1, 4)),          # conv1d-like, dilation 4
+    ((1, 2, 5, 5), (2, 2), (2, 1), (2, 2), (5, 3)),          # dilated span past the input
 ])
-def test_reference_matches_brute_force_loops(shape, k, s, p):
+def test_reference_matches_brute_force_loops(shape, k, s, p, d):
     rng = np.random.default_rng(2)
     x = make_array(rng, shape, np.float64)
-    np.testing.assert_array_equal(K.im2col_ref(x, k, s, p), im2col_loops(x, k, s, p))
-    np.testing.assert_array_equal(K.im2col(x, k, s, p), im2col_loops(x, k, s, p))
-    cols = make_array(rng, im2col_loops(x, k, s, p).shape, np.float64)
-    np.testing.assert_allclose(K.col2im_ref(cols, shape, k, s, p),
-                               col2im_loops(cols, shape, k, s, p), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(K.col2im(cols, shape, k, s, p),
-                               col2im_loops(cols, shape, k, s, p), rtol=1e-12, atol=1e-12)
+    expected = im2col_loops(x, k, s, p, d)
+    np.testing.assert_array_equal(K.im2col_ref(x, k, s, p, d), expected)
+    np.testing.assert_array_equal(K.im2col(x, k, s, p, d), expected)
+    cols = make_array(rng, expected.shape, np.float64)
+    np.testing.assert_allclose(K.col2im_ref(cols, shape, k, s, p, d),
+                               col2im_loops(cols, shape, k, s, p, d), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(K.col2im(cols, shape, k, s, p, d),
+                               col2im_loops(cols, shape, k, s, p, d), rtol=1e-12, atol=1e-12)
 
 
 @given(geo=geometries(), seed=st.integers(0, 2**32 - 1))
 def test_col2im_is_the_adjoint_of_im2col(geo, seed):
     # <im2col(x), c> = <x, col2im(c)> for every x and c: col2im is im2col's transpose.
-    shape, k, s, p = geo
+    shape, k, s, p, d = geo
     rng = np.random.default_rng(seed)
     x = make_array(rng, shape, np.float64)
-    cols = K.im2col(x, k, s, p)
+    cols = K.im2col(x, k, s, p, d)
     c = make_array(rng, cols.shape, np.float64)
     lhs = np.vdot(cols, c)
-    rhs = np.vdot(x, K.col2im(c, shape, k, s, p))
+    rhs = np.vdot(x, K.col2im(c, shape, k, s, p, d))
     assert abs(lhs - rhs) <= 1e-10 * (1 + np.abs(cols).sum() * np.abs(c).max(initial=0))
 
 
@@ -186,20 +196,20 @@ def test_conv2d_as_matrix_product_matches_direct_sum():
 def test_matches_torch_unfold_and_fold(geo, dtype, seed):
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
-    shape, k, s, p = geo
+    shape, k, s, p, d = geo
     n, c, h, w = shape
     if n == 0 or c == 0:
         return                                            # torch's unfold rejects them
     rng = np.random.default_rng(seed)
     x = make_array(rng, shape, dtype)
     # unfold: (N, C kh kw, L) with L = OH OW; our rows are (n, l), so transpose per image.
-    unf = F.unfold(torch.from_numpy(x), k, padding=p, stride=s).numpy()
+    unf = F.unfold(torch.from_numpy(x), k, dilation=d, padding=p, stride=s).numpy()
     expected = unf.transpose(0, 2, 1).reshape(-1, unf.shape[1])
-    np.testing.assert_array_equal(K.im2col(x, k, s, p), expected)
+    np.testing.assert_array_equal(K.im2col(x, k, s, p, d), expected)
     cols = make_array(rng, expected.shape, dtype)
     folded = F.fold(torch.from_numpy(cols.reshape(n, -1, cols.shape[1]).transpose(0, 2, 1)),
-                    (h, w), k, padding=p, stride=s).numpy()
-    assert_close(K.col2im(cols, shape, k, s, p), folded, dtype)
+                    (h, w), k, dilation=d, padding=p, stride=s).numpy()
+    assert_close(K.col2im(cols, shape, k, s, p, d), folded, dtype)
 
 
 # ----------------------------------------------------------------------------- edge cases
@@ -241,6 +251,10 @@ X = np.zeros((2, 3, 5, 5), np.float32)
     (lambda: K.im2col(X, (6, 3), (1, 1), (0, 0)), ValueError, r"im2col.*\(2, 3, 5, 5\)"),
     (lambda: K.im2col(X, (3, 3), (0, 1), (0, 0)), ValueError, "im2col.*stride"),
     (lambda: K.im2col(X, (3, 3), (1, 1), (-1, 0)), ValueError, "im2col.*padding"),
+    (lambda: K.im2col(X, (3, 3), (1, 1), (0, 0), (0, 1)), ValueError, "im2col.*dilation"),
+    (lambda: K.im2col(X, (3, 3), (1, 1), (0, 0), (1.5, 1)), TypeError, "im2col.*dilation"),
+    (lambda: K.im2col(X, (3, 3), (1, 1), (0, 0), (3, 1)), ValueError,
+     r"im2col.*dilation=\(3, 1\).*\(2, 3, 5, 5\)"),
     (lambda: K.im2col(X, (3, 3, 3), (1, 1), (0, 0)), TypeError, "im2col.*kernel_size"),
     (lambda: K.im2col(X, (3.0, 3), (1, 1), (0, 0)), TypeError, "im2col.*kernel_size"),
     (lambda: K.im2col(X, (True, 3), (1, 1), (0, 0)), TypeError, "im2col.*kernel_size"),
@@ -266,15 +280,19 @@ def test_compiled_kernels_check_shapes_themselves():
     if ext is None:
         pytest.skip("Cython build not available (or MINISSL_REFERENCE=1)")
     with pytest.raises(ValueError, match="im2col"):
-        ext.im2col(X, np.empty((18, 26), np.float32), 3, 3, 1, 1, 0, 0)
+        ext.im2col(X, np.empty((18, 26), np.float32), 3, 3, 1, 1, 0, 0, 1, 1)
     with pytest.raises(ValueError, match="col2im"):
-        ext.col2im(np.empty((17, 27), np.float32), np.empty_like(X), 3, 3, 1, 1, 0, 0)
+        ext.col2im(np.empty((17, 27), np.float32), np.empty_like(X), 3, 3, 1, 1, 0, 0, 1, 1)
     with pytest.raises(ValueError, match="im2col"):
-        ext.im2col(X, np.empty((18, 27), np.float32), 9, 3, 1, 1, 0, 0)
+        ext.im2col(X, np.empty((18, 27), np.float32), 9, 3, 1, 1, 0, 0, 1, 1)
     with pytest.raises(ValueError, match="im2col"):
-        ext.im2col(X, np.empty((18, 27), np.float32), 3, 3, 0, 1, 0, 0)
+        ext.im2col(X, np.empty((18, 27), np.float32), 3, 3, 0, 1, 0, 0, 1, 1)
+    with pytest.raises(ValueError, match="im2col.*dilation"):
+        ext.im2col(X, np.empty((18, 27), np.float32), 3, 3, 1, 1, 0, 0, 0, 1)
+    with pytest.raises(ValueError, match="col2im.*dilated"):  # the span 5 does not fit 5 + 0
+        ext.col2im(np.empty((2, 27), np.float32), np.empty_like(X), 3, 3, 1, 1, 0, 0, 3, 1)
     with pytest.raises((TypeError, ValueError)):          # mixed dtypes match no signature
-        ext.im2col(X, np.empty((18, 27), np.float64), 3, 3, 1, 1, 0, 0)
+        ext.im2col(X, np.empty((18, 27), np.float64), 3, 3, 1, 1, 0, 0, 1, 1)
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -321,3 +339,27 @@ def test_cuda_im2col_col2im_match_reference(runner, g, dtype, seed):
     close(got, im2col_ref(x, ks, st_, pad), dtype, exact=True)
     # A gather in the reference's (i, j) order: the same sums, bit for bit.
     close(back, col2im_ref(cols, xs, ks, st_, pad), dtype, exact=True)
+
+
+@st.composite
+def dilated_windows(draw):
+    """A window geometry with dilation (the emulator's ``windows`` has none)."""
+    xs, ks, st_, pad, _ = draw(windows())
+    d = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    h = max(xs[2], d[0] * (ks[0] - 1) + 1 - 2 * pad[0])
+    w = max(xs[3], d[1] * (ks[1] - 1) + 1 - 2 * pad[1])
+    return (xs[0], xs[1], h, w), ks, st_, pad, d
+
+
+@given(g=dilated_windows(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31))
+def test_cuda_dilated_im2col_col2im_match_reference(runner, g, dtype, seed):
+    xs, ks, st_, pad, d = g
+    rng = np.random.default_rng(seed)
+    x = layouts(rng, xs, dtype)
+    cols = layouts(rng, (xs[0] * np.prod(grid(xs, ks, st_, pad, d)), xs[1] * ks[0] * ks[1]),
+                   dtype)
+    with runner as r:
+        got = r.host(K.im2col(r.dev(x), ks, st_, pad, d))
+        back = r.host(K.col2im(r.dev(cols), xs, ks, st_, pad, d))
+    close(got, im2col_ref(x, ks, st_, pad, d), dtype, exact=True)
+    close(back, col2im_ref(cols, xs, ks, st_, pad, d), dtype, exact=True)

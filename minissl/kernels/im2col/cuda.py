@@ -9,46 +9,42 @@ from .. import cuda as cu
 from . import reference as R
 
 
-def _geometry(c, h, w, ks, st, pad, oh, ow, total):
-    return tuple(cu.i32(v) for v in (c, h, w, *ks, *st, *pad, oh, ow, total))
+def _geometry(c, h, w, ks, st, pad, dil, oh, ow, total):
+    return tuple(cu.i32(v) for v in (c, h, w, *ks, *st, *pad, *dil, oh, ow, total))
 
 
-def _out_size(h, w, ks, st, pad):
-    return ((h + 2 * pad[0] - ks[0]) // st[0] + 1, (w + 2 * pad[1] - ks[1]) // st[1] + 1)
-
-
-def im2col(x, kernel_size, stride, padding):
+def im2col(x, kernel_size, stride, padding, dilation=(1, 1)):
     """cols (N OH OW, C kh kw) of x (N, C, H, W)."""
     be = cu.device_backend("im2col", x=x)
     xp = be.xp
     n, c, h, w = x.shape
-    oh, ow = _out_size(h, w, kernel_size, stride, padding)
+    oh, ow = R._out_size(h, w, kernel_size, stride, padding, dilation)
     shape = (n * oh * ow, c * kernel_size[0] * kernel_size[1])
     total = shape[0] * shape[1]
     if not cu.kernel_ok(x) or total > cu.MAX_ELEMENTS:
-        return R.im2col_ref(x, kernel_size, stride, padding)
+        return R.im2col_ref(x, kernel_size, stride, padding, dilation)
     cols = xp.empty(shape, dtype=x.dtype)
     if total:
         k = be.kernel("im2col", "im2col_kernel", x.dtype)
         k(cu.grid(total), (cu.THREADS,),
-          (cu.contig(xp, x), cols, *_geometry(c, h, w, kernel_size, stride, padding, oh, ow,
-                                              total)))
+          (cu.contig(xp, x), cols, *_geometry(c, h, w, kernel_size, stride, padding, dilation,
+                                              oh, ow, total)))
     return cols
 
 
-def col2im(cols, x_shape, kernel_size, stride, padding):
+def col2im(cols, x_shape, kernel_size, stride, padding, dilation=(1, 1)):
     """The adjoint of im2col, as a gather: x (N, C, H, W) from cols (N OH OW, C kh kw)."""
     be = cu.device_backend("col2im", cols=cols)
     xp = be.xp
     n, c, h, w = x_shape
-    oh, ow = _out_size(h, w, kernel_size, stride, padding)
+    oh, ow = R._out_size(h, w, kernel_size, stride, padding, dilation)
     total = n * c * h * w
     if not cu.kernel_ok(cols) or total > cu.MAX_ELEMENTS:
-        return R.col2im_ref(cols, x_shape, kernel_size, stride, padding)
+        return R.col2im_ref(cols, x_shape, kernel_size, stride, padding, dilation)
     x = xp.empty(x_shape, dtype=cols.dtype)
     if total:
         k = be.kernel("im2col", "col2im_kernel", cols.dtype)
         k(cu.grid(total), (cu.THREADS,),
-          (cu.contig(xp, cols), x, *_geometry(c, h, w, kernel_size, stride, padding, oh, ow,
-                                              total)))
+          (cu.contig(xp, cols), x, *_geometry(c, h, w, kernel_size, stride, padding, dilation,
+                                              oh, ow, total)))
     return x
