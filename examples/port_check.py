@@ -54,7 +54,7 @@ def torch_port(mutate=()):
     import torch.nn.functional as TF
     import torch_port as P
 
-    ops = dict(P.LOSSES, **P.DATA_OPS)
+    ops = dict(P.LOSSES, **P.DATA_OPS, **P.FUNCTIONAL)
     if "byol_no_stop_gradient" in mutate:
         def byol_loss(prediction, target):
             p, z = TF.normalize(prediction, dim=1), TF.normalize(target, dim=1)

@@ -96,6 +96,16 @@ def mae_loss(pred, target, mask, norm_pix=False):
 LOSSES = {f.__name__: f for f in (nt_xent, info_nce, clip_loss, byol_loss, simsiam_loss,
                                   barlow_twins_loss, vicreg_loss, kl_normal, mae_loss)}
 
+
+def gated_tanh(input, dim=1):
+    # The gated activation unit of the gated PixelCNN and WaveNet: tanh(a) * sigmoid(b).
+    a, b = input.chunk(2, dim=dim)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+# minissl.functional ops that torch.nn.functional does not have.
+FUNCTIONAL = {"gated_tanh": gated_tanh}
+
 # ----------------------------------------------------------------------------- data ops
 
 
@@ -161,9 +171,25 @@ def cosine_warmup_lr(step, base_lr, warmup_steps, total_steps, final_lr):
     return torch.tensor([lr(int(t)) for t in step])
 
 
+def mu_law_encoding(x, quantization_channels):
+    # torchaudio.functional.mu_law_encoding, transcribed.
+    mu = torch.tensor(quantization_channels - 1.0, dtype=x.dtype)
+    x_mu = torch.sign(x) * torch.log1p(mu * torch.abs(x)) / torch.log1p(mu)
+    return ((x_mu + 1) / 2 * mu + 0.5).to(torch.int64)
+
+
+def mu_law_decoding(x_mu, quantization_channels):
+    # torchaudio.functional.mu_law_decoding, transcribed (integer codes decode in float32).
+    x_mu = x_mu if x_mu.is_floating_point() else x_mu.to(torch.float)
+    mu = torch.tensor(quantization_channels - 1.0, dtype=x_mu.dtype)
+    x = x_mu / mu * 2 - 1.0
+    return torch.sign(x) * (torch.exp(torch.abs(x) * torch.log1p(mu)) - 1.0) / mu
+
+
 DATA_OPS = {"random_masking": random_masking, "patchify": patchify, "unpatchify": unpatchify,
             "sincos_pos_embed_2d": sincos_pos_embed_2d, "bert_masking": bert_masking,
-            "cosine_tau": cosine_tau, "cosine_warmup_lr": cosine_warmup_lr}
+            "cosine_tau": cosine_tau, "cosine_warmup_lr": cosine_warmup_lr,
+            "mu_law_encoding": mu_law_encoding, "mu_law_decoding": mu_law_decoding}
 
 # ----------------------------------------------------------------------------- methods
 
@@ -347,7 +373,43 @@ def end_of_step(name, net, cfg, total_steps):
 SINGLE_INPUT = ("autoencoder", "denoising", "vae", "rotation", "ar")
 TRANSFORMERS = ("gpt", "mlm", "mae", "clip")
 METHODS = ("simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg") + SINGLE_INPUT + \
-    TRANSFORMERS
+    TRANSFORMERS + ("pixelcnn",)
+
+
+# The gated PixelCNN (van den Oord et al. 2016, figure 2), as a function of its parameters.
+
+def causal_mask(kh, kw, mask_type, stack):
+    """PixelCNN's masks: taps that would read pixel (i, j) or a later one are zero ("A"),
+    or only the later ones ("B"); the vertical stack sees rows above, the horizontal stack
+    the row to the left (the centre tap is (kh // 2, kw // 2))."""
+    ci, cj = kh // 2, kw // 2
+    rows, cols = torch.arange(kh)[:, None], torch.arange(kw)[None, :]
+    b = mask_type == "B"
+    if stack == "vertical":
+        return ((rows <= ci) if b else (rows < ci)).expand(kh, kw).double()
+    return ((rows == ci) & ((cols <= cj) if b else (cols < cj))).double()
+
+
+def pixelcnn_loss(P, cfg, x):
+    bits = (x > cfg["threshold"]).double()
+    v = h = bits
+    for i in range(cfg["layers"]):
+        t, pre = ("A" if i == 0 else "B"), f"encoder.layers.{i}."
+
+        def masked(name, inp, stack):
+            w = P[pre + name + ".weight"]
+            kh, kw = w.shape[2:]
+            return TF.conv2d(inp, w * causal_mask(kh, kw, t, stack), P[pre + name + ".bias"],
+                             padding=(kh // 2, kw // 2))
+
+        v2 = masked("vertical", v, "vertical")
+        h2 = masked("horizontal", h, "horizontal") + TF.conv2d(v2, P[pre + "v_to_h.weight"],
+                                                                P[pre + "v_to_h.bias"])
+        h_new = TF.conv2d(gated_tanh(h2), P[pre + "h_out.weight"], P[pre + "h_out.bias"])
+        v, h = gated_tanh(v2), (h + h_new if t == "B" else h_new)
+    z = TF.conv2d(torch.relu(h), P["head.1.weight"], P["head.1.bias"])
+    z = TF.conv2d(torch.relu(z), P["head.3.weight"], P["head.3.bias"])
+    return TF.binary_cross_entropy_with_logits(z, bits)
 
 
 # The transformer methods, written as functions of their parameters P (name -> tensor).
@@ -442,6 +504,8 @@ def transformer_step(meta, stored):
             own[torch_key(k)[len("encoder."):]].copy_(v)
         P.update({"encoder." + k[2:]: p for k, p in image_encoder.named_parameters()})
         loss = clip_step_loss(P, cfg, stored, views, draws, image_encoder)
+    elif name == "pixelcnn":
+        loss = pixelcnn_loss(P, cfg, x)
     else:
         loss = transformer_loss(name, P, cfg, x, views, draws)
     loss.backward()
@@ -461,7 +525,7 @@ def training_step(meta, stored):
     """{key: array} of the port's step on a stored training-step vector (same keys as the
     file's ``out``, ``grad_*`` and ``after_*``)."""
     name = meta["op"].split(".")[0]
-    if name in TRANSFORMERS:
+    if name in TRANSFORMERS + ("pixelcnn",):    # weights as a dict of tensors
         return transformer_step(meta, stored)
     state = {k: torch.as_tensor(stored[f"init_{k}"]) for k in meta["state"]}
     net = Method(meta, state).train()

@@ -154,6 +154,19 @@ def _cases():
     add("batch_norm", {"training": False},
         {"input": x, "running_mean": _f(r, 3), "running_var": 1 + r.random(3),
          "weight": _f(r, 3), "bias": _f(r, 3)}, ["input", "weight", "bias"], tag="_eval")
+    # Dilation and groups (WaveNet's and the gated PixelCNN's convolutions), padding, gates;
+    # from their own generator, so that the cases before and after keep their inputs.
+    r2 = np.random.default_rng(4321)
+    add("conv2d", {"stride": 1, "padding": [2, 1], "dilation": [2, 1], "groups": 2},
+        {"input": _f(r2, 2, 4, 5, 5), "weight": _f(r2, 6, 2, 3, 2), "bias": _f(r2, 6)},
+        tag="_dilgroups")
+    x1 = _f(r2, 2, 4, 9)
+    add("conv1d", {"stride": 2, "padding": 1, "dilation": 2, "groups": 2},
+        {"input": x1, "weight": _f(r2, 6, 2, 3), "bias": _f(r2, 6)})
+    add("pad", {"pad": [2, 0], "value": 0.5}, {"input": x1})
+    add("pad", {"pad": [1, -1, 0, 2]}, {"input": x}, tag="_crop")
+    for op in ("glu", "gated_tanh"):
+        add(op, {"dim": 1}, {"input": _f(r2, 2, 6, 3)})
     for causal in (False, True):
         q, k, v = _f(r, 2, 2, 5, 4), _f(r, 2, 2, 5, 4), _f(r, 2, 2, 5, 3)
         add("scaled_dot_product_attention", {"is_causal": causal},
@@ -182,6 +195,11 @@ def _data_cases(r, cases):
                                  "random_token_prob": 0.1},
         {"ids": ids, "noise": r.random((3, 20)), "u": r.random((3, 20)),
          "random_ids": r.integers(0, 9, (3, 20))})
+    r2 = np.random.default_rng(4322)   # as above: the other cases keep their draws
+    add("256", "mu_law_encoding", {"quantization_channels": 256},
+        {"x": np.concatenate([[-1.0, 0.0, 1.0], r2.uniform(-1, 1, 13)])})
+    add("256", "mu_law_decoding", {"quantization_channels": 256},
+        {"x_mu": np.concatenate([[0, 127, 128, 255], r2.integers(0, 256, 12)])})
     add("k10", "cosine_tau", {"base_tau": 0.99, "total_steps": 10},
         {"step": np.arange(11)})
     add("w3_k10", "cosine_warmup_lr", {"base_lr": 0.5, "warmup_steps": 3, "total_steps": 10,
@@ -219,6 +237,10 @@ DATA_OPS = {
     "sincos_pos_embed_2d": (lambda dim, grid_size: _masked("sincos_pos_embed_2d")(
         dim, grid_size), ["pos_embed"]),
     "bert_masking": (lambda *a, **k: _masked("bert_masking")(*a, **k), ["inputs", "targets"]),
+    "mu_law_encoding": (lambda x, quantization_channels: F.mu_law_encoding(
+        x, quantization_channels).numpy(), ["x_mu"]),
+    "mu_law_decoding": (lambda x_mu, quantization_channels: F.mu_law_decoding(
+        x_mu, quantization_channels).numpy(), ["x"]),
     "cosine_tau": (_cosine_tau, ["tau"]),
     "cosine_warmup_lr": (_cosine_warmup_lr, ["lr"]),
 }

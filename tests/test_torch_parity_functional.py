@@ -129,6 +129,16 @@ def test_causal_dilated_conv1d():
             rand(2, 3, 20), rand(5, 3, k, seed=1))
 
 
+@pytest.mark.parametrize("shape,dim", [((3, 4), -1), ((2, 6, 3), 1), ((2, 2, 4, 3), 2)])
+def test_glu_and_gated_tanh(shape, dim):
+    compare(lambda x: F.glu(x, dim), lambda x: TF.glu(x, dim), rand(*shape))
+
+    def torch_gated_tanh(x):
+        a, b = x.chunk(2, dim)
+        return torch.tanh(a) * torch.sigmoid(b)
+    compare(lambda x: F.gated_tanh(x, dim), torch_gated_tanh, rand(*shape))
+
+
 # --------------------------------------------------------------------------- pooling
 
 POOL = [((2, 3, 6, 6), 2, None, 0), ((1, 2, 7, 5), (3, 2), (2, 1), (1, 1)),

@@ -16,13 +16,15 @@ from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2
                      Conv2d, ConvTranspose2d, Dropout, Embedding, Flatten, Identity, LayerNorm,
                      Linear, MaxPool2d, ModuleList, ReLU, Sequential, Sigmoid, Tanh)
 from .fuse import fuse
+from .masked_conv import MaskedConv2d
 from .module import IncompatibleKeys, Module, Parameter
 from .split_batchnorm import SplitBatchNorm1d, SplitBatchNorm2d, convert_split_batchnorm
 
-__all__ = ["Module", "Parameter", "IncompatibleKeys", "Linear", "Conv1d", "Conv2d", "ConvTranspose2d",
+__all__ = ["Module", "Parameter", "IncompatibleKeys", "Linear", "Conv1d", "Conv2d",
+           "ConvTranspose2d",
            "BatchNorm1d", "BatchNorm2d", "LayerNorm", "Embedding", "Dropout", "ReLU", "GELU",
            "Sigmoid", "Tanh", "Flatten", "Identity", "Sequential", "ModuleList", "MaxPool2d",
            "AvgPool2d", "AdaptiveAvgPool2d", "MultiheadSelfAttention", "TransformerBlock", "fuse",
            "PositionalEmbedding", "PatchEmbed", "BasicBlock", "ConvEncoder", "MLP",
            "MLPEncoder", "manual_seed", "default_generator", "SplitBatchNorm1d",
-           "SplitBatchNorm2d", "convert_split_batchnorm"]
+           "SplitBatchNorm2d", "convert_split_batchnorm", "MaskedConv2d"]

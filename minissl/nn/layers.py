@@ -7,7 +7,8 @@ initialisation and the train/eval switch.
 Initialisation follows ``torch.nn`` exactly in distribution (the values differ: the generator
 is NumPy's, see ``minissl.random``):
 
-* ``Linear``, ``Conv1d``, ``Conv2d``, ``ConvTranspose2d``: weight ``kaiming_uniform_(a=sqrt(5))``, i.e.
+* ``Linear``, ``Conv1d``, ``Conv2d``, ``ConvTranspose2d``: weight
+  ``kaiming_uniform_(a=sqrt(5))``, i.e.
   U(-b, b) with b = gain * sqrt(3 / fan_in), gain = sqrt(2 / (1 + a^2)) = sqrt(1/3), so
   b = 1 / sqrt(fan_in); bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (He et al., "Delving Deep
   into Rectifiers", 2015; the a=sqrt(5) choice is PyTorch's historical default). ``fan_in``
@@ -29,7 +30,8 @@ from ..autograd import Tensor
 from ..random import get_generator
 from .module import Module, Parameter
 
-__all__ = ["Linear", "Conv1d", "Conv2d", "ConvTranspose2d", "BatchNorm1d", "BatchNorm2d", "LayerNorm",
+__all__ = ["Linear", "Conv1d", "Conv2d", "ConvTranspose2d", "BatchNorm1d", "BatchNorm2d",
+           "LayerNorm",
            "Embedding", "Dropout", "ReLU", "GELU", "Sigmoid", "Tanh", "Flatten", "Identity",
            "Sequential", "ModuleList", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
 
