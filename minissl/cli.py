@@ -450,8 +450,15 @@ def cmd_eval(args):
              else args.data, "epoch": meta.get("epoch"), "settings": meta.get("config"),
              "encoder": meta.get("encoder"), "widths": meta.get("widths")}
     if method.data_kind == "audio":   # a probe of the labels, and the held-out pretext loss
+        if args.protocol == "finetune":
+            raise CLIError(f"eval --protocol finetune: fine-tunes image encoders; "
+                           f"{meta['method']} trains on audio (use linear or knn)")
         loss, n = clidata.heldout_loss(method, d, seed=args.seed)
-        shown.update(heldout_loss=loss, heldout_examples=n)
+        shown.update(heldout_loss=loss, heldout_examples=n, **method.test_metrics(d))
+        if not d.labelled:   # a WAV folder without class subfolders: no probe to run
+            print(json.dumps(_finite_or_none({"protocol": "heldout_loss", "loss": loss,
+                                              "examples": n, **shown})))
+            return 0
     elif method.data_kind != "images":   # text, series: no labels; the held-out pretext loss
         loss, n = clidata.heldout_loss(method, d, seed=args.seed)
         print(json.dumps(_finite_or_none({"protocol": "heldout_loss", "loss": loss,
@@ -479,7 +486,7 @@ def cmd_eval(args):
                                         k=min(20, len(idx)))
             result = {"protocol": "knn", "labels_per_class": k, "accuracy": acc}
     result.update(shown)
-    print(json.dumps(result))
+    print(json.dumps(_finite_or_none(result)))
     return 0
 
 

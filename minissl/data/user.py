@@ -272,6 +272,23 @@ def read_wav(path):
     return a.reshape(-1, ch).mean(axis=1), rate
 
 
+def write_wav(path, samples, rate):
+    """Write mono ``samples`` in [-1, 1] (clipped) as a 16-bit PCM WAV file at ``rate`` Hz,
+    through a temporary file moved over ``path``: never a half-written file."""
+    pcm = np.round(np.clip(np.asarray(samples, np.float64), -1, 1) * 32767).astype("<i2")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with wave.open(tmp, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(int(rate))
+            w.writeframes(pcm.tobytes())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def _wav_files(path):
     """The WAV files of ``path`` and their labels: one class per subfolder (names sorted),
     else the files of ``path`` itself, unlabelled (labels None); and the class names."""
