@@ -31,7 +31,7 @@ sized for 8 kHz clips of 0.25 s on one CPU core.
 from dataclasses import dataclass
 
 from .. import functional as F
-from .. import losses, nn
+from .. import distributed as dist, losses, nn
 from .base import AudioMethod
 
 __all__ = ["CPCConfig", "CPC", "build"]
@@ -94,7 +94,7 @@ class CPC(AudioMethod):
 
     def training_step(self, x, rng=None):
         C, K = self.config.channels, self.config.prediction_steps
-        z = self.encode_frames(x)                                  # (B, C, T)
+        z = self.encode_frames(dist.shard(x))                      # (B, C, T), this rank's
         c = self.aggregate(z)                                      # (B, C, T)
         B, _, T = z.shape
         p = self.predict(c).reshape(B, K, C, T).permute(0, 3, 1, 2)   # (B, T, K, C)

@@ -16,7 +16,8 @@ ln(1 + mu), mu = 255, ``F.mu_law_encoding``). The network:
         z    = gated_tanh(Conv1d(R, 2D, 2, dilation d)(pad_left(h, d)))      (B, D, T)
                                                   tanh(W_f * h) . sigmoid(W_g * h), eq. 2
         skip = skip + Conv1d(D, S, 1)(z)          (B, S, T)  skip connections (fig. 4)
-        h    = h + Conv1d(D, R, 1)(z)             (B, R, T)  residual connections
+        h    = h + Conv1d(D, R, 1)(z)             (B, R, T)  residual connections (not
+                                                             after the last layer: unused)
     logits = Conv1d(S, Q, 1)(ReLU(Conv1d(S, S, 1)(ReLU(skip))))               (B, Q, T)
 
 Logits at position t predict the code at t + 1; the loss is the mean cross-entropy (nats per
@@ -41,8 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import distributed as dist, nn
 from .. import functional as F
-from .. import nn
 from ..autograd import no_grad
 from ..backend import get_array_module
 from .base import AudioMethod
@@ -58,7 +59,7 @@ class WaveNetConfig:
     skip_channels: int = 64           # S, width of the skip sum and the output layers
     layers: int = 8                   # dilations 1, 2, .., 2^(layers-1) in one stack (paper: 10)
     stacks: int = 2                   # stacks of those layers: receptive field 2 + 510 = 512
-    window: int = 1024                # samples of the random crop each clip trains on
+    window: int = 512                 # samples of the random crop each clip trains on
 
 
 class WaveNet(AudioMethod):
@@ -80,7 +81,8 @@ class WaveNet(AudioMethod):
         self.causal = nn.Conv1d(R, R, 2)                 # the first causal layer
         self.dilated = nn.ModuleList([nn.Conv1d(R, 2 * D, 2, dilation=d)
                                       for d in self.dilations])
-        self.residual = nn.ModuleList([nn.Conv1d(D, R, 1) for _ in self.dilations])
+        # The last layer's output feeds only the skip sum: it has no residual conv.
+        self.residual = nn.ModuleList([nn.Conv1d(D, R, 1) for _ in self.dilations[1:]])
         self.skip = nn.ModuleList([nn.Conv1d(D, S, 1) for _ in self.dilations])
         self.out1 = nn.Conv1d(S, S, 1)
         self.out2 = nn.Conv1d(S, Q, 1)
@@ -98,10 +100,11 @@ class WaveNet(AudioMethod):
         """The skip sum (B, S, T) of embedded inputs e (B, R, T): the causal stack."""
         h = self.causal(F.pad(e, (1, 0)))                                   # (B, R, T)
         skip = 0
-        for d, conv, res, sk in zip(self.dilations, self.dilated, self.residual, self.skip):
+        for i, (d, conv, sk) in enumerate(zip(self.dilations, self.dilated, self.skip)):
             z = F.gated_tanh(conv(F.pad(h, (d, 0))), dim=1)                 # (B, D, T)
             skip = skip + sk(z)                                             # (B, S, T)
-            h = h + res(z)                                                  # (B, R, T)
+            if i < len(self.residual):
+                h = h + self.residual[i](z)                                 # (B, R, T)
         return skip
 
     def logits(self, codes):
@@ -128,7 +131,7 @@ class WaveNet(AudioMethod):
         start = rng.integers(0, L - w + 1, len(x))                          # a crop per clip
         xp = get_array_module(x)
         crops = x[xp.arange(len(x))[:, None], xp.asarray(start)[:, None] + xp.arange(w)]
-        loss = self._nll(self.codes(crops))
+        loss = self._nll(self.codes(dist.shard(crops)))                     # this rank's rows
         return loss, {"bits_per_sample": loss.item() / math.log(2)}
 
     def nll(self, x, batch_size=64):
@@ -185,7 +188,8 @@ class WaveNet(AudioMethod):
                 f, g = np.split(a, 2)
                 z = np.tanh(f) / (1 + np.exp(-g))
                 skip = skip + W["skip"][i][0][:, :, 0] @ z + W["skip"][i][1]
-                h = h + W["residual"][i][0][:, :, 0] @ z + W["residual"][i][1]
+                if i < len(W["residual"]):
+                    h = h + W["residual"][i][0][:, :, 0] @ z + W["residual"][i][1]
             t[0] += 1
             o = W["out1"][0][:, :, 0] @ np.maximum(skip, 0) + W["out1"][1]
             return W["out2"][0][:, :, 0] @ np.maximum(o, 0) + W["out2"][1]
