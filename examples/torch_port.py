@@ -93,8 +93,22 @@ def mae_loss(pred, target, mask, norm_pix=False):
     return (per_patch * mask).sum() / mask.sum()
 
 
+def cpc_loss(predictions, z):
+    # CPC (van den Oord et al. 2018, eq. 4): each step's prediction scored against every frame
+    # of the batch, the k-step future frame the positive; mean over anchors, then over steps.
+    B, T, K, D = predictions.shape
+    frames = z.reshape(B * T, D)
+    total = 0
+    for k in range(1, K + 1):
+        p = predictions[:, :T - k, k - 1].reshape(-1, D)
+        target = (torch.arange(B)[:, None] * T + torch.arange(k, T)[None]).reshape(-1)
+        total = total + TF.cross_entropy(p @ frames.T, target)
+    return total / K
+
+
 LOSSES = {f.__name__: f for f in (nt_xent, info_nce, clip_loss, byol_loss, simsiam_loss,
-                                  barlow_twins_loss, vicreg_loss, kl_normal, mae_loss)}
+                                  barlow_twins_loss, vicreg_loss, kl_normal, mae_loss,
+                                  cpc_loss)}
 
 
 def gated_tanh(input, dim=1):
@@ -373,7 +387,7 @@ def end_of_step(name, net, cfg, total_steps):
 SINGLE_INPUT = ("autoencoder", "denoising", "vae", "rotation", "ar")
 TRANSFORMERS = ("gpt", "mlm", "mae", "clip")
 METHODS = ("simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg") + SINGLE_INPUT + \
-    TRANSFORMERS + ("pixelcnn",)
+    TRANSFORMERS + ("pixelcnn", "wavenet", "cpc", "denoising_audio")
 
 
 # The gated PixelCNN (van den Oord et al. 2016, figure 2), as a function of its parameters.
@@ -410,6 +424,68 @@ def pixelcnn_loss(P, cfg, x):
     z = TF.conv2d(torch.relu(h), P["head.1.weight"], P["head.1.bias"])
     z = TF.conv2d(torch.relu(z), P["head.3.weight"], P["head.3.bias"])
     return TF.binary_cross_entropy_with_logits(z, bits)
+
+
+# The audio methods, as functions of their parameters P (name -> tensor), on clips x (B, L).
+
+def conv(P, name, x, **kw):
+    return TF.conv1d(x, P[name + ".weight"], P[name + ".bias"], **kw)
+
+
+def wavenet_loss(P, cfg, x, draws):
+    """WaveNet (van den Oord et al. 2016; ibab/tensorflow-wavenet): a random crop per clip,
+    mu-law codes, embedding, causal conv, gated dilated causal convs with residual and skip
+    1x1 convs, ReLU-1x1-ReLU-1x1 to the logits of the next code."""
+    w = min(cfg["window"], x.shape[1])
+    crops = x[torch.arange(len(x))[:, None], draws[0][:, None] + torch.arange(w)]
+    codes = mu_law_encoding(crops, cfg["quantization_channels"])
+    h = conv(P, "causal", TF.pad(TF.embedding(codes[:, :-1], P["embed.weight"]).transpose(1, 2),
+                                 (1, 0)))
+    skip = 0
+    dilations = [2 ** i for _ in range(cfg["stacks"]) for i in range(cfg["layers"])]
+    for i, d in enumerate(dilations):
+        z = gated_tanh(conv(P, f"dilated.{i}", TF.pad(h, (d, 0)), dilation=d))
+        skip = skip + conv(P, f"skip.{i}", z)
+        if i < len(dilations) - 1:                     # the last layer feeds the skips only
+            h = h + conv(P, f"residual.{i}", z)
+    logits = conv(P, "out2", torch.relu(conv(P, "out1", torch.relu(skip))))
+    return TF.cross_entropy(logits, codes[:, 1:])
+
+
+def cpc_step_loss(P, cfg, x):
+    """wav2vec / CPC (fairseq wav2vec.py): strided conv encoder, causal residual context
+    convs, one affine map per step, InfoNCE over every frame of the batch."""
+    z = x[:, None]
+    for i, s in enumerate((5, 4, 2)):
+        z = torch.relu(conv(P, f"encoder.{2 * i}", z, stride=s))
+    c = z
+    for i in range(cfg["context_layers"]):
+        c = c + torch.relu(conv(P, f"context.{i}", TF.pad(c, (2, 0))))
+    (B, C, T), K = z.shape, cfg["prediction_steps"]
+    p = conv(P, "predict", c).reshape(B, K, C, T).permute(0, 3, 1, 2)
+    return cpc_loss(p, z.transpose(1, 2))
+
+
+def denoising_audio_loss(P, cfg, x, draws):
+    """Denoising autoencoder of waveforms (Vincent et al. 2008): white noise at the drawn SNR,
+    a dilated conv stack finds the noise, the output is the input minus it, MSE to the clean."""
+    snr, noise = draws
+    noisy = x + noise * torch.sqrt((x ** 2).mean(1, keepdim=True) / 10.0 ** (snr[:, None] / 10))
+    h = torch.relu(conv(P, "stem", noisy[:, None], padding=4))
+    for i, d in enumerate(cfg["dilations"]):
+        h = h + torch.relu(conv(P, f"blocks.{i}.0", h, padding=d, dilation=d))
+    return TF.mse_loss(noisy - conv(P, "out", h)[:, 0], x)
+
+
+AUDIO = ("wavenet", "cpc", "denoising_audio")
+
+
+def audio_loss(name, P, cfg, x, draws):
+    if name == "wavenet":
+        return wavenet_loss(P, cfg, x, draws)
+    if name == "cpc":
+        return cpc_step_loss(P, cfg, x)
+    return denoising_audio_loss(P, cfg, x, draws)
 
 
 # The transformer methods, written as functions of their parameters P (name -> tensor).
@@ -506,6 +582,8 @@ def transformer_step(meta, stored):
         loss = clip_step_loss(P, cfg, stored, views, draws, image_encoder)
     elif name == "pixelcnn":
         loss = pixelcnn_loss(P, cfg, x)
+    elif name in AUDIO:
+        loss = audio_loss(name, P, cfg, x, draws)
     else:
         loss = transformer_loss(name, P, cfg, x, views, draws)
     loss.backward()
@@ -525,7 +603,7 @@ def training_step(meta, stored):
     """{key: array} of the port's step on a stored training-step vector (same keys as the
     file's ``out``, ``grad_*`` and ``after_*``)."""
     name = meta["op"].split(".")[0]
-    if name in TRANSFORMERS + ("pixelcnn",):    # weights as a dict of tensors
+    if name in TRANSFORMERS + ("pixelcnn",) + AUDIO:    # weights as a dict of tensors
         return transformer_step(meta, stored)
     state = {k: torch.as_tensor(stored[f"init_{k}"]) for k in meta["state"]}
     net = Method(meta, state).train()

@@ -32,7 +32,7 @@ import warnings
 
 import numpy as np
 
-from . import runtime
+from . import clidata, runtime
 from .cliargs import CLIError, build_parser
 
 USAGE_ERROR = 2
@@ -51,7 +51,6 @@ def _check_device(device):
 
 
 def _load_data(name, kind=None, method="this method", root=None, image_size=32):
-    from . import clidata
     try:
         return clidata.load(name, kind, method, root=root, image_size=image_size)
     except clidata.DataError as e:
@@ -223,8 +222,9 @@ def cmd_pretrain(args):
                        f"--set; `minissl list {args.method}`), not a choice of backbone")
     d = _load_data(args.data, methods.data_kind(args.method), args.method, args.data_root,
                    args.image_size)
-    if (args.knn_every or args.probe_every) and methods.data_kind(args.method) != "images":
-        raise CLIError(f"--knn-every/--probe-every: accuracy needs labelled images; "
+    if (args.knn_every or args.probe_every) and not clidata.is_labelled(
+            methods.data_kind(args.method)):
+        raise CLIError(f"--knn-every/--probe-every: accuracy needs labelled images or audio; "
                        f"{args.method} trains on {methods.data_kind(args.method)} (its "
                        f"held-out loss: `minissl eval`)")
     if (args.knn_every or args.probe_every) and not getattr(d, "labelled", True):
@@ -301,15 +301,14 @@ def _pretrain(args, d, lead):
         if not lead:
             return
         if knn and (epoch + 1) % args.knn_every == 0:
-            from .clidata import knn_monitor
-            record["knn_acc"] = knn_monitor(method, d)
+            record["knn_acc"] = clidata.knn_monitor(method, d)
             shown["knn"] = f"{record['knn_acc']:.3f}"
         if probe and (epoch + 1) % args.probe_every == 0:
             from .evaluate import few_label_probe
             tr, te = method.features(d.train_x), method.features(d.test_x)
             record["probe_acc_10"] = few_label_probe(tr, d.train_y, te, d.test_y, 10,
                                                      draws=2)[0]
-        if method.data_kind == "images":
+        if clidata.is_labelled(method.data_kind):
             from .evaluate import embedding_std
             record["embedding_std"] = embedding_std(method.features(d.test_x[:512]))
         if hasattr(method, "heldout_metrics"):   # density models: the test split's NLL
@@ -452,9 +451,18 @@ def cmd_eval(args):
     shown = {"method": meta["method"], "data": meta.get("data") if args.data is None
              else args.data, "epoch": meta.get("epoch"), "settings": meta.get("config"),
              "encoder": meta.get("encoder"), "widths": meta.get("widths")}
-    if method.data_kind != "images":   # text, series: no labels; the held-out pretext loss
-        from .clidata import heldout_loss
-        loss, n = heldout_loss(method, d, seed=args.seed)
+    if method.data_kind == "audio":   # a probe of the labels, and the held-out pretext loss
+        if args.protocol == "finetune":
+            raise CLIError(f"eval --protocol finetune: fine-tunes image encoders; "
+                           f"{meta['method']} trains on audio (use linear or knn)")
+        loss, n = clidata.heldout_loss(method, d, seed=args.seed)
+        shown.update(heldout_loss=loss, heldout_examples=n, **method.test_metrics(d))
+        if not d.labelled:   # a WAV folder without class subfolders: no probe to run
+            print(json.dumps(_finite_or_none({"protocol": "heldout_loss", "loss": loss,
+                                              "examples": n, **shown})))
+            return 0
+    elif method.data_kind != "images":   # text, series: no labels; the held-out pretext loss
+        loss, n = clidata.heldout_loss(method, d, seed=args.seed)
         print(json.dumps(_finite_or_none({"protocol": "heldout_loss", "loss": loss,
                                           "examples": n, **shown})))
         return 0
@@ -482,7 +490,7 @@ def cmd_eval(args):
     if hasattr(method, "heldout_metrics"):
         result.update(method.heldout_metrics(d))
     result.update(shown)
-    print(json.dumps(result))
+    print(json.dumps(_finite_or_none(result)))
     return 0
 
 
@@ -500,7 +508,7 @@ def cmd_embed(args):
 
 
 def cmd_list(args):
-    from . import clidata, methods, settings
+    from . import methods, settings
     if args.method:
         if args.method not in methods.METHODS:
             raise CLIError(f"unknown method {args.method!r}; known: {', '.join(methods.METHODS)}")

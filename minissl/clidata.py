@@ -26,7 +26,8 @@ def is_path(name):
 
 
 def load(name, kind=None, method="this method", root=None, image_size=32):
-    """The data ``--data name`` means, checked to be of ``kind`` ("images", "text", "series")."""
+    """The data ``--data name`` means, checked to be of ``kind`` ("images", "audio", "text",
+    "series"). A folder of WAV files is read as clips for "audio", as series otherwise."""
     from . import data, methods
     from .data import user
     if not is_path(name):
@@ -42,18 +43,32 @@ def load(name, kind=None, method="this method", root=None, image_size=32):
                         f"({', '.join(sorted(data.DATASETS))}) nor an existing file or folder")
     else:
         try:
-            d = user.from_path(name, image_size=image_size)
+            d = user.from_path(name, image_size=image_size,
+                               audio="clips" if kind == "audio" else "series")
         except ImportError as e:
             raise DataError(str(e)) from None
-    got = ("images" if isinstance(d, data.Dataset) else "text"
-           if isinstance(d, data.TextCorpus) else "series")
+    got = kind_of(d)
     if kind is not None and got != kind:
         takers = [m for m in methods.METHODS if methods.data_kind(m) == got]
-        audio = (" (WAV audio is read as series of samples)"
-                 if is_path(name) and user.kind_of_path(name) == "audio" else "")
+        audio = (" (WAV audio: series of samples for the series methods, clips for the "
+                 "audio methods)" if is_path(name) and user.kind_of_path(name) == "audio"
+                 else "")
         raise DataError(f"{method} trains on {kind}, but {name!r} is {got}{audio}; the methods "
                         f"for {got}: {', '.join(takers) or 'none'}")
     return d
+
+
+def kind_of(d):
+    """The kind of data a loaded data object is: "images", "audio", "text" or "series"."""
+    from . import data
+    return ("images" if isinstance(d, data.Dataset) else "audio"
+            if isinstance(d, data.AudioDataset) else "text"
+            if isinstance(d, data.TextCorpus) else "series")
+
+
+def is_labelled(kind):
+    """Whether data of ``kind`` carries class labels (a probe or kNN can score it)."""
+    return kind in ("images", "audio")
 
 
 def describe_datasets():
@@ -67,15 +82,18 @@ def describe_datasets():
     lines.append(f"  files are looked for under --data-root DIR, else $MINISSL_DATA, else "
                  f"~/.minissl/data (now: {default_root()})")
     lines.append("  --data PATH: a folder of PNG/JPEG images (class subfolders = labels), a "
-                 ".npy/.npz file, a .txt file or folder, a folder of .wav files")
+                 ".npy/.npz file, a .txt file or folder, a folder of .wav files (class subfolders = "
+                 "labels)")
     return lines
 
 
 def _heldout(method, d):
-    """The held-out examples of text or series data, shaped as ``training_data`` gives them."""
+    """The held-out examples of text, series or audio data, as ``training_step`` takes them."""
     if method.data_kind == "text":
         import dataclasses
         return method.training_data(dataclasses.replace(d, train_ids=d.val_ids))
+    if method.data_kind == "audio":
+        return d.test_x
     test = getattr(d, "test_series", None)
     if test is None:   # the synthetic AR series: its last fifth
         test = d.series[len(d.series) - max(1, len(d.series) // 5):]
@@ -118,7 +136,7 @@ def knn_monitor(method, d, k=20):
 
 def embed_arrays(method, d):
     """What ``embed`` writes: features of both splits, labels, and for files the file names."""
-    if method.data_kind == "images":
+    if is_labelled(method.data_kind):
         out = {"train_features": method.features(d.train_x), "train_labels": d.train_y,
                "test_features": method.features(d.test_x), "test_labels": d.test_y}
     elif method.data_kind == "text":   # windows of block_size characters of each split

@@ -167,6 +167,8 @@ def _cases():
     add("pad", {"pad": [1, -1, 0, 2]}, {"input": x}, tag="_crop")
     for op in ("glu", "gated_tanh"):
         add(op, {"dim": 1}, {"input": _f(r2, 2, 6, 3)})
+    r3 = np.random.default_rng(4323)   # the audio losses, from their own draws too
+    add("cpc_loss", {}, {"predictions": _f(r3, 2, 5, 3, 4), "z": _f(r3, 2, 5, 4)})
     for causal in (False, True):
         q, k, v = _f(r, 2, 2, 5, 4), _f(r, 2, 2, 5, 4), _f(r, 2, 2, 5, 3)
         add("scaled_dot_product_attention", {"is_causal": causal},

@@ -178,10 +178,33 @@ def build_case(name):
         m = masked.MaskedLM(masked.MaskedLMConfig(vocab_size=6, block_size=8, n_layer=1,
                                                   n_head=2, n_embd=8))
         batch = {"ids": r.integers(0, 6, (4, 8))}
+    elif kind == "audio":
+        m = _audio_method(name)
+        batch = {"clips": r.uniform(-0.9, 0.9, (4, _AUDIO_LENGTH.get(name, 16)))}
     else:
         m = ar.ARModel(ar.ARConfig(order=3))
         batch = {"series": r.standard_normal((4, 12))}
     return m.double().train(), batch
+
+
+_AUDIO_LENGTH = {"cpc": 385}    # 385 samples: 8 frames of CPC's encoder
+
+
+def _audio_method(name):
+    """The tiny audio methods. WaveNet's crop (12 of 16 samples) is a draw; the denoiser's
+    read-out starts at zero (an identity), so it gets random weights here: its gradient would
+    otherwise not reach the layers below."""
+    from .methods import cpc, denoising_audio, wavenet
+    if name == "wavenet":
+        return wavenet.WaveNet(wavenet.WaveNetConfig(
+            quantization_channels=16, residual_channels=4, dilation_channels=3,
+            skip_channels=5, layers=2, stacks=2, window=12))
+    if name == "cpc":
+        return cpc.CPC(cpc.CPCConfig(channels=3, context_layers=2, prediction_steps=3))
+    m = denoising_audio.DenoisingAudioAutoencoder(
+        denoising_audio.DenoisingAudioConfig(channels=3, dilations=(1, 2)))
+    m.out.weight.data[...] = np.random.default_rng(2).standard_normal(m.out.weight.shape)
+    return m
 
 
 def _arg(batch):

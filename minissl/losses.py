@@ -7,6 +7,7 @@
 The families (see docs/design.md for the taxonomy):
 
 * contrastive, instance discrimination: ``nt_xent`` (SimCLR), ``info_nce`` (MoCo)
+* contrastive, predictive coding: ``cpc_loss`` (CPC / wav2vec: future frames of a sequence)
 * contrastive, multimodal: ``clip_loss`` (CLIP)
 * non-contrastive: ``byol_loss`` (BYOL), ``simsiam_loss`` (SimSiam), ``barlow_twins_loss``
   (Barlow Twins), ``vicreg_loss`` (VICReg)
@@ -224,6 +225,55 @@ def clip_loss(image_features, text_features, logit_scale):
     logits = scale * (img @ txt.T)                             # (N, N): image i vs text j
     target = _indices(xp.arange(n))                            # pair i matches pair i
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) * 0.5
+
+
+def cpc_loss(predictions, z):
+    r"""Contrastive predictive coding: InfoNCE on K future steps, negatives from the batch.
+
+    ``predictions[b, t, k - 1]`` is the model's guess W_k c_{b,t} of the encoding z_{b,t+k}
+    k steps after t. For each step k and each anchor (b, t) with t + k < T, the candidates are
+    all B T encodings of the batch: the positive z_{b,t+k}, the other frames of the same
+    sequence and every frame of the other sequences. With the log-bilinear score
+    f_k = exp(z_j^T W_k c_{b,t}) of the paper,
+
+        L_k  = mean_{b, t < T - k}  -log  exp(p . z_{b,t+k}) / sum_{b', t'} exp(p . z_{b',t'})
+        loss = 1/K sum_{k=1..K} L_k
+
+    Shapes: predictions (B, T, K, D), z (B, T, D), K < T. Returns a scalar. (Equal z give
+    log(B T) for every anchor.)
+
+    Paper: van den Oord, Li, Vinyals, "Representation Learning with Contrastive Predictive
+    Coding", 2018, eq. (4); negatives drawn from the same sequence as in wav2vec (Schneider,
+    Baevski, Collobert, Auli, Interspeech 2019; official code facebookresearch/fairseq,
+    ``fairseq/models/wav2vec/wav2vec.py``, ``Wav2VecPredictionsModel``, which samples 10 of
+    them and scores them with a binary cross-entropy; the ``infonce`` option there is this
+    softmax). All frames of the batch stand in for the sampled ones: no sampling noise, and
+    at these sizes the B T x B T scores cost less than a gather.
+    """
+    fn = "cpc_loss"
+    _check_float(fn, "predictions", predictions)
+    _check_float(fn, "z", z)
+    if predictions.ndim != 4 or z.ndim != 3 or predictions.shape[:2] != z.shape[:2] \
+            or predictions.shape[3] != z.shape[2]:
+        raise ValueError(f"{fn}: expected predictions (B, T, K, D) and z (B, T, D) of one B, "
+                         f"T and D, got {predictions.shape} and {z.shape}")
+    B, T, K, D = predictions.shape
+    if not 1 <= K < T:
+        raise ValueError(f"{fn}: needs 1 <= K < T (a future frame for every step), got K={K} "
+                         f"and T={T}")
+    if predictions.dtype != z.dtype:
+        raise TypeError(f"{fn}: predictions and z must share one dtype, got "
+                        f"{predictions.dtype} and {z.dtype}")
+    xp = get_array_module(z.data)
+    candidates = z.reshape(B * T, D)                           # (B T, D)
+    total = 0.0
+    for k in range(1, K + 1):
+        p = predictions[:, :T - k, k - 1].reshape(B * (T - k), D)    # (B (T - k), D)
+        logits = p @ candidates.T                              # (B (T - k), B T)
+        # the positive of anchor (b, t) is row b T + t + k of the candidates
+        target = (xp.arange(B)[:, None] * T + xp.arange(k, T)[None]).reshape(-1)
+        total = total + F.cross_entropy(logits, _indices(target))
+    return total / K
 
 
 # ------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 ``save_all(out, method, data, history)`` writes what fits the method: the loss curve, the
 online evaluations (``monitor.png``, when ``--knn-every``/``--probe-every`` logged any), a 2-D
 PCA of the test embeddings coloured by label, reconstructions (autoencoders, VAE, MAE),
-samples (VAE) and generated text (language models). Returns the paths written.
+samples (VAE), generated text (language models), and for the audio methods whatever their
+``save_examples(out, data)`` writes (waveforms, WAV files). Returns the paths written.
 """
 import os
 
@@ -91,6 +92,24 @@ def image_grid(rows, path, title, row_names=None):
     return _save(fig, path)
 
 
+def waveforms(rows, path, title, row_names=None, sample_rate=8000, n=4):
+    """Rows of clips (each (N, L) samples in [-1, 1]): the first ``n`` of each row side by
+    side, one small plot per clip, time in seconds."""
+    n = min(n, *(len(r) for r in rows))
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * 2.2, len(rows) * 1.1), squeeze=False,
+                             sharey=True)
+    for i, r in enumerate(rows):
+        for j in range(n):
+            clip = np.asarray(r[j])
+            axes[i][j].plot(np.arange(len(clip)) / sample_rate, clip, lw=0.4)
+            axes[i][j].set_ylim(-1, 1)
+            axes[i][j].tick_params(labelsize=5)
+        if row_names:
+            axes[i][0].set_ylabel(row_names[i], fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
 def save_all(out, method, data, history):
     written = []
     if history:
@@ -123,6 +142,14 @@ def save_all(out, method, data, history):
             written.append(image_grid([s.reshape((10,) + data.image_shape)],
                                       os.path.join(out, "samples.png"),
                                       f"{method.name}: samples from the prior"))
+    if method.data_kind == "audio":
+        n = min(len(data.test_x), 1000)
+        if getattr(data, "labelled", True):
+            written.append(embedding_pca(method.features(data.test_x[:n]), data.test_y[:n],
+                                         os.path.join(out, "pca.png"),
+                                         f"{method.name}: PCA of test features"))
+        if hasattr(method, "save_examples"):   # its own pictures and WAV files
+            written += method.save_examples(out, data)
     if method.data_kind == "text" and hasattr(method, "generate_text"):
         path = os.path.join(out, "generated.txt")
         with open(path, "w") as f:

@@ -51,6 +51,10 @@ def files(tmp_path_factory):
     (root / "wavs").mkdir()
     for i in range(2):
         write_wav(root / "wavs" / f"clip{i}.wav", rng.standard_normal(1200) * 3000)
+    for c in ("hum", "hiss"):   # labelled clips of different lengths, for the audio methods
+        (root / "sounds" / c).mkdir(parents=True)
+        for i in range(5):
+            write_wav(root / "sounds" / c / f"{i}.wav", rng.standard_normal(300 + 20 * i) * 3000)
     return root
 
 
@@ -61,6 +65,8 @@ KINDS = {   # --data, method, extra pretrain arguments, eval arguments
     "text": ("story.txt", "gpt", ["--set", "n_layer=1", "--set", "n_embd=16",
                                   "--set", "block_size=8"], []),
     "wav": ("wavs", "ar", ["--set", "order=2"], []),
+    "wavclips": ("sounds", "denoising_audio", ["--set", "channels=4", "--set", "max_snr_db=5.0"],
+                 ["--labels-per-class", "2", "--draws", "1"]),
 }
 
 
@@ -93,6 +99,11 @@ def test_pretrain_eval_embed_on_each_kind_of_file(kind, files, tmp_path):
         assert len(z["train_files"]) == len(z["train_features"]) == 10
         for f, label in zip(z["test_files"], z["test_labels"]):
             assert os.path.basename(os.path.dirname(f)) == ["cat", "dog"][label]
+    if kind == "wavclips":   # one clip per file, its class and the method's own figures
+        assert len(z["train_features"]) == 8 and z["train_features"].shape[1] == 4
+        for f, label in zip(z["test_files"], z["test_labels"]):
+            assert os.path.basename(os.path.dirname(f)) == ["hiss", "hum"][label]
+        assert result["snr_in"] == pytest.approx(5.0, abs=0.5) and "snr_out" in result
     if kind == "wav":   # windows of 256 samples: four per 1200-sample clip
         assert len(z["train_files"]) + len(z["test_files"]) == 8
         assert str(z["train_files"][0]).startswith(str(files / "wavs" / "clip"))

@@ -728,3 +728,65 @@ def test_bad_shapes_raise_value_error_naming_the_loss(call, match):
 def test_bad_types_raise_type_error_naming_the_loss(call, match):
     with pytest.raises(TypeError, match=match):
         call()
+
+
+# ------------------------------------------------------------------------------------------
+# cpc_loss: InfoNCE on future frames, candidates = every frame of the batch
+# ------------------------------------------------------------------------------------------
+
+def ref_cpc(pred, z):
+    """Loops over steps and anchors: -log softmax over all B T frames, at the positive."""
+    B, L, K, _ = pred.shape
+    per_step = []
+    for k in range(1, K + 1):
+        terms = []
+        for b in range(B):
+            for t in range(L - k):
+                logits = np.array([pred[b, t, k - 1] @ z[b2, t2]
+                                   for b2 in range(B) for t2 in range(L)])
+                terms.append(_lse(logits) - pred[b, t, k - 1] @ z[b, t + k])
+        per_step.append(np.mean(terms))
+    return float(np.mean(per_step))
+
+
+@pytest.mark.parametrize("B, L, K, D", [(1, 2, 1, 1), (2, 5, 3, 4), (3, 4, 3, 2), (4, 9, 2, 8)])
+def test_cpc_loss_matches_reference(B, L, K, D, rng):
+    pred, z = randn(rng, B, L, K, D), randn(rng, B, L, D)
+    got = losses.cpc_loss(T(pred), T(z)).item()
+    assert got == pytest.approx(ref_cpc(pred, z), rel=1e-10, abs=1e-10)
+
+
+@pytest.mark.parametrize("B, L, K", [(1, 3, 2), (4, 6, 5)])
+def test_cpc_loss_of_equal_frames_is_log_bl(B, L, K, rng):
+    z = np.broadcast_to(randn(rng, 1, 1, 3), (B, L, 3))
+    got = losses.cpc_loss(T(randn(rng, B, L, K, 3)), T(z)).item()
+    assert got == pytest.approx(math.log(B * L), rel=1e-12)
+
+
+def test_cpc_loss_finds_the_future_frame():
+    # one-hot frames, each prediction the exact future frame: the loss tends to 0 with scale
+    B, L, K = 2, 4, 2
+    z = 30.0 * np.eye(B * L).reshape(B, L, B * L)
+    pred = np.zeros((B, L, K, B * L))
+    for k in range(1, K + 1):
+        pred[:, :L - k, k - 1] = z[:, k:]
+    assert losses.cpc_loss(T(pred), T(z)).item() < 1e-12
+    assert math.isfinite(losses.cpc_loss(T(pred * 1e3), T(z)).item())   # logits of 1e6
+
+
+@given(st.integers(1, 3), st.integers(2, 5), st.integers(1, 3), st.integers(1, 3),
+       st.integers(0, 2 ** 32 - 1))
+def test_cpc_loss_gradcheck(B, L, K, D, seed):
+    assume(K < L)
+    r = np.random.default_rng(seed)
+    gradcheck_full(losses.cpc_loss, [r.standard_normal((B, L, K, D)),
+                                     r.standard_normal((B, L, D))])
+
+
+def test_cpc_loss_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"cpc_loss: expected predictions \(B, T, K, D\)"):
+        losses.cpc_loss(T(np.zeros((2, 3, 1, 4))), T(np.zeros((2, 4, 4))))
+    with pytest.raises(ValueError, match="1 <= K < T"):
+        losses.cpc_loss(T(np.zeros((2, 3, 3, 4))), T(np.zeros((2, 3, 4))))
+    with pytest.raises(TypeError, match="cpc_loss: z must be a minissl Tensor"):
+        losses.cpc_loss(T(np.zeros((2, 3, 1, 4))), np.zeros((2, 3, 4)))

@@ -113,6 +113,20 @@ def torch_mae(pred, target, mask, norm_pix):
     return (per_patch * mask).sum() / mask.sum()
 
 
+def torch_cpc(pred, z):
+    # CPC (van den Oord et al. 2018, eq. 4) as one einsum: every prediction scored against every
+    # frame of the batch, log-softmax over all frames, the k-step future frame picked out.
+    B, T, K, _ = pred.shape
+    scores = torch.einsum("btkd,scd->btksc", pred, z).reshape(B, T, K, B * T)
+    logp = torch.log_softmax(scores, dim=-1)
+    per_step = []
+    for k in range(1, K + 1):
+        pos = torch.arange(B)[:, None] * T + torch.arange(k, T)[None]      # (B, T - k)
+        picked = logp[:, :T - k, k - 1].gather(-1, pos[..., None])
+        per_step.append(-picked.mean())
+    return torch.stack(per_step).mean()
+
+
 def torch_alignment(x, y, alpha):
     # Wang & Isola (ssnl/align_uniform), on normalised rows.
     x, y = tF.normalize(x, dim=1), tF.normalize(y, dim=1)
@@ -245,3 +259,9 @@ def test_parity_with_an_all_zero_row(loss, rng):
     else:
         _compare(losses.clip_loss, torch_clip, [a, b, np.array(1.0)], [True, True, True],
                  rtol=1e-7)
+
+
+@pytest.mark.parametrize("b, t, k, d", [(1, 2, 1, 3), (3, 8, 4, 5), (8, 12, 6, 16)])
+def test_cpc_loss_parity(b, t, k, d, rng):
+    _compare(losses.cpc_loss, torch_cpc, [rng.standard_normal((b, t, k, d)),
+                                          rng.standard_normal((b, t, d))], [True, True])

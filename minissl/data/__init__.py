@@ -11,12 +11,16 @@ a train/test split, class names):
 Sequence data: ``text(path)`` is a character-level :class:`TextCorpus` (default: Python's
 standard-library sources); ``ar()`` is an :class:`ARSeries` of a known AR(p) process.
 
+Audio: ``audio()`` is an :class:`AudioDataset` of ten procedural classes of sounds (labelled
+(N, L) waveforms at 8 kHz, a train/test split; see :mod:`minissl.data.audio`).
+
 ``load(name, **kwargs)`` calls the loader registered under ``name`` in ``DATASETS``.
 ``batches`` and :class:`DataLoader` cut an epoch into seeded, resumable mini-batches.
 
 Your own data: ``from_path(path, image_size=32)`` reads a folder of images, an ``.npy``/``.npz``
-file, a ``.txt`` file or folder, or a folder of WAV files (see :mod:`minissl.data.user`).
+file, a ``.txt`` file or folder, or a folder of WAV files (class subfolders = labels; see :mod:`minissl.data.user`).
 """
+from .audio import SOUND_NAMES, AudioDataset, audio, log_spectrogram, render_sounds
 from .corpus import TextCorpus, stdlib_files, text
 from .dataset import Dataset, default_root, per_class_subset, stratified_split
 from .files import cifar10, fashion_mnist, mnist, read_cifar_bin, read_cifar_pickle, read_idx
@@ -25,7 +29,8 @@ from .loader import DataLoader, batches, epoch_order
 from .series import ARSeries, ar, companion_matrix, is_stationary
 from .user import FileDataset, Series, from_path
 
-# name -> loader. Image loaders return a Dataset, "text" a TextCorpus, "ar" an ARSeries.
+# name -> loader. Image loaders return a Dataset, "text" a TextCorpus, "ar" an ARSeries,
+# "audio" an AudioDataset.
 DATASETS = {
     "digits": digits,
     "shapes": shapes,
@@ -34,6 +39,7 @@ DATASETS = {
     "cifar10": cifar10,
     "text": text,
     "ar": ar,
+    "audio": audio,
 }
 
 
@@ -48,11 +54,12 @@ def load(name, **kwargs):
 
 
 __all__ = [
-    "Dataset", "TextCorpus", "ARSeries", "DATASETS", "load",
-    "digits", "shapes", "mnist", "fashion_mnist", "cifar10", "text", "ar",
+    "Dataset", "TextCorpus", "ARSeries", "AudioDataset", "DATASETS", "load",
+    "digits", "shapes", "mnist", "fashion_mnist", "cifar10", "text", "ar", "audio",
     "batches", "epoch_order", "DataLoader",
     "stratified_split", "per_class_subset", "default_root",
     "read_idx", "read_cifar_bin", "read_cifar_pickle", "render_shapes", "SHAPE_NAMES",
-    "stdlib_files", "companion_matrix", "is_stationary",
+    "stdlib_files", "companion_matrix", "is_stationary", "render_sounds", "SOUND_NAMES",
+    "log_spectrogram",
     "from_path", "FileDataset", "Series",
 ]

@@ -37,18 +37,7 @@ class Dataset:
 
     def __post_init__(self):
         where = f"Dataset {self.name!r}"
-        for split in ("train", "test"):
-            x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
-            if not (isinstance(x, np.ndarray) and x.ndim == 4 and x.dtype == np.float32):
-                raise ValueError(f"{where}: {split}_x must be a float32 (N, C, H, W) array, got "
-                                 f"{getattr(x, 'dtype', type(x))} {getattr(x, 'shape', '')}")
-            if not (isinstance(y, np.ndarray) and y.shape == (len(x),) and y.dtype == np.int64):
-                raise ValueError(f"{where}: {split}_y must be an int64 array of shape "
-                                 f"({len(x)},), got {getattr(y, 'dtype', type(y))} "
-                                 f"{getattr(y, 'shape', '')}")
-            if y.size and (y.min() < 0 or y.max() >= self.num_classes):
-                raise ValueError(f"{where}: {split}_y has labels outside [0, "
-                                 f"{self.num_classes})")
+        check_splits(self, where, "(N, C, H, W)")
         if self.train_x.shape[1:] != self.test_x.shape[1:]:
             raise ValueError(f"{where}: train images {self.train_x.shape[1:]} and test images "
                              f"{self.test_x.shape[1:]} differ in shape")
@@ -65,6 +54,24 @@ class Dataset:
         return (f"Dataset(name={self.name!r}, train={len(self.train_x)}, "
                 f"test={len(self.test_x)}, image_shape={self.image_shape}, "
                 f"num_classes={self.num_classes})")
+
+
+def check_splits(d, where, layout):
+    """The checks every labelled data set makes of its fields: ``train_x``/``test_x`` float32
+    arrays of ``layout`` (its letters count the dimensions), ``train_y``/``test_y`` int64
+    labels in [0, num_classes), one per example."""
+    ndim = len(layout.strip("()").split(","))
+    for split in ("train", "test"):
+        x, y = getattr(d, f"{split}_x"), getattr(d, f"{split}_y")
+        if not (isinstance(x, np.ndarray) and x.ndim == ndim and x.dtype == np.float32):
+            raise ValueError(f"{where}: {split}_x must be a float32 {layout} array, got "
+                             f"{getattr(x, 'dtype', type(x))} {getattr(x, 'shape', '')}")
+        if not (isinstance(y, np.ndarray) and y.shape == (len(x),) and y.dtype == np.int64):
+            raise ValueError(f"{where}: {split}_y must be an int64 array of shape "
+                             f"({len(x)},), got {getattr(y, 'dtype', type(y))} "
+                             f"{getattr(y, 'shape', '')}")
+        if y.size and (y.min() < 0 or y.max() >= d.num_classes):
+            raise ValueError(f"{where}: {split}_y has labels outside [0, {d.num_classes})")
 
 
 def _check_labels(fn, labels):

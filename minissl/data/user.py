@@ -17,10 +17,13 @@ folder of PNG/JPEG files        an image :class:`FileDataset`; one subfolder per
 ``.npz`` file                   key ``x`` as above, optional ``y``: N integer labels 0..K-1.
 ``.txt`` file, or a folder      a character-level :class:`TextCorpus` (files joined in path
 of ``.txt`` files               order, UTF-8).
-folder of ``.wav`` files        a :class:`Series`: each file mixed to mono, scaled to [-1, 1]
-                                and cut into windows of ``series_length`` samples (16-bit or
-                                8-bit PCM, one sample rate for all). No method is made for
-                                audio; the series methods (``ar``) train on the windows.
+folder of ``.wav`` files        for the audio methods (``audio="clips"``) an
+                                :class:`AudioDataset`: one clip per file, mixed to mono,
+                                scaled to [-1, 1], cut or zero-padded to one length; one
+                                subfolder per class gives the labels. For the series methods
+                                (``ar``) a :class:`Series`: every file cut into windows of
+                                ``series_length`` samples. 16-bit or 8-bit PCM, one sample
+                                rate for all.
 ==============================  =============================================================
 
 A fifth of the examples (seeded, stratified when labelled) is held out as the test split.
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .audio import AudioDataset
 from .corpus import text
 from .dataset import Dataset, stratified_split
 from .series import ARSeries
@@ -41,6 +45,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_FILE_BYTES = 1 << 30       # one file of any kind; past this it is not a small data set
 MAX_TOTAL_BYTES = 4 << 30      # the decoded float32 arrays of all of it together
 MAX_IMAGE_PIXELS = 1 << 26     # a decoded image (Pillow's decompression-bomb guard is 89 Mpx)
+MAX_CLIP = 1 << 20             # samples of one clip of an audio data set (2 min at 8 kHz)
 TEST_FRACTION = 0.2
 
 
@@ -267,28 +272,91 @@ def read_wav(path):
     return a.reshape(-1, ch).mean(axis=1), rate
 
 
-def wav_folder(path, series_length=256, seed=0):
-    """A :class:`Series` of the windows of the WAV files in ``path``."""
-    files = _listed(path, (".wav",))
+def write_wav(path, samples, rate):
+    """Write mono ``samples`` in [-1, 1] (clipped) as a 16-bit PCM WAV file at ``rate`` Hz,
+    through a temporary file moved over ``path``: never a half-written file."""
+    pcm = np.round(np.clip(np.asarray(samples, np.float64), -1, 1) * 32767).astype("<i2")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with wave.open(tmp, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(int(rate))
+            w.writeframes(pcm.tobytes())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _wav_files(path):
+    """The WAV files of ``path`` and their labels: one class per subfolder (names sorted),
+    else the files of ``path`` itself, unlabelled (labels None); and the class names."""
+    classes = sorted(d for d in os.listdir(path)
+                     if not d.startswith(".") and os.path.isdir(os.path.join(path, d)))
+    files, labels = [], []
+    for c, name in enumerate(classes):
+        found = _listed(os.path.join(path, name), (".wav",))
+        files += found
+        labels += [c] * len(found)
     if not files:
-        raise ValueError(f"{path}: no .wav files in it")
+        classes, files, labels = [], _listed(path, (".wav",)), None
+    if not files:
+        raise ValueError(f"{path}: no .wav files in it or its class subfolders")
     total = sum(_check_size(f) for f in files)
     if total > MAX_TOTAL_BYTES // 4:   # 8-bit samples become 4-byte floats
         raise ValueError(f"{path}: {total} bytes of audio, more than the "
                          f"{MAX_TOTAL_BYTES // 4} minissl reads")
-    windows, names, rate = [], [], None
+    return files, (None if labels is None else np.asarray(labels, np.int64)), classes
+
+
+def _read_wavs(files):
+    """Each file's samples (``read_wav``) and the one sample rate they share."""
+    out, rate = [], None
     for f in files:
         a, r = read_wav(f)
         if rate is not None and r != rate:
             raise ValueError(f"{f}: sample rate {r} Hz, but {files[0]} has {rate} Hz; "
                              f"resample them to one rate")
         rate = r
+        out.append(a)
+    return out, rate
+
+
+def wav_folder(path, series_length=256, seed=0):
+    """A :class:`Series` of the windows of the WAV files in ``path`` (and its subfolders)."""
+    files, _, _ = _wav_files(path)
+    windows, names = [], []
+    for f, a in zip(files, _read_wavs(files)[0]):
         k = len(a) // series_length
         windows.append(a[:k * series_length].reshape(k, series_length))
         names += [f"{f}@{i * series_length}" for i in range(k)]
     if not names:
         raise ValueError(f"{path}: every WAV file is shorter than {series_length} samples")
     return _series(path, np.concatenate(windows), names, seed)
+
+
+def wav_clips(path, clip_length=None, seed=0):
+    """An :class:`AudioDataset` of the WAV files in ``path``, one clip per file: class
+    subfolders give the labels (folder names, sorted), no subfolders means unlabelled. Each
+    clip is cut or zero-padded at its end to ``clip_length`` samples (default: the longest
+    file, capped at ``MAX_CLIP``)."""
+    files, labels, classes = _wav_files(path)
+    waves, rate = _read_wavs(files)
+    L = int(clip_length) if clip_length else min(max(len(a) for a in waves), MAX_CLIP)
+    if L < 1:
+        raise ValueError(f"{path}: the WAV files hold no samples")
+    x = np.zeros((len(waves), L), np.float32)
+    for i, a in enumerate(waves):
+        x[i, :min(L, len(a))] = a[:L]
+    y = np.zeros(len(x), np.int64) if labels is None else labels
+    tr, te = _split(len(x), labels, path, seed)
+    names = np.asarray(files)
+    return AudioDataset(os.path.basename(os.path.normpath(path)), x[tr], y[tr], x[te], y[te],
+                        num_classes=max(1, len(classes)),
+                        class_names=list(classes) if classes else ["unlabelled"],
+                        sample_rate=int(rate), train_files=tuple(names[tr]),
+                        test_files=tuple(names[te]), labelled=labels is not None)
 
 
 def kind_of_path(path):
@@ -315,9 +383,13 @@ def kind_of_path(path):
     return found.pop()
 
 
-def from_path(path, image_size=32, series_length=256, seed=0):
-    """What ``path`` holds, ready to train on (see the module docstring)."""
+def from_path(path, image_size=32, series_length=256, seed=0, audio="series"):
+    """What ``path`` holds, ready to train on (see the module docstring). A folder of WAV
+    files becomes a :class:`Series` of windows (``audio="series"``) or an
+    :class:`AudioDataset` of clips (``audio="clips"``)."""
     path = os.path.expanduser(os.fspath(path))
+    if audio not in ("series", "clips"):
+        raise ValueError(f"from_path: audio must be 'series' or 'clips', got {audio!r}")
     kind = kind_of_path(path)
     if kind == "images":
         return image_folder(path, image_size, seed)
@@ -325,4 +397,6 @@ def from_path(path, image_size=32, series_length=256, seed=0):
         return array_file(path, seed)
     if kind == "text":
         return text_path(path)
+    if audio == "clips":
+        return wav_clips(path, seed=seed)
     return wav_folder(path, series_length, seed)

@@ -2,7 +2,7 @@
 
 ``METHODS`` maps a method's name to ``(module, builder, family, data kind)``; ``build(name,
 data, **overrides)`` imports the module only when asked and builds the method for a loaded
-data object (an image ``Dataset``, a ``TextCorpus`` or an ``ARSeries``).
+data object (an image ``Dataset``, an ``AudioDataset``, a ``TextCorpus`` or an ``ARSeries``).
 """
 import importlib
 import inspect
@@ -12,9 +12,11 @@ METHODS = {
     "autoencoder": ("autoencoder", "build_autoencoder", "self-predictive: autoencoders", "images"),
     "denoising": ("autoencoder", "build_denoising", "self-predictive: autoencoders", "images"),
     "vae": ("autoencoder", "build_vae", "self-predictive: autoencoders", "images"),
+    "denoising_audio": ("denoising_audio", "build", "self-predictive: autoencoders", "audio"),
     "gpt": ("autoregressive", "build", "self-predictive: autoregression", "text"),
     "ar": ("autoregressive", "build_ar", "self-predictive: autoregression", "series"),
     "pixelcnn": ("pixelcnn", "build", "self-predictive: autoregression", "images"),
+    "wavenet": ("wavenet", "build", "self-predictive: autoregression", "audio"),
     "mlm": ("masked", "build_mlm", "self-predictive: masking", "text"),
     "mae": ("masked", "build_mae", "self-predictive: masking", "images"),
     "rotation": ("rotation", "build", "self-predictive: innate relationships", "images"),
@@ -25,6 +27,7 @@ METHODS = {
     "barlow_twins": ("barlow_twins", "build", "contrastive: non-contrastive", "images"),
     "vicreg": ("vicreg", "build", "contrastive: non-contrastive", "images"),
     "clip": ("clip", "build", "contrastive: multimodal", "images"),
+    "cpc": ("cpc", "build", "contrastive: predictive coding", "audio"),
 }
 
 
@@ -33,9 +36,11 @@ CONFIGS = {
     "autoencoder": ("autoencoder", "AutoencoderConfig"),
     "denoising": ("autoencoder", "DenoisingConfig"),
     "vae": ("autoencoder", "VAEConfig"),
+    "denoising_audio": ("denoising_audio", "DenoisingAudioConfig"),
     "gpt": ("autoregressive", "GPTConfig"),
     "ar": ("autoregressive", "ARConfig"),
     "pixelcnn": ("pixelcnn", "PixelCNNConfig"),
+    "wavenet": ("wavenet", "WaveNetConfig"),
     "mlm": ("masked", "MaskedLMConfig"),
     "mae": ("masked", "MAEConfig"),
     "rotation": ("rotation", "RotNetConfig"),
@@ -46,6 +51,7 @@ CONFIGS = {
     "barlow_twins": ("barlow_twins", "BarlowTwinsConfig"),
     "vicreg": ("vicreg", "VICRegConfig"),
     "clip": ("clip", "CLIPConfig"),
+    "cpc": ("cpc", "CPCConfig"),
 }
 
 

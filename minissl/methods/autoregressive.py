@@ -200,14 +200,7 @@ class CharGPT(SSLMethod):
 
     def features(self, x, batch_size=256):
         """Mean over positions of the final hidden states: float32 (N, n_embd) for ids (N, T)."""
-        was_training = self.training
-        self.eval()
-        out = []
-        with no_grad():
-            for i in range(0, len(x), batch_size):
-                out.append(self.hidden(x[i:i + batch_size]).mean(dim=1).numpy())
-        self.train(was_training)
-        return np.concatenate(out).astype(np.float32)
+        return self.map_batches(lambda b: self.hidden(b).mean(dim=1), x, batch_size)
 
     def estimate_loss(self, corpus, split="val", eval_iters=20, batch_size=32, seed=0):
         """Mean loss (nats/char) over ``eval_iters`` random windows of ``corpus``'s ``split``.

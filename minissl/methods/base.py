@@ -5,7 +5,8 @@ we evaluate, plus the heads the pretext task needs), makes its own pseudo-labels
 data, and exposes one training step:
 
     loss, metrics = method.training_step(batch, rng)   # batch: (B, C, H, W) images,
-                                                        # (B, T) token ids or (B, L) series
+                                                        # (B, T) token ids, (B, L) series
+                                                        # or (B, L) audio clips
     loss.backward(); optimizer.step()
     method.on_step_end(step, total_steps)               # e.g. the EMA of BYOL / MoCo targets
 
@@ -25,7 +26,7 @@ class SSLMethod(nn.Module):
     """Base class of the methods in this package (see the module docstring)."""
 
     name = "method"
-    data_kind = "images"  # "images", "text" or "series": what ``training_step`` is fed
+    data_kind = "images"  # "images", "audio", "text" or "series": what ``training_step`` is fed
     uses_total_steps = False  # on_step_end schedules over total_steps: fixed for a resume
 
     def training_data(self, data):
@@ -48,12 +49,17 @@ class SSLMethod(nn.Module):
 
     def features(self, x, batch_size=1024):
         """Frozen encoder features of ``x`` as a float32 host array (N, D), in eval mode."""
+        return self.map_batches(lambda b: self.encoder(self.as_input(b)), x, batch_size)
+
+    def map_batches(self, fn, x, batch_size):
+        """``fn`` (a batch -> a Tensor (b, D)) over ``x`` in slices of ``batch_size``, in eval
+        mode without a graph; the rows as one float32 host array (N, D)."""
         was_training = self.training
         self.eval()
         out = []
         with no_grad():
             for i in range(0, len(x), batch_size):
-                out.append(self.encoder(self.as_input(x[i:i + batch_size])).numpy())
+                out.append(fn(x[i:i + batch_size]).numpy())
         self.train(was_training)
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
@@ -63,6 +69,43 @@ class SSLMethod(nn.Module):
             return x
         p = next(iter(self.parameters()))
         return tensor(x, dtype=p.dtype, device=p.device)
+
+
+class AudioMethod(SSLMethod):
+    """Base of the methods that train on raw waveforms (an ``AudioDataset``'s clips).
+
+    Batches are clips (B, L) in [-1, 1]; ``encode`` maps them to frames (B, C, T) (T = L or a
+    strided fraction of it) and the features of a clip are its frames averaged over time
+    (B, C), the usual pooling for a clip-level probe of a frame-level model (wav2vec's
+    downstream tasks, CPC's speaker classification: a linear classifier on pooled frames)."""
+
+    data_kind = "audio"
+
+    def training_data(self, data):
+        return data.train_x
+
+    def encode(self, x):
+        """Frames (B, C, T) of a batch of clips: the network whose output we evaluate."""
+        raise NotImplementedError
+
+    def test_metrics(self, data):
+        """The method's own figures on the test split of ``data`` (``minissl eval`` prints
+        them beside the probe): a dict of floats, none by default."""
+        return {}
+
+    def as_clips(self, x, min_batch=1, min_length=1):
+        """A batch of clips (B, L) as a (B, 1, L) Tensor in the parameters' dtype, checked."""
+        shape = tuple(getattr(x, "shape", ()))
+        if len(shape) != 2 or shape[0] < min_batch or shape[1] < min_length:
+            raise ValueError(f"{type(self).__name__}: expected clips (B, L) with B >= "
+                             f"{min_batch} and L >= {min_length}, got "
+                             f"{'shape ' + str(shape) if shape else type(x).__name__}")
+        x = self.as_input(x)
+        return x.reshape(shape[0], 1, shape[1])
+
+    def features(self, x, batch_size=256):
+        """Time-averaged frames (N, C) of clips x (N, L), float32 host array, eval mode."""
+        return self.map_batches(lambda b: self.encode(b).mean(dim=2), x, batch_size)
 
 
 class TwoViewMethod(SSLMethod):

@@ -1,0 +1,242 @@
+"""The audio recipes in minissl and in PyTorch: the same networks, batches, noise and crops, and
+the figure each method is judged by, against its trivial baseline.
+
+Data: ``minissl.data.audio()`` (10 procedural sound classes, 800 training and 200 test clips
+of 2048 samples at 8 kHz). Optimiser: Adam, batch 32 (drop last). Both libraries get the same
+batches and the same random draws (crops, noise), made in NumPy from one seeded generator.
+
+* ``wavenet``: residual 32, dilation 32, skip 64, dilations 1..128 twice, 256 mu-law codes,
+  random crops of 512 samples, Adam 1e-3. Figure: test NLL (nats per sample, whole clips)
+  against the marginal mu-law distribution of the training set.
+* ``cpc``: encoder kernels (10, 8, 4), strides (5, 4, 2), 64 channels, 4 causal context
+  layers, 6 prediction steps, Adam 3e-3. Figure: accuracy of a linear probe (all labels) on
+  the time-averaged context, against raw samples, a log spectrogram and the random-init net.
+* ``denoising_audio``: 32 channels, dilations 1..32, noise at 0-10 dB, Adam 1e-3. Figure: SNR
+  of the test clips with white noise at 5 dB, and after denoising.
+
+    python benchmarks/bench_audio.py --method cpc --epochs 8 --seeds 0 1 2
+    python benchmarks/bench_audio.py --method wavenet --epochs 2 --library minissl
+"""
+import argparse
+import json
+
+import numpy as np
+
+from minissl import data, evaluate, methods, optim, random
+from minissl.methods.denoising_audio import add_noise, snr_db
+from minissl.methods.wavenet import marginal_nll
+
+BATCH = 32
+RECIPES = {   # method: (settings, learning rate)
+    "wavenet": ({"window": 512}, 1e-3),
+    "cpc": ({}, 3e-3),
+    "denoising_audio": ({}, 1e-3),
+}
+
+
+def batches(d, epochs, seed):
+    """(generator for the step's random draws, batch of clips), the same for both libraries."""
+    for epoch in range(epochs):
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(d.train_x))
+        for i in range(len(order) // BATCH):
+            yield rng, d.train_x[order[i * BATCH:(i + 1) * BATCH]]
+
+
+# ----------------------------------------------------------------------------- minissl
+
+def minissl_model(method, d, seed):
+    random.manual_seed(seed)
+    return methods.build(method, d, **RECIPES[method][0])
+
+
+def minissl_train(m, d, epochs, seed, lr):
+    opt = optim.Adam(m.trainable_parameters(), lr=lr)
+    for rng, x in batches(d, epochs, seed):
+        opt.zero_grad()
+        loss, _ = m.training_step(x, rng)
+        loss.backward()
+        opt.step()
+    return m
+
+
+def minissl_figures(method, m, d):
+    if method == "wavenet":
+        return {"test_nll": m.nll(d.test_x)}
+    if method == "cpc":
+        return {"probe": probe(m.features(d.train_x), m.features(d.test_x), d)}
+    return {"snr_out": m.snr_in_out(d.test_x)[1]}
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+def torch_model(method, seed):
+    import torch
+    from torch import nn
+    import torch.nn.functional as tF
+    torch.manual_seed(seed)
+
+    class WaveNet(nn.Module):
+        def __init__(self, Q=256, R=32, D=32, S=64, layers=8, stacks=2):
+            super().__init__()
+            self.Q, self.dil = Q, [2 ** i for _ in range(stacks) for i in range(layers)]
+            self.embed, self.causal = nn.Embedding(Q, R), nn.Conv1d(R, R, 2)
+            self.dilated = nn.ModuleList([nn.Conv1d(R, 2 * D, 2, dilation=d) for d in self.dil])
+            self.res = nn.ModuleList([nn.Conv1d(D, R, 1) for _ in self.dil[1:]])
+            self.skip = nn.ModuleList([nn.Conv1d(D, S, 1) for _ in self.dil])
+            self.out1, self.out2 = nn.Conv1d(S, S, 1), nn.Conv1d(S, Q, 1)
+
+        def loss(self, codes):                                   # codes (B, T) int64
+            h = self.causal(tF.pad(self.embed(codes[:, :-1]).transpose(1, 2), (1, 0)))
+            skip = 0
+            for i, (d, conv, sk) in enumerate(zip(self.dil, self.dilated, self.skip)):
+                a, b = conv(tF.pad(h, (d, 0))).chunk(2, dim=1)
+                z = torch.tanh(a) * torch.sigmoid(b)
+                skip = skip + sk(z)
+                if i < len(self.res):
+                    h = h + self.res[i](z)
+            logits = self.out2(tF.relu(self.out1(tF.relu(skip))))    # (B, Q, T-1)
+            return tF.cross_entropy(logits, codes[:, 1:])
+
+    class CPC(nn.Module):
+        def __init__(self, C=64, layers=4, K=6):
+            super().__init__()
+            self.C, self.K = C, K
+            self.encoder = nn.Sequential(nn.Conv1d(1, C, 10, 5), nn.ReLU(), nn.Conv1d(C, C, 8, 4),
+                                         nn.ReLU(), nn.Conv1d(C, C, 4, 2), nn.ReLU())
+            self.context = nn.ModuleList([nn.Conv1d(C, C, 3) for _ in range(layers)])
+            self.predict = nn.Conv1d(C, K * C, 1)
+
+        def encode(self, x):
+            z = self.encoder(x[:, None])
+            c = z
+            for conv in self.context:
+                c = c + tF.relu(conv(tF.pad(c, (2, 0))))
+            return z, c
+
+        def loss(self, x):
+            z, c = self.encode(x)
+            B, C, T = z.shape
+            p = self.predict(c).reshape(B, self.K, C, T)
+            zf = z.transpose(1, 2).reshape(B * T, C)
+            total = 0
+            for k in range(1, self.K + 1):
+                pk = p[:, k - 1, :, :T - k].transpose(1, 2).reshape(-1, C)
+                target = (torch.arange(B)[:, None] * T + torch.arange(k, T)[None]).reshape(-1)
+                total = total + tF.cross_entropy(pk @ zf.T, target)
+            return total / self.K
+
+    class Denoiser(nn.Module):
+        def __init__(self, C=32, dilations=(1, 2, 4, 8, 16, 32)):
+            super().__init__()
+            self.stem = nn.Conv1d(1, C, 9, padding=4)
+            self.blocks = nn.ModuleList([nn.Conv1d(C, C, 3, padding=d, dilation=d)
+                                         for d in dilations])
+            self.out = nn.Conv1d(C, 1, 1)
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+        def forward(self, x):
+            h = tF.relu(self.stem(x[:, None]))
+            for conv in self.blocks:
+                h = h + tF.relu(conv(h))
+            return x - self.out(h)[:, 0]
+
+    return {"wavenet": WaveNet, "cpc": CPC, "denoising_audio": Denoiser}[method]()
+
+
+def torch_step_loss(method, net, x, rng):
+    """The loss of one step, with the draws minissl's ``training_step`` makes from ``rng``."""
+    import torch
+    import torch.nn.functional as tF
+    from minissl import functional as F
+    if method == "wavenet":
+        w = RECIPES["wavenet"][0]["window"]
+        start = rng.integers(0, x.shape[1] - w + 1, len(x))
+        crops = x[np.arange(len(x))[:, None], start[:, None] + np.arange(w)]
+        return net.loss(torch.from_numpy(F.mu_law_encoding(crops, 256).data))
+    if method == "cpc":
+        return net.loss(torch.from_numpy(x))
+    snr = rng.uniform(0.0, 10.0, len(x))
+    noisy = add_noise(x, snr, rng)
+    return tF.mse_loss(net(torch.from_numpy(noisy)), torch.from_numpy(x))
+
+
+def torch_train(method, net, d, epochs, seed, lr):
+    import torch
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    for rng, x in batches(d, epochs, seed):
+        opt.zero_grad()
+        loss = torch_step_loss(method, net, x, rng)
+        loss.backward()
+        opt.step()
+    return net
+
+
+def torch_figures(method, net, d):
+    import torch
+    from minissl import functional as F
+    with torch.no_grad():
+        if method == "wavenet":
+            codes = F.mu_law_encoding(d.test_x, 256).data
+            return {"test_nll": float(np.mean([net.loss(torch.from_numpy(codes[i:i + 50]))
+                                               for i in range(0, len(codes), 50)]))}
+        if method == "cpc":
+            feats = [net.encode(torch.from_numpy(x))[1].mean(2).numpy()
+                     for x in (d.train_x, d.test_x)]
+            return {"probe": probe(*feats, d)}
+        noisy = add_noise(d.test_x, np.full(len(d.test_x), 5.0), np.random.default_rng(0))
+        out = net(torch.from_numpy(noisy)).numpy()
+        return {"snr_out": float(snr_db(d.test_x, out).mean())}
+
+
+# ---------------------------------------------------------------------------- baselines
+
+def probe(train_features, test_features, d):
+    """The same linear probe for every feature: logistic regression on all training labels."""
+    return evaluate.linear_probe(train_features, d.train_y, test_features, d.test_y, steps=500)
+
+
+def baselines(method, d):
+    if method == "wavenet":
+        return {"marginal_nll": marginal_nll(d.train_x, d.test_x)}
+    if method == "cpc":
+        spec = [data.log_spectrogram(x).reshape(len(x), -1) for x in (d.train_x, d.test_x)]
+        rand = minissl_model("cpc", d, 0)
+        return {"raw_probe": probe(d.train_x, d.test_x, d), "spectrogram_probe": probe(*spec, d),
+                "random_init_probe": probe(rand.features(d.train_x), rand.features(d.test_x), d)}
+    noisy = add_noise(d.test_x, np.full(len(d.test_x), 5.0), np.random.default_rng(0))
+    return {"snr_in": float(snr_db(d.test_x, noisy).mean())}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--method", choices=list(RECIPES), required=True)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--library", choices=["both", "minissl", "torch"], default="both")
+    ap.add_argument("--no-baselines", action="store_true")
+    args = ap.parse_args()
+    d = data.audio()
+    if not args.no_baselines:
+        print(json.dumps({"method": args.method, "baselines": baselines(args.method, d)}),
+              flush=True)
+    lr = RECIPES[args.method][1]
+    for seed in args.seeds:
+        if args.library in ("both", "minissl"):
+            m = minissl_train(minissl_model(args.method, d, seed), d, args.epochs, seed, lr)
+            print(json.dumps({"method": args.method, "library": "minissl", "seed": seed,
+                              "epochs": args.epochs, **minissl_figures(args.method, m, d)}),
+                  flush=True)
+        if args.library in ("both", "torch"):
+            import torch
+            torch.set_num_threads(1)
+            net = torch_train(args.method, torch_model(args.method, seed), d, args.epochs,
+                              seed, lr)
+            print(json.dumps({"method": args.method, "library": "torch", "seed": seed,
+                              "epochs": args.epochs, **torch_figures(args.method, net, d)}),
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Contrastive predictive coding of raw audio (CPC / wav2vec): predict the future frames' codes.
+
+van den Oord, Li, Vinyals, "Representation Learning with Contrastive Predictive Coding",
+arXiv:1807.03748, 2018 (section 2, audio in section 3.1); Schneider, Baevski, Collobert, Auli,
+"wav2vec: Unsupervised Pre-training for Speech Recognition", Interspeech 2019, official code
+facebookresearch/fairseq ``fairseq/models/wav2vec/wav2vec.py`` (``ConvFeatureExtractionModel``,
+``ConvAggegator``, ``Wav2VecPredictionsModel``), which this follows in its parts:
+
+    z = f(x)     (B, C, T)  feature encoder: strided Conv1d-ReLU layers on the raw waveform
+                            (B, 1, L); kernels (10, 8, 4), strides (5, 4, 2): one frame per
+                            40 samples (5 ms at 8 kHz; wav2vec: 5 layers, 10 ms at 16 kHz)
+    c = g(z)     (B, C, T)  context network: causal Conv1d(C, C, 3)-ReLU layers with residual
+                            connections (wav2vec's aggregator); c_t sees z_1 .. z_t only
+    p = W c      (B, T, K, C) one affine map W_k per step k = 1..K (wav2vec's
+                            ``project_to_steps``, a ConvTranspose2d of kernel (1, K))
+    loss = losses.cpc_loss(p, z):  for each k, softmax of p_{b,t,k} . z_{b',t'} over every frame
+                            of the batch, the positive z_{b,t+k} (InfoNCE, CPC eq. 4)
+
+The features (for the probe) are c averaged over time (``AudioMethod``): wav2vec feeds c to its
+downstream models.
+
+Differences: wav2vec samples 10 negatives per anchor from the same sequence and scores them
+with a binary cross-entropy (logistic loss, its eq. 1); here every frame of the batch, same
+sequence and others, is a negative in a softmax (CPC's InfoNCE; fairseq's ``infonce`` option).
+CPC's context network is a GRU and its encoder has five layers of 512 channels; wav2vec's
+layers have group normalisation (one group, over channels and time) and dropout, and a
+``log_compression`` and ``skip_connections`` option of the aggregator; none of those here:
+three encoder layers and ``context_layers`` residual causal layers of ``channels`` channels,
+sized for 8 kHz clips of 0.25 s on one CPU core.
+"""
+from dataclasses import dataclass
+
+from .. import functional as F
+from .. import distributed as dist, losses, nn
+from .base import AudioMethod
+
+__all__ = ["CPCConfig", "CPC", "build"]
+
+KERNELS, STRIDES = (10, 8, 4), (5, 4, 2)       # the encoder: 40 samples per frame
+
+
+@dataclass
+class CPCConfig:
+    channels: int = 64            # C, width of every layer (wav2vec: 512)
+    context_layers: int = 4       # causal residual Conv1d(C, C, 3) layers (wav2vec: 9)
+    prediction_steps: int = 6     # K, future frames predicted (wav2vec: 12; CPC audio: 12)
+
+
+class CPC(AudioMethod):
+    """CPC / wav2vec on raw waveforms (see the module docstring)."""
+
+    name = "cpc"
+
+    def __init__(self, config=None):
+        super().__init__()
+        self.config = c = config or CPCConfig()
+        if min(c.channels, c.context_layers, c.prediction_steps) < 1:
+            raise ValueError(f"CPC: channels, context_layers and prediction_steps must be >= 1, "
+                             f"got {c}")
+        C, K = c.channels, c.prediction_steps
+        enc = []
+        for i, (k, s) in enumerate(zip(KERNELS, STRIDES)):
+            enc += [nn.Conv1d(1 if i == 0 else C, C, k, stride=s), nn.ReLU()]
+        self.encoder = nn.Sequential(*enc)                         # (B, 1, L) -> (B, C, T)
+        self.context = nn.ModuleList([nn.Conv1d(C, C, 3) for _ in range(c.context_layers)])
+        self.predict = nn.Conv1d(C, K * C, 1)                      # W_1 .. W_K, stacked
+
+    def frames(self, length):
+        """T, the frames of a clip of ``length`` samples."""
+        for k, s in zip(KERNELS, STRIDES):
+            length = (length - k) // s + 1
+        return length
+
+    def encode_frames(self, x):
+        """z (B, C, T) of clips x (B, L)."""
+        return self.encoder(self.as_clips(x, min_length=self.min_length()))
+
+    def min_length(self):
+        """The shortest clip with K + 1 frames (a future frame for every step)."""
+        n = self.config.prediction_steps + 1
+        for k, s in zip(KERNELS[::-1], STRIDES[::-1]):             # invert each layer
+            n = (n - 1) * s + k
+        return n
+
+    def aggregate(self, z):
+        """c (B, C, T) of z (B, C, T): causal (left-padded kernel-3) residual layers."""
+        c = z
+        for conv in self.context:
+            c = c + F.relu(conv(F.pad(c, (2, 0))))
+        return c
+
+    def encode(self, x):
+        return self.aggregate(self.encode_frames(x))
+
+    def training_step(self, x, rng=None):
+        C, K = self.config.channels, self.config.prediction_steps
+        z = self.encode_frames(dist.shard(x))                      # (B, C, T), this rank's
+        c = self.aggregate(z)                                      # (B, C, T)
+        B, _, T = z.shape
+        p = self.predict(c).reshape(B, K, C, T).permute(0, 3, 1, 2)   # (B, T, K, C)
+        loss = losses.cpc_loss(p, z.transpose(1, 2))               # z as (B, T, C)
+        return loss, {}
+
+
+def build(data, **overrides):
+    """A ``CPC`` for an ``AudioDataset``; ``overrides`` set ``CPCConfig``."""
+    return CPC(CPCConfig(**overrides))

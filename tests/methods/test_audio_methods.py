@@ -1,0 +1,158 @@
+"""The audio methods: WaveNet, CPC and the denoising autoencoder of waveforms."""
+import math
+import wave
+
+import numpy as np
+import pytest
+
+import minissl as ms
+from minissl import data, methods
+from minissl.gradcheck import gradcheck
+from minissl.methods.cpc import CPC, CPCConfig
+from minissl.methods.denoising_audio import add_noise, snr_db
+from minissl.methods.wavenet import WaveNet, WaveNetConfig, marginal_nll
+
+from .test_autoregressive import _mean_loss_drop   # mean loss of the first, last 3 steps
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return data.audio(n_per_class=4, clip_length=512, seed=0)     # 32 train, 8 test clips
+
+
+def _tiny_wavenet(**kw):
+    cfg = dict(residual_channels=4, dilation_channels=4, skip_channels=6, layers=3, stacks=2,
+               quantization_channels=16, window=64)
+    cfg.update(kw)
+    return WaveNet(WaveNetConfig(**cfg))
+
+
+def test_registry_data_kind_and_settings(clips):
+    for name in ("wavenet", "cpc", "denoising_audio"):
+        assert methods.data_kind(name) == "audio"
+        assert methods.build(name, clips).data_kind == "audio"
+    assert methods.config_class("wavenet") is WaveNetConfig
+
+
+# ------------------------------------------------------------------------------ WaveNet
+
+def test_wavenet_is_causal_exactly_with_its_receptive_field():
+    # The gradient of output t reaches the inputs t - rf + 1 .. t, and nothing else: exactly
+    # zero (not small) after t and before the receptive field.
+    ms.random.manual_seed(0)
+    net = _tiny_wavenet()
+    rf, T, t = net.receptive_field, 40, 30
+    assert rf == 2 + 2 * (1 + 2 + 4)
+    e = ms.tensor(np.random.default_rng(0).standard_normal((1, 4, T)), requires_grad=True)
+    net.double()
+    net.skips(e)[:, :, t].sum().backward()
+    reach = np.abs(e.grad).sum(axis=(0, 1))                          # (T,)
+    assert (reach[t + 1:] == 0).all()
+    assert (reach[:t - rf + 1] == 0).all()
+    assert (reach[t - rf + 1:t + 1] > 0).all()
+
+
+def test_wavenet_stepper_equals_the_parallel_network(rng):
+    net = _tiny_wavenet()
+    codes = rng.integers(0, 16, (1, 50))
+    parallel = net.logits(ms.tensor(codes)).numpy()[0]               # (Q, T)
+    step = net.stepper()
+    sequential = np.stack([step(c) for c in codes[0]], axis=1)
+    np.testing.assert_allclose(sequential, parallel, rtol=1e-4, atol=1e-5)
+
+
+def test_wavenet_loss_is_the_nll_of_the_next_code(clips):
+    net = _tiny_wavenet(window=10_000)                                # the whole clip
+    x = clips.train_x[:3]
+    loss, metrics = net.training_step(x, np.random.default_rng(0))
+    codes = ms.functional.mu_law_encoding(x, 16).data
+    logits = net.logits(ms.tensor(codes[:, :-1])).numpy().astype(np.float64)   # (B, Q, T-1)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    ref = -np.take_along_axis(logp, codes[:, None, 1:], axis=1).mean()
+    assert loss.item() == pytest.approx(ref, rel=1e-5)
+    assert net.nll(x) == pytest.approx(ref, rel=1e-5)
+    assert metrics["bits_per_sample"] == pytest.approx(ref / math.log(2), rel=1e-5)
+
+
+def test_wavenet_gradcheck():
+    net = _tiny_wavenet(layers=2, stacks=1).double()
+    e = ms.tensor(np.random.default_rng(1).standard_normal((2, 4, 9)), requires_grad=True)
+    params = list(net.parameters())
+    assert gradcheck(lambda e, *p: net.skips(e), [e] + params, mode="projection")
+
+
+def test_wavenet_training_lowers_loss_and_beats_the_marginal(clips):
+    ms.random.manual_seed(0)
+    net = _tiny_wavenet(window=128)
+    first, last = _mean_loss_drop(net, clips.train_x[:8], steps=40, lr=1e-2)
+    assert last < first - 0.5, (first, last)
+    assert marginal_nll(clips.train_x, clips.test_x, 16) < math.log(16)
+
+
+def test_wavenet_generates_audio_and_writes_wav(tmp_path, clips):
+    net = _tiny_wavenet()
+    out = net.generate(100, np.random.default_rng(0))
+    assert out.shape == (100,) and out.dtype == np.float32 and np.abs(out).max() <= 1
+    again = net.generate(100, np.random.default_rng(0))
+    np.testing.assert_array_equal(out, again)
+    pytest.importorskip("matplotlib")
+    written = net.save_examples(str(tmp_path), clips, seconds=0.01)
+    with wave.open(written[0]) as w:
+        assert (w.getframerate(), w.getnframes(), w.getsampwidth()) == (8000, 80, 2)
+    with pytest.raises(ValueError, match="WaveNet.generate"):
+        net.generate(0, np.random.default_rng(0))
+
+
+# ---------------------------------------------------------------------------------- CPC
+
+def test_cpc_shapes_and_minimum_length():
+    net = CPC(CPCConfig(channels=4, context_layers=2, prediction_steps=3))
+    n = net.min_length()
+    assert net.frames(n) == 4 and net.frames(n - 1) == 3
+    assert net.encode(np.zeros((2, n), np.float32)).shape == (2, 4, 4)
+    with pytest.raises(ValueError, match=f"L >= {n}"):
+        net.training_step(np.zeros((2, n - 1), np.float32))
+    assert net.features(np.zeros((3, 1000), np.float32)).shape == (3, 4)
+
+
+def test_cpc_context_is_causal(rng):
+    net = CPC(CPCConfig(channels=4, context_layers=3, prediction_steps=2)).double()
+    z = ms.tensor(rng.standard_normal((1, 4, 12)), requires_grad=True)
+    net.aggregate(z)[:, :, 5].sum().backward()
+    reach = np.abs(z.grad).sum(axis=(0, 1))
+    assert (reach[6:] == 0).all() and (reach[:6] > 0).all()
+
+
+def test_cpc_gradcheck(rng):
+    net = CPC(CPCConfig(channels=3, context_layers=1, prediction_steps=2)).double()
+    x = ms.tensor(rng.standard_normal((2, net.min_length() + 40)) * 0.5)
+    assert gradcheck(lambda x, *p: net.training_step(x.data)[0], [x] + list(net.parameters()),
+                     mode="projection")
+
+
+def test_cpc_training_lowers_loss(clips):
+    ms.random.manual_seed(0)
+    net = CPC(CPCConfig(channels=16, context_layers=2, prediction_steps=3))
+    first, last = _mean_loss_drop(net, clips.train_x[:8], steps=30, lr=3e-3)
+    assert last < first - 0.3, (first, last)
+
+
+# ------------------------------------------------------------------------- denoising audio
+
+def test_add_noise_hits_the_snr_and_snr_db(rng):
+    x = rng.standard_normal((4, 20000)).astype(np.float32) * np.array([[0.1], [0.5], [1], [2]],
+                                                                      np.float32)
+    noisy = add_noise(x, np.array([0.0, 5.0, 10.0, 20.0]), rng)
+    assert noisy.dtype == np.float32
+    np.testing.assert_allclose(snr_db(x, noisy), [0, 5, 10, 20], atol=0.1)
+    assert snr_db(x, x * 0.9).tolist() == pytest.approx([20.0] * 4)
+
+
+def test_denoiser_starts_as_the_identity_and_learns(clips):
+    ms.random.manual_seed(0)
+    dae = methods.build("denoising_audio", clips, channels=8, dilations=(1, 2, 4))
+    snr_in, snr_out = dae.snr_in_out(clips.test_x)
+    assert snr_in == pytest.approx(5.0, abs=0.2) and snr_out == pytest.approx(snr_in)
+    first, last = _mean_loss_drop(dae, clips.train_x[:8], steps=40, lr=3e-3)
+    assert last < 0.7 * first, (first, last)
+    assert dae.snr_in_out(clips.test_x)[1] > snr_in + 1.0
