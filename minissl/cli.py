@@ -34,6 +34,7 @@ import numpy as np
 
 from . import runtime
 from .cliargs import CLIError, build_parser
+from .clidata import LABELLED_KINDS
 
 USAGE_ERROR = 2
 MAX_MESSAGE = 400   # characters of an error line; longer messages are cut
@@ -223,8 +224,9 @@ def cmd_pretrain(args):
                        f"--set; `minissl list {args.method}`), not a choice of backbone")
     d = _load_data(args.data, methods.data_kind(args.method), args.method, args.data_root,
                    args.image_size)
-    if (args.knn_every or args.probe_every) and methods.data_kind(args.method) != "images":
-        raise CLIError(f"--knn-every/--probe-every: accuracy needs labelled images; "
+    if (args.knn_every or args.probe_every) and \
+            methods.data_kind(args.method) not in LABELLED_KINDS:
+        raise CLIError(f"--knn-every/--probe-every: accuracy needs labelled images or video; "
                        f"{args.method} trains on {methods.data_kind(args.method)} (its "
                        f"held-out loss: `minissl eval`)")
     if (args.knn_every or args.probe_every) and not getattr(d, "labelled", True):
@@ -309,9 +311,11 @@ def _pretrain(args, d, lead):
             tr, te = method.features(d.train_x), method.features(d.test_x)
             record["probe_acc_10"] = few_label_probe(tr, d.train_y, te, d.test_y, 10,
                                                      draws=2)[0]
-        if method.data_kind == "images":
+        if method.data_kind in LABELLED_KINDS:
             from .evaluate import embedding_std
             record["embedding_std"] = embedding_std(method.features(d.test_x[:512]))
+        if hasattr(method, "heldout_metrics"):   # e.g. the test PSNR of inpainting
+            record.update(method.heldout_metrics(d))
         history.append(_finite_or_none(record))
         # Checkpoint first, then the whole log, replaced atomically: a kill in between loses
         # a log line that the resumed run rewrites from the checkpoint's history, never a
@@ -450,7 +454,7 @@ def cmd_eval(args):
     shown = {"method": meta["method"], "data": meta.get("data") if args.data is None
              else args.data, "epoch": meta.get("epoch"), "settings": meta.get("config"),
              "encoder": meta.get("encoder"), "widths": meta.get("widths")}
-    if method.data_kind != "images":   # text, series: no labels; the held-out pretext loss
+    if method.data_kind not in LABELLED_KINDS:   # text, series: held-out pretext loss
         from .clidata import heldout_loss
         loss, n = heldout_loss(method, d, seed=args.seed)
         print(json.dumps(_finite_or_none({"protocol": "heldout_loss", "loss": loss,
@@ -460,6 +464,9 @@ def cmd_eval(args):
         raise CLIError(f"eval: {shown['data']} has no labels (no class subfolders, no 'y' "
                        f"array): the protocols need some; `minissl embed` works without")
     k = args.labels_per_class
+    if args.protocol == "finetune" and not hasattr(method, "encoder"):
+        raise CLIError(f"eval: {meta['method']} has no separate encoder to fine-tune (its "
+                       f"features come from inside its network); use --protocol linear or knn")
     if args.protocol == "finetune":
         acc = evaluate.finetune(method, d.train_x, d.train_y, d.test_x, d.test_y, k,
                                 seed=args.seed)

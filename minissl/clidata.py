@@ -16,6 +16,9 @@ FILE_DATASETS = {
     "fashion_mnist": "fashion-mnist/ (or FashionMNIST/raw/): the four IDX files",
     "cifar10": "cifar-10-batches-bin/ or cifar-10-batches-py/ (also under cifar10/)",
 }
+LABELLED_KINDS = ("images",)   # the data kinds with labelled train and test splits
+
+
 class DataError(ValueError):
     """Data the command cannot use: one line for the user."""
 
@@ -26,7 +29,8 @@ def is_path(name):
 
 
 def load(name, kind=None, method="this method", root=None, image_size=32):
-    """The data ``--data name`` means, checked to be of ``kind`` ("images", "text", "series")."""
+    """The data ``--data name`` means, checked to be of ``kind`` ("images", "video", "text",
+    "series")."""
     from . import data, methods
     from .data import user
     if not is_path(name):
@@ -118,7 +122,7 @@ def knn_monitor(method, d, k=20):
 
 def embed_arrays(method, d):
     """What ``embed`` writes: features of both splits, labels, and for files the file names."""
-    if method.data_kind == "images":
+    if method.data_kind in LABELLED_KINDS:
         out = {"train_features": method.features(d.train_x), "train_labels": d.train_y,
                "test_features": method.features(d.test_x), "test_labels": d.test_y}
     elif method.data_kind == "text":   # windows of block_size characters of each split

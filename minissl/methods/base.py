@@ -25,7 +25,7 @@ class SSLMethod(nn.Module):
     """Base class of the methods in this package (see the module docstring)."""
 
     name = "method"
-    data_kind = "images"  # "images", "text" or "series": what ``training_step`` is fed
+    data_kind = "images"  # "images", "video", "text" or "series": what training_step is fed
     uses_total_steps = False  # on_step_end schedules over total_steps: fixed for a resume
 
     def training_data(self, data):
@@ -53,9 +53,14 @@ class SSLMethod(nn.Module):
         out = []
         with no_grad():
             for i in range(0, len(x), batch_size):
-                out.append(self.encoder(self.as_input(x[i:i + batch_size])).numpy())
+                out.append(self.feature_batch(x[i:i + batch_size]).numpy())
         self.train(was_training)
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+
+    def feature_batch(self, x):
+        """The features (B, D) Tensor of one batch of inputs: the encoder's output. Methods
+        whose features come from inside a larger network override this."""
+        return self.encoder(self.as_input(x))
 
     def as_input(self, x):
         """An input array as a Tensor on this method's device, in the parameters' dtype."""
