@@ -16,7 +16,7 @@ FILE_DATASETS = {
     "fashion_mnist": "fashion-mnist/ (or FashionMNIST/raw/): the four IDX files",
     "cifar10": "cifar-10-batches-bin/ or cifar-10-batches-py/ (also under cifar10/)",
 }
-LABELLED_KINDS = ("images",)   # the data kinds with labelled train and test splits
+LABELLED_KINDS = ("images", "video")   # the data kinds with labelled train and test splits
 
 
 class DataError(ValueError):
@@ -49,7 +49,8 @@ def load(name, kind=None, method="this method", root=None, image_size=32):
             d = user.from_path(name, image_size=image_size)
         except ImportError as e:
             raise DataError(str(e)) from None
-    got = ("images" if isinstance(d, data.Dataset) else "text"
+    got = ("images" if isinstance(d, data.Dataset) else "video"
+           if isinstance(d, data.VideoDataset) else "text"
            if isinstance(d, data.TextCorpus) else "series")
     if kind is not None and got != kind:
         takers = [m for m in methods.METHODS if methods.data_kind(m) == got]

@@ -2,7 +2,7 @@
 
 ``METHODS`` maps a method's name to ``(module, builder, family, data kind)``; ``build(name,
 data, **overrides)`` imports the module only when asked and builds the method for a loaded
-data object (an image ``Dataset``, a ``TextCorpus`` or an ``ARSeries``).
+data object (an image ``Dataset``, a ``VideoDataset``, a ``TextCorpus`` or an ``ARSeries``).
 """
 import importlib
 import inspect
@@ -19,6 +19,7 @@ METHODS = {
     "ar": ("autoregressive", "build_ar", "self-predictive: autoregression", "series"),
     "mlm": ("masked", "build_mlm", "self-predictive: masking", "text"),
     "mae": ("masked", "build_mae", "self-predictive: masking", "images"),
+    "videomae": ("videomae", "build", "self-predictive: masking", "video"),
     "rotation": ("rotation", "build", "self-predictive: innate relationships", "images"),
     "simclr": ("simclr", "build", "contrastive: instance discrimination", "images"),
     "moco": ("moco", "build", "contrastive: instance discrimination", "images"),
@@ -41,6 +42,7 @@ CONFIGS = {
     "ar": ("autoregressive", "ARConfig"),
     "mlm": ("masked", "MaskedLMConfig"),
     "mae": ("masked", "MAEConfig"),
+    "videomae": ("videomae", "VideoMAEConfig"),
     "rotation": ("rotation", "RotNetConfig"),
     "simclr": ("simclr", "SimCLRConfig"),
     "moco": ("moco", "MoCoConfig"),

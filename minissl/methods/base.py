@@ -107,6 +107,17 @@ class TwoViewMethod(SSLMethod):
         return z1, z2
 
 
+def check_batch(who, x, item_shape, what="images", min_batch=1):
+    """x must be an array of at least ``min_batch`` items of ``item_shape`` ((B, *item_shape));
+    else a ValueError naming ``who``, what it expected and what it got."""
+    shape = tuple(getattr(x, "shape", ()))
+    if len(shape) != len(item_shape) + 1 or shape[1:] != tuple(item_shape) \
+            or shape[0] < min_batch:
+        raise ValueError(f"{who}: expected at least {min_batch} {what} (B, "
+                         f"{', '.join(map(str, item_shape))}), got "
+                         f"{'shape ' + str(shape) if shape else type(x).__name__}")
+
+
 def projection_head(dims, hidden_bias=True, out_bias=True, out_bn=None):
     """An MLP head as the official codes write theirs: [Linear - BN - ReLU] per hidden width,
     then Linear and optionally a BatchNorm1d; children numbered like ``nn.Sequential`` (Linear

@@ -52,7 +52,7 @@ from ..autograd import no_grad
 from ..backend import get_array_module, to_device
 from ..ops.shape import cat
 from ..random import get_generator
-from .base import SSLMethod
+from .base import SSLMethod, check_batch
 
 __all__ = ["InpaintingConfig", "ColorizationConfig", "Inpainting", "Colorization", "UNet",
            "random_boxes", "luma", "psnr", "build_inpainting", "build_colorization"]
@@ -215,11 +215,7 @@ class _PixelPrediction(SSLMethod):
         raise NotImplementedError
 
     def _check(self, who, x, min_batch=1):
-        shape = tuple(getattr(x, "shape", ()))
-        if len(shape) != 4 or shape[1:] != self.image_shape or shape[0] < min_batch:
-            raise ValueError(f"{type(self).__name__}.{who}: expected at least {min_batch} "
-                             f"images (B, {', '.join(map(str, self.image_shape))}), got "
-                             f"{'shape ' + str(shape) if shape else type(x).__name__}")
+        check_batch(f"{type(self).__name__}.{who}", x, self.image_shape, "images", min_batch)
 
     def training_step(self, x, rng):
         self._check("training_step", x, 2)          # BatchNorm needs two rows
