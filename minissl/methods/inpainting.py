@@ -223,13 +223,15 @@ class _PixelPrediction(SSLMethod):
         if weight is None:
             inputs, x = dist.shard(inputs, x)
         else:
+            # The global count of hidden values: each of N ranks returns its share of the
+            # global loss times N, and the ranks' gradients are averaged.
+            total = float(weight.sum()) * x.shape[1] / dist.world_size()
             inputs, x, weight = dist.shard(inputs, x, weight)
         out = F.sigmoid(self.net(self.as_input(inputs)))           # (B, C, H, W) in [0, 1]
         sq = (out - self.as_input(x)) ** 2
         if weight is None:
             return sq.mean(), {}
-        w = self.as_input(weight)                                  # (B, 1, H, W)
-        return (sq * w).sum() / (w.sum() * x.shape[1]), {}
+        return (sq * self.as_input(weight)).sum() / total, {}      # weight (B, 1, H, W)
 
     def complete(self, x, rng=None, *, batch_size=256):
         """``(inputs, completed)``: host float32 arrays of what the network sees for images x
@@ -237,20 +239,21 @@ class _PixelPrediction(SSLMethod):
         inpainting keeps the visible pixels). Masks from ``rng`` (default: ``eval_seed``)."""
         self._check("complete", x)
         rng = get_generator(self.eval_seed if rng is None else rng)
+        x = to_device(x, "cpu").astype(np.float32)
+        # All masks in one draw, as ``baseline`` draws them: the same whatever the batching.
+        inputs, weight = self.corrupt(x, rng)
         was = self.training
         self.eval()
-        shown, done = [], []
+        done = []
         with no_grad():
             for i in range(0, len(x), batch_size):
-                xb = to_device(x[i:i + batch_size], "cpu").astype(np.float32)
-                inputs, weight = self.corrupt(xb, rng)
-                out = F.sigmoid(self.net(self.as_input(inputs))).numpy().astype(np.float32)
-                if weight is not None:
-                    out = xb * (1 - weight) + out * weight
-                shown.append(self.shown(inputs))
-                done.append(out)
+                out = F.sigmoid(self.net(self.as_input(inputs[i:i + batch_size]))).numpy()
+                done.append(out.astype(np.float32))
         self.train(was)
-        return np.concatenate(shown), np.concatenate(done)
+        done = np.concatenate(done)
+        if weight is not None:
+            done = x * (1 - weight) + done * weight
+        return self.shown(inputs), done
 
     def shown(self, inputs):
         """The part of the network's input worth a picture (the image, without mask

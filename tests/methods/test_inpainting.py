@@ -130,6 +130,13 @@ def test_inpainting_baseline_and_completion_keep_visible_pixels(tiny_shapes):
     assert shown.shape == x.shape and m.psnr(x) == pytest.approx(psnr(done, x))
 
 
+def test_inpainting_model_and_baseline_see_the_same_masks_in_any_batching(tiny_shapes):
+    m = methods.build("inpainting", tiny_shapes, widths=(4, 8))
+    x = tiny_shapes.test_x                                   # 8 images in batches of 3
+    shown, _ = m.complete(x, batch_size=3)
+    np.testing.assert_array_equal(shown, m.baseline(x))
+
+
 def test_inpainting_loss_decreases(tiny_shapes):
     manual_seed(0)
     m = methods.build("inpainting", tiny_shapes, widths=(8, 16))
