@@ -183,7 +183,7 @@ def build_case(name):
         d = moving_shapes(n_train=4, n_test=0, frames=4, size=8, seed=0)
         m = videomae.VideoMAE(d.video_shape, videomae.VideoMAEConfig(
             patch_size=4, embed_dim=8, depth=1, num_heads=2, decoder_embed_dim=8,
-            decoder_depth=1, decoder_num_heads=2, mask_ratio=0.5))
+            decoder_depth=1, decoder_num_heads=2, mask_ratio=0.5, norm_pix=True))
         batch = {"x": d.train_x.astype(np.float64)}
     elif kind == "images":
         from .data import digits
