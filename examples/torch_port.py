@@ -385,9 +385,10 @@ def end_of_step(name, net, cfg, total_steps):
 
 
 SINGLE_INPUT = ("autoencoder", "denoising", "vae", "rotation", "ar")
-TRANSFORMERS = ("gpt", "mlm", "mae", "clip")
+TRANSFORMERS = ("gpt", "mlm", "mae", "clip", "videomae")
+PIXELS = ("inpainting", "colorization")      # a U-Net, also written over a dict of tensors
 METHODS = ("simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg") + SINGLE_INPUT + \
-    TRANSFORMERS + ("pixelcnn", "wavenet", "cpc", "denoising_audio")
+    TRANSFORMERS + PIXELS + ("pixelcnn", "wavenet", "cpc", "denoising_audio")
 
 
 # The gated PixelCNN (van den Oord et al. 2016, figure 2), as a function of its parameters.
@@ -562,6 +563,88 @@ def transformer_loss(name, P, cfg, x, views, draws):
     return mae_loss(pred, patchify(imgs, p), mask, cfg["norm_pix"])
 
 
+def videomae_loss(P, cfg, x, draws):
+    """VideoMAE (MCG-NJU/VideoMAE modeling_pretrain.py): Conv3d tubelet embedding + fixed
+    positions; tube masks (one spatial mask per clip, the same at every time slice; here the
+    places of the largest noise are hidden); the encoder on x[~mask]; the decoder on [visible
+    + their positions, mask token + the hidden positions], predicting the hidden tokens; MSE
+    to the hidden tubelets, normalised over each tubelet's values (minissl's norm_pix)."""
+    t, p = cfg["tubelet_size"], cfg["patch_size"]
+    e = TF.conv3d(x, P["patch_embed.weight"], P["patch_embed.bias"], stride=(t, p, p))
+    e = e.flatten(2).transpose(1, 2) + P["pos_embed"]                       # (B, N, D)
+    B, N, D = e.shape
+    noise = draws[0]                                # (B, h w) tube, (B, N) random
+    hidden_count = int(cfg["mask_ratio"] * noise.shape[1])
+    mask = noise.argsort(1).argsort(1) >= noise.shape[1] - hidden_count
+    mask = mask.repeat(1, N // noise.shape[1])                              # (B, N) bool
+    h = e[~mask].reshape(B, -1, D)
+    for i in range(cfg["depth"]):
+        h = block(P, f"blocks.{i}.", h, cfg["num_heads"], False)
+    h = TF.layer_norm(h, (D,), P["norm.weight"], P["norm.bias"])
+    h = TF.linear(h, P["decoder_embed.weight"])                             # no bias
+    Dd = h.shape[-1]
+    pos = P["decoder_pos_embed"].expand(B, -1, -1)
+    hidden = pos[mask].reshape(B, -1, Dd)
+    d = torch.cat([h + pos[~mask].reshape(B, -1, Dd), P["mask_token"] + hidden], dim=1)
+    for i in range(cfg["decoder_depth"]):
+        d = block(P, f"decoder_blocks.{i}.", d, cfg["decoder_num_heads"], False)
+    d = d[:, -hidden.shape[1]:]
+    pred = TF.linear(TF.layer_norm(d, (Dd,), P["decoder_norm.weight"], P["decoder_norm.bias"]),
+                     P["head.weight"], P["head.bias"])
+    C, T, H, W = x.shape[1:]
+    tok = x.reshape(B, C, T // t, t, H // p, p, W // p, p)
+    tok = torch.einsum("bcxtyhzw->bxyzthwc", tok).reshape(B, N, -1)        # (t p p c)
+    target = tok[mask].reshape(B, -1, tok.shape[-1])
+    if cfg["norm_pix"]:
+        target = (target - target.mean(-1, keepdim=True)) / \
+            (target.var(-1, keepdim=True) + 1e-6).sqrt()
+    return TF.mse_loss(pred, target)
+
+
+def unet(P, x, levels):
+    """minissl's U-Net (Ronneberger et al. 2015 with padded convolutions): per level two
+    [Conv3x3 - BN - ReLU], 2x2 max pooling down, a 2x2 stride-2 transposed conv up, the skip
+    concatenated before the level's convolutions, a 1x1 conv to the logits."""
+    def level(pre, h):
+        for i in (0, 3):
+            bn = f"{pre}.{i + 1}."
+            h = TF.batch_norm(TF.conv2d(h, P[f"{pre}.{i}.weight"], padding=1),
+                              P[bn + "running_mean"], P[bn + "running_var"], P[bn + "weight"],
+                              P[bn + "bias"], True, 0.1, 1e-5)
+            P[bn + "num_batches_tracked"] += 1
+            h = TF.relu(h)
+        return h
+    skips = []
+    for i in range(levels):
+        x = level(f"net.down.{i}", TF.max_pool2d(x, 2) if i else x)
+        skips.append(x)
+    for i, skip in enumerate(skips[-2::-1]):
+        x = TF.conv_transpose2d(x, P[f"net.up.{i}.weight"], P[f"net.up.{i}.bias"], stride=2)
+        x = level(f"net.dec.{i}", torch.cat([x, skip], dim=1))
+    return TF.conv2d(x, P["net.head.weight"], P["net.head.bias"])
+
+
+def pixel_loss(name, P, cfg, x, draws):
+    """Inpainting (Pathak et al. 2016, L2 term on the hidden pixels, the boxes rebuilt from
+    the draws: heights, widths, then top and left as uniform fractions of the free room; the
+    hidden pixels set to the stored fill, the mask as an extra channel) and colourisation
+    (Zhang et al. 2016 as L2 regression of RGB from the BT.601 luma)."""
+    levels = len(cfg["widths"])
+    if name == "colorization":
+        luma = (x * torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1))
+        return TF.mse_loss(torch.sigmoid(unet(P, luma.sum(1, keepdim=True), levels)), x)
+    H, W = x.shape[2:]
+    h, w, u, v = draws                                            # (B, boxes) each
+    top, left = (u * (H - h + 1)).floor(), (v * (W - w + 1)).floor()
+    r, c = torch.arange(H).view(1, 1, H, 1), torch.arange(W).view(1, 1, 1, W)
+    box = lambda a: a[..., None, None]                            # noqa: E731
+    inside = ((r >= box(top)) & (r < box(top + h)) & (c >= box(left)) & (c < box(left + w)))
+    mask = inside.any(1, keepdim=True).to(x.dtype)                # (B, 1, H, W)
+    inp = torch.cat([x * (1 - mask) + P["fill"] * mask, mask], dim=1)
+    out = torch.sigmoid(unet(P, inp, levels))
+    return (((out - x) ** 2) * mask).sum() / (mask.sum() * x.shape[1])
+
+
 def transformer_step(meta, stored):
     """A transformer method's step, its weights as a dict of tensors; CLIP's image encoder
     (with batch norm) as a module, its entries of the dict being that module's."""
@@ -584,6 +667,10 @@ def transformer_step(meta, stored):
         loss = pixelcnn_loss(P, cfg, x)
     elif name in AUDIO:
         loss = audio_loss(name, P, cfg, x, draws)
+    elif name == "videomae":
+        loss = videomae_loss(P, cfg, x, draws)
+    elif name in PIXELS:
+        loss = pixel_loss(name, P, cfg, x, draws)
     else:
         loss = transformer_loss(name, P, cfg, x, views, draws)
     loss.backward()
@@ -603,7 +690,7 @@ def training_step(meta, stored):
     """{key: array} of the port's step on a stored training-step vector (same keys as the
     file's ``out``, ``grad_*`` and ``after_*``)."""
     name = meta["op"].split(".")[0]
-    if name in TRANSFORMERS + ("pixelcnn",) + AUDIO:    # weights as a dict of tensors
+    if name in TRANSFORMERS + PIXELS + ("pixelcnn",) + AUDIO:    # weights as a dict of tensors
         return transformer_step(meta, stored)
     state = {k: torch.as_tensor(stored[f"init_{k}"]) for k in meta["state"]}
     net = Method(meta, state).train()

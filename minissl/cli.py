@@ -34,7 +34,6 @@ import numpy as np
 
 from . import clidata, runtime
 from .cliargs import CLIError, build_parser
-
 USAGE_ERROR = 2
 MAX_MESSAGE = 400   # characters of an error line; longer messages are cut
 _JOB = {"training": False}   # True while the ranks of a data-parallel run train together
@@ -224,7 +223,7 @@ def cmd_pretrain(args):
                    args.image_size)
     if (args.knn_every or args.probe_every) and not clidata.is_labelled(
             methods.data_kind(args.method)):
-        raise CLIError(f"--knn-every/--probe-every: accuracy needs labelled images or audio; "
+        raise CLIError(f"--knn-every/--probe-every: accuracy needs labelled images, audio or video; "
                        f"{args.method} trains on {methods.data_kind(args.method)} (its "
                        f"held-out loss: `minissl eval`)")
     if (args.knn_every or args.probe_every) and not getattr(d, "labelled", True):
@@ -311,7 +310,7 @@ def _pretrain(args, d, lead):
         if clidata.is_labelled(method.data_kind):
             from .evaluate import embedding_std
             record["embedding_std"] = embedding_std(method.features(d.test_x[:512]))
-        if hasattr(method, "heldout_metrics"):   # density models: the test split's NLL
+        if hasattr(method, "heldout_metrics"):   # NLL of density models, PSNR of inpainting
             record.update(method.heldout_metrics(d))
         history.append(_finite_or_none(record))
         # Checkpoint first, then the whole log, replaced atomically: a kill in between loses
@@ -461,7 +460,7 @@ def cmd_eval(args):
             print(json.dumps(_finite_or_none({"protocol": "heldout_loss", "loss": loss,
                                               "examples": n, **shown})))
             return 0
-    elif method.data_kind != "images":   # text, series: no labels; the held-out pretext loss
+    elif not clidata.is_labelled(method.data_kind):   # text, series: held-out pretext loss
         loss, n = clidata.heldout_loss(method, d, seed=args.seed)
         print(json.dumps(_finite_or_none({"protocol": "heldout_loss", "loss": loss,
                                           "examples": n, **shown})))
@@ -470,6 +469,9 @@ def cmd_eval(args):
         raise CLIError(f"eval: {shown['data']} has no labels (no class subfolders, no 'y' "
                        f"array): the protocols need some; `minissl embed` works without")
     k = args.labels_per_class
+    if args.protocol == "finetune" and not hasattr(method, "encoder"):
+        raise CLIError(f"eval: {meta['method']} has no separate encoder to fine-tune (its "
+                       f"features come from inside its network); use --protocol linear or knn")
     if args.protocol == "finetune":
         acc = evaluate.finetune(method, d.train_x, d.train_y, d.test_x, d.test_y, k,
                                 seed=args.seed)

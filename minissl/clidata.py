@@ -16,6 +16,9 @@ FILE_DATASETS = {
     "fashion_mnist": "fashion-mnist/ (or FashionMNIST/raw/): the four IDX files",
     "cifar10": "cifar-10-batches-bin/ or cifar-10-batches-py/ (also under cifar10/)",
 }
+LABELLED_KINDS = ("images", "audio", "video")   # kinds with labelled train and test splits
+
+
 class DataError(ValueError):
     """Data the command cannot use: one line for the user."""
 
@@ -26,8 +29,8 @@ def is_path(name):
 
 
 def load(name, kind=None, method="this method", root=None, image_size=32):
-    """The data ``--data name`` means, checked to be of ``kind`` ("images", "audio", "text",
-    "series"). A folder of WAV files is read as clips for "audio", as series otherwise."""
+    """The data ``--data name`` means, checked to be of ``kind`` ("images", "audio", "video",
+    "text", "series"). A folder of WAV files is read as clips for "audio", as series otherwise."""
     from . import data, methods
     from .data import user
     if not is_path(name):
@@ -59,16 +62,18 @@ def load(name, kind=None, method="this method", root=None, image_size=32):
 
 
 def kind_of(d):
-    """The kind of data a loaded data object is: "images", "audio", "text" or "series"."""
+    """The kind of data a loaded data object is: "images", "audio", "video", "text" or
+    "series"."""
     from . import data
     return ("images" if isinstance(d, data.Dataset) else "audio"
-            if isinstance(d, data.AudioDataset) else "text"
+            if isinstance(d, data.AudioDataset) else "video"
+            if isinstance(d, data.VideoDataset) else "text"
             if isinstance(d, data.TextCorpus) else "series")
 
 
 def is_labelled(kind):
     """Whether data of ``kind`` carries class labels (a probe or kNN can score it)."""
-    return kind in ("images", "audio")
+    return kind in LABELLED_KINDS
 
 
 def describe_datasets():

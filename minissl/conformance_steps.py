@@ -156,6 +156,21 @@ def _image_parts(name):
         kind[1].latent_dim if name == "vae" else 8, shape, hidden=(8,)))
 
 
+def _pixel_case(name):
+    """Inpainting on 4 digits, colourisation on 4 RGB shapes of 8x8, each with a 2-level
+    U-Net of widths 2 and 4."""
+    from .methods import inpainting as ip
+    if name == "inpainting":
+        from .data import digits
+        x = digits().train_x[:4]
+        m = ip.Inpainting(x.shape[1:], [0.3], ip.InpaintingConfig(widths=(2, 4)))
+    else:
+        from .data import shapes
+        x = shapes(n_train=4, n_test=0, size=8, seed=0).train_x
+        m = ip.Colorization(x.shape[1:], ip.ColorizationConfig(widths=(2, 4)))
+    return m, {"x": x.astype(np.float64)}
+
+
 def build_case(name):
     """(method, batch): the tiny method ``name`` (initialised from seed 0, float64, training
     mode) and its batch (inputs by name)."""
@@ -164,7 +179,17 @@ def build_case(name):
     nn.manual_seed(0)
     r = np.random.default_rng(1)
     kind = METHODS[name][3]
-    if kind == "images":
+    if name in ("inpainting", "colorization"):
+        m, batch = _pixel_case(name)
+    elif kind == "video":
+        from .data import moving_shapes
+        from .methods import videomae
+        d = moving_shapes(n_train=4, n_test=0, frames=4, size=8, seed=0)
+        m = videomae.VideoMAE(d.video_shape, videomae.VideoMAEConfig(
+            patch_size=4, embed_dim=8, depth=1, num_heads=2, decoder_embed_dim=8,
+            decoder_depth=1, decoder_num_heads=2, mask_ratio=0.5, norm_pix=True))
+        batch = {"x": d.train_x.astype(np.float64)}
+    elif kind == "images":
         from .data import digits
         m = _image_parts(name)
         d = digits()

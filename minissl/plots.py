@@ -118,13 +118,17 @@ def save_all(out, method, data, history):
     if any(k in r for r in history for k in MONITORS):
         written.append(monitor_curve(history, os.path.join(out, "monitor.png"),
                                      f"{method.name}: online evaluation (held-out split)"))
-    if method.data_kind == "images":
+    if method.data_kind in ("images", "video"):
         n = min(len(data.test_x), 1000)
         feats = method.features(data.test_x[:n])
         written.append(embedding_pca(feats, data.test_y[:n], os.path.join(out, "pca.png"),
                                      f"{method.name}: PCA of test features"))
         rng = np.random.default_rng(0)
-        if hasattr(method, "reconstruct"):
+        if hasattr(method, "picture_rows"):   # inpainting, colourisation: input, output, target
+            rows, names = method.picture_rows(data.test_x[:10])
+            written.append(image_grid(rows, os.path.join(out, "reconstructions.png"),
+                                      f"{method.name}: test images", names))
+        elif hasattr(method, "reconstruct"):
             x = data.test_x[:10]
             try:
                 rec = method.reconstruct(x, rng)

@@ -24,7 +24,12 @@ from test_cli import ROOT, assert_same_state, assert_usage_error, losses_of, run
 IMAGES = ["--batch-size", "64", "--limit", "128"]
 SETTINGS = {"images": IMAGES,
             "text": ["--data", "text", "--batch-size", "16", "--limit", "32"],
-            "series": ["--data", "ar", "--batch-size", "32", "--limit", "64"]}
+            "series": ["--data", "ar", "--batch-size", "32", "--limit", "64"],
+            "video": ["--data", "moving_shapes", "--batch-size", "16", "--limit", "32",
+                      "--set", "depth=1", "--set", "decoder_depth=1"]}
+# Methods whose data differs from their kind's default (digits for images): RGB, small.
+OWN_SETTINGS = {"colorization": ["--data", "shapes", "--batch-size", "16", "--limit", "32",
+                                 "--set", "widths=4,8"]}
 COMMON = ["--no-progress", "--no-plots", "--seed", "5"]
 ALL = list(methods.METHODS)
 TOTAL_DEPENDENT = ["byol"]   # schedules over the whole run: a new --epochs is refused
@@ -32,7 +37,7 @@ TOTAL_DEPENDENT = ["byol"]   # schedules over the whole run: a new --epochs is r
 
 def args_for(method, epochs, out, *extra):
     return ["pretrain", method, "--epochs", str(epochs), "--out", str(out),
-            *SETTINGS[methods.data_kind(method)], *COMMON, *extra]
+            *OWN_SETTINGS.get(method, SETTINGS[methods.data_kind(method)]), *COMMON, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +60,10 @@ def test_every_method_is_covered():
 
 def _built(name):
     from minissl import data
-    return methods.build(name, data.load({"images": "digits", "text": "text",
-                                          "series": "ar"}[methods.data_kind(name)]))
+    if name == "colorization":
+        return methods.build(name, data.shapes(n_train=4, n_test=0))
+    return methods.build(name, data.load({"images": "digits", "text": "text", "series": "ar",
+                                          "video": "moving_shapes"}[methods.data_kind(name)]))
 
 
 @pytest.mark.parametrize("method", [m for m in ALL if m not in TOTAL_DEPENDENT])

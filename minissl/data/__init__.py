@@ -8,6 +8,9 @@ a train/test split, class names):
 - ``mnist(root)``, ``fashion_mnist(root)``, ``cifar10(root)``: the standard files, read from a
   local folder (``$MINISSL_DATA`` or ``~/.minissl/data``; see :mod:`minissl.data.files`).
 
+Video: ``moving_shapes()`` is a :class:`VideoDataset` (float32 ``(N, C, T, H, W)`` clips) of a
+figure moving in one of eight directions, labelled by the direction (needs nothing).
+
 Sequence data: ``text(path)`` is a character-level :class:`TextCorpus` (default: Python's
 standard-library sources); ``ar()`` is an :class:`ARSeries` of a known AR(p) process.
 
@@ -28,15 +31,17 @@ from .images import SHAPE_NAMES, digits, render_shapes, shapes
 from .loader import DataLoader, batches, epoch_order
 from .series import ARSeries, ar, companion_matrix, is_stationary
 from .user import FileDataset, Series, from_path
+from .video import DIRECTION_NAMES, VideoDataset, moving_shapes
 
-# name -> loader. Image loaders return a Dataset, "text" a TextCorpus, "ar" an ARSeries,
-# "audio" an AudioDataset.
+# name -> loader. Image loaders return a Dataset, "moving_shapes" a VideoDataset, "text" a
+# TextCorpus, "ar" an ARSeries, "audio" an AudioDataset.
 DATASETS = {
     "digits": digits,
     "shapes": shapes,
     "mnist": mnist,
     "fashion_mnist": fashion_mnist,
     "cifar10": cifar10,
+    "moving_shapes": moving_shapes,
     "text": text,
     "ar": ar,
     "audio": audio,
@@ -54,12 +59,11 @@ def load(name, **kwargs):
 
 
 __all__ = [
-    "Dataset", "TextCorpus", "ARSeries", "AudioDataset", "DATASETS", "load",
-    "digits", "shapes", "mnist", "fashion_mnist", "cifar10", "text", "ar", "audio",
-    "batches", "epoch_order", "DataLoader",
+    "Dataset", "VideoDataset", "TextCorpus", "ARSeries", "AudioDataset", "DATASETS", "load",
+    "digits", "shapes", "mnist", "fashion_mnist", "cifar10", "moving_shapes", "text", "ar",
+    "audio", "batches", "epoch_order", "DataLoader",
     "stratified_split", "per_class_subset", "default_root",
     "read_idx", "read_cifar_bin", "read_cifar_pickle", "render_shapes", "SHAPE_NAMES",
     "stdlib_files", "companion_matrix", "is_stationary", "render_sounds", "SOUND_NAMES",
-    "log_spectrogram",
-    "from_path", "FileDataset", "Series",
+    "log_spectrogram", "from_path", "FileDataset", "Series", "DIRECTION_NAMES",
 ]

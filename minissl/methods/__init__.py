@@ -2,7 +2,8 @@
 
 ``METHODS`` maps a method's name to ``(module, builder, family, data kind)``; ``build(name,
 data, **overrides)`` imports the module only when asked and builds the method for a loaded
-data object (an image ``Dataset``, an ``AudioDataset``, a ``TextCorpus`` or an ``ARSeries``).
+data object (an image ``Dataset``, an ``AudioDataset``, a ``VideoDataset``, a ``TextCorpus`` or
+an ``ARSeries``).
 """
 import importlib
 import inspect
@@ -13,12 +14,16 @@ METHODS = {
     "denoising": ("autoencoder", "build_denoising", "self-predictive: autoencoders", "images"),
     "vae": ("autoencoder", "build_vae", "self-predictive: autoencoders", "images"),
     "denoising_audio": ("denoising_audio", "build", "self-predictive: autoencoders", "audio"),
+    "inpainting": ("inpainting", "build_inpainting", "self-predictive: autoencoders", "images"),
+    "colorization": ("inpainting", "build_colorization", "self-predictive: autoencoders",
+                     "images"),
     "gpt": ("autoregressive", "build", "self-predictive: autoregression", "text"),
     "ar": ("autoregressive", "build_ar", "self-predictive: autoregression", "series"),
     "pixelcnn": ("pixelcnn", "build", "self-predictive: autoregression", "images"),
     "wavenet": ("wavenet", "build", "self-predictive: autoregression", "audio"),
     "mlm": ("masked", "build_mlm", "self-predictive: masking", "text"),
     "mae": ("masked", "build_mae", "self-predictive: masking", "images"),
+    "videomae": ("videomae", "build", "self-predictive: masking", "video"),
     "rotation": ("rotation", "build", "self-predictive: innate relationships", "images"),
     "simclr": ("simclr", "build", "contrastive: instance discrimination", "images"),
     "moco": ("moco", "build", "contrastive: instance discrimination", "images"),
@@ -37,12 +42,15 @@ CONFIGS = {
     "denoising": ("autoencoder", "DenoisingConfig"),
     "vae": ("autoencoder", "VAEConfig"),
     "denoising_audio": ("denoising_audio", "DenoisingAudioConfig"),
+    "inpainting": ("inpainting", "InpaintingConfig"),
+    "colorization": ("inpainting", "ColorizationConfig"),
     "gpt": ("autoregressive", "GPTConfig"),
     "ar": ("autoregressive", "ARConfig"),
     "pixelcnn": ("pixelcnn", "PixelCNNConfig"),
     "wavenet": ("wavenet", "WaveNetConfig"),
     "mlm": ("masked", "MaskedLMConfig"),
     "mae": ("masked", "MAEConfig"),
+    "videomae": ("videomae", "VideoMAEConfig"),
     "rotation": ("rotation", "RotNetConfig"),
     "simclr": ("simclr", "SimCLRConfig"),
     "moco": ("moco", "MoCoConfig"),

@@ -26,7 +26,7 @@ class SSLMethod(nn.Module):
     """Base class of the methods in this package (see the module docstring)."""
 
     name = "method"
-    data_kind = "images"  # "images", "audio", "text" or "series": what ``training_step`` is fed
+    data_kind = "images"  # "images", "audio", "video", "text" or "series": fed to training_step
     uses_total_steps = False  # on_step_end schedules over total_steps: fixed for a resume
 
     def training_data(self, data):
@@ -49,7 +49,7 @@ class SSLMethod(nn.Module):
 
     def features(self, x, batch_size=1024):
         """Frozen encoder features of ``x`` as a float32 host array (N, D), in eval mode."""
-        return self.map_batches(lambda b: self.encoder(self.as_input(b)), x, batch_size)
+        return self.map_batches(self.feature_batch, x, batch_size)
 
     def map_batches(self, fn, x, batch_size):
         """``fn`` (a batch -> a Tensor (b, D)) over ``x`` in slices of ``batch_size``, in eval
@@ -62,6 +62,11 @@ class SSLMethod(nn.Module):
                 out.append(fn(x[i:i + batch_size]).numpy())
         self.train(was_training)
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+
+    def feature_batch(self, x):
+        """The features (B, D) Tensor of one batch of inputs: the encoder's output. Methods
+        whose features come from inside a larger network override this."""
+        return self.encoder(self.as_input(x))
 
     def as_input(self, x):
         """An input array as a Tensor on this method's device, in the parameters' dtype."""
@@ -143,6 +148,17 @@ class TwoViewMethod(SSLMethod):
         z1 = self.projector(self.encoder(self.as_input(v1)))
         z2 = self.projector(self.encoder(self.as_input(v2)))
         return z1, z2
+
+
+def check_batch(who, x, item_shape, what="images", min_batch=1):
+    """x must be an array of at least ``min_batch`` items of ``item_shape`` ((B, *item_shape));
+    else a ValueError naming ``who``, what it expected and what it got."""
+    shape = tuple(getattr(x, "shape", ()))
+    if len(shape) != len(item_shape) + 1 or shape[1:] != tuple(item_shape) \
+            or shape[0] < min_batch:
+        raise ValueError(f"{who}: expected at least {min_batch} {what} (B, "
+                         f"{', '.join(map(str, item_shape))}), got "
+                         f"{'shape ' + str(shape) if shape else type(x).__name__}")
 
 
 def projection_head(dims, hidden_bias=True, out_bias=True, out_bn=None):

@@ -16,6 +16,10 @@ SMALL = {   # a few widths down, so that fifteen methods x two runs stay a few s
     "mlm": dict(block_size=8, n_layer=1, n_head=2, n_embd=16),
     "mae": dict(embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1,
                 decoder_num_heads=2),
+    "videomae": dict(patch_size=4, embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=16,
+                     decoder_depth=1, decoder_num_heads=2, mask_ratio=0.5),
+    "inpainting": dict(widths=(4, 8)),
+    "colorization": dict(widths=(4, 8)),
     # The queue wraps within the steps. Shuffle BN: the MLP encoder in 2 groups of 4 rows (one
     # per rank of 2; groups of 2 rows make BN so ill-conditioned that round-off grows ~500x a
     # step), the conv encoder in 4 groups of 2 images (two per rank).
@@ -31,7 +35,9 @@ def _data(name):
         return data.TextCorpus.from_text(TEXT)
     if kind == "series":
         return data.ar(n_series=4 * BATCH, length=24, seed=0)
-    if name.endswith("-conv"):
+    if kind == "video":
+        return data.moving_shapes(n_train=4 * BATCH, n_test=0, frames=4, size=8, seed=0)
+    if name.endswith("-conv") or name == "colorization":   # conv encoder; RGB
         return data.shapes(n_train=4 * BATCH, n_test=8, size=8, seed=0)   # conv encoder
     d = data.digits()
     return d
