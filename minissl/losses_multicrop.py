@@ -171,7 +171,7 @@ def sinkhorn_knopp(scores, epsilon=0.05, iterations=3):
     return xp.exp(log_q + math.log(b)).T                           # (B, K)
 
 
-def swav_loss(scores, n_global=2, temperature=0.1, epsilon=0.05, iterations=3):
+def swav_loss(scores, n_global=2, temperature=0.1, epsilon=0.05, iterations=3, codes=None):
     r"""SwAV's swapped prediction over the crops of a multi-crop batch.
 
     ``scores`` holds, per crop, the (B, K) scores of the batch against the K prototypes
@@ -185,6 +185,10 @@ def swav_loss(scores, n_global=2, temperature=0.1, epsilon=0.05, iterations=3):
     Only the global crops are assigned codes (the official ``crops_for_assign = [0, 1]``): the
     local crops only predict the codes of the global ones. Values: log K when the scores are
     constant (uniform codes, uniform predictions).
+
+    ``codes``: the q_i given instead of computed (a list of ``n_global`` (B, K) arrays), for a
+    data-parallel step whose Sinkhorn runs over the scores of every rank (the official
+    ``distributed_sinkhorn`` all-reduces its sums) and gives each rank its rows.
 
     Shapes: scores a list of V (B, K) Tensors, 1 <= n_global <= V, V >= 2. Returns a scalar.
 
@@ -200,10 +204,15 @@ def swav_loss(scores, n_global=2, temperature=0.1, epsilon=0.05, iterations=3):
         raise ValueError(f"swav_loss: n_global must be an int in [1, {len(scores)}] (the "
                          f"crops given), got {n_global!r}")
     temperature = _positive(fn, "temperature", temperature)
+    if codes is not None and (len(codes) != n_global or any(
+            tuple(getattr(q, "shape", ())) != scores[0].shape for q in codes)):
+        raise ValueError(f"swav_loss: codes must be {n_global} arrays of shape "
+                         f"{scores[0].shape}, one per global crop")
     log_p = [F.log_softmax(s / temperature, dim=1) for s in scores]            # V x (B, K)
     loss = 0
     for i in range(int(n_global)):
-        q = Tensor(sinkhorn_knopp(scores[i].detach(), epsilon, iterations))    # (B, K)
+        q = Tensor(_constant(fn, "codes", codes[i], scores[i]) if codes is not None
+                   else sinkhorn_knopp(scores[i].detach(), epsilon, iterations))  # (B, K)
         sub = [(q * lp).sum(dim=1).mean() for v, lp in enumerate(log_p) if v != i]
         loss = loss + sum(sub[1:], sub[0]) * (-1.0 / len(sub))
     return loss / int(n_global)

@@ -24,6 +24,9 @@ METHODS = {
     "barlow_twins": ("barlow_twins", "build", "contrastive: non-contrastive", "images"),
     "vicreg": ("vicreg", "build", "contrastive: non-contrastive", "images"),
     "clip": ("clip", "build", "contrastive: multimodal", "images"),
+    # multi-crop methods (issue 18)
+    "dino": ("dino", "build", "contrastive: non-contrastive (self-distillation)", "images"),
+    "swav": ("swav", "build", "contrastive: clustering", "images"),
 }
 
 
@@ -44,6 +47,9 @@ CONFIGS = {
     "barlow_twins": ("barlow_twins", "BarlowTwinsConfig"),
     "vicreg": ("vicreg", "VICRegConfig"),
     "clip": ("clip", "CLIPConfig"),
+    # multi-crop methods (issue 18)
+    "dino": ("dino", "DINOConfig"),
+    "swav": ("swav", "SwAVConfig"),
 }
 
 
