@@ -30,7 +30,7 @@ from .backend import get_array_module
 from .ops.shape import cat
 
 __all__ = ["MultiCrop", "image_multicrop", "digits_multicrop", "default_multicrop",
-           "local_size", "group_by_size", "encode_by_size", "view_pairs"]
+           "local_size", "local_transform", "group_by_size", "encode_by_size", "view_pairs"]
 
 
 class MultiCrop:
@@ -67,26 +67,37 @@ def _colour(size, scale, strength, blur_p):
     return augment.image_simclr(size, scale=scale, strength=strength, blur_p=blur_p)
 
 
+def local_transform(image_shape, scale=(0.05, 0.4), strength=0.5):
+    """The augmentation of the local views of a data set of ``image_shape`` (C, H, W).
+
+    RGB or larger images: a crop of area in ``scale`` resized to ``local_size(H)``, then
+    flipped, colour-jittered, greyed and blurred as ``augment.image_simclr``. The 8x8 grey
+    digits (an MLP encoder needs 8x8 inputs): a crop of area 0.25 to 0.6 (``scale`` is not
+    used) resized back to 8x8, then 10 % pixel dropout and noise 0.1 as the digits recipe."""
+    c, h, w = image_shape
+    if h * w <= 256 and c == 1:
+        return augment.Compose([augment.RandomResizedCrop((h, w), scale=(0.25, 0.6)),
+                                augment.PixelDropout(0.1), augment.GaussianNoise(0.1)])
+    return _colour(local_size(h), scale, strength, 0.5)
+
+
 def image_multicrop(size, n_local=6, global_scale=(0.4, 1.0), local_scale=(0.05, 0.4),
-                    strength=0.5, small=None):
+                    strength=0.5):
     """Multi-crop for RGB images of side ``size``: 2 global crops of ``size`` with area in
-    ``global_scale`` and ``n_local`` local crops of side ``small`` (default ``local_size``)
-    with area in ``local_scale``, each then flipped, colour-jittered, greyed and blurred as
+    ``global_scale`` and ``n_local`` local crops of side ``local_size(size)`` with area in
+    ``local_scale``, each then flipped, colour-jittered, greyed and blurred as
     ``augment.image_simclr`` (blur 0.5 on both; the official DINO uses 1.0 and 0.1 on the two
-    global views, which our one-transform-per-kind form does not express)."""
-    small = local_size(size) if small is None else int(small)
+    global views, which one transform for both global views does not express)."""
     return MultiCrop(_colour(size, global_scale, strength, 0.5),
-                     _colour(small, local_scale, strength, 0.5), 2, n_local)
+                     local_transform((3, size, size), local_scale, strength), 2, n_local)
 
 
-def digits_multicrop(n_local=6, local_scale=(0.25, 0.6)):
+def digits_multicrop(n_local=6):
     """Multi-crop for the 8x8 digits: the global views are the digits recipe
     (``augment.digits_simclr``: shift, pixel dropout, noise); the local views crop a smaller
-    area (``local_scale``, aspect ratio 3/4 to 4/3), resize it back to 8x8 (the MLP encoder's
-    input) and add the same dropout and noise."""
-    local = augment.Compose([augment.RandomResizedCrop(8, scale=local_scale),
-                             augment.PixelDropout(0.1), augment.GaussianNoise(0.1)])
-    return MultiCrop(augment.digits_simclr(), local, 2, n_local)
+    area (0.25 to 0.6, aspect ratio 3/4 to 4/3), resize it back to 8x8 (the MLP encoder's
+    input) and add the same dropout and noise (``local_transform``)."""
+    return MultiCrop(augment.digits_simclr(), local_transform((1, 8, 8)), 2, n_local)
 
 
 def default_multicrop(image_shape, n_local=6, global_scale=(0.4, 1.0),

@@ -151,3 +151,45 @@ def test_conv_encoder_takes_two_resolutions(name):
     loss, _ = m.training_step(d.train_x[:8], np.random.default_rng(0))
     loss.backward()
     assert np.isfinite(loss.item())
+
+
+# ------------------------------------------------------------------------------------------
+# Multi-crop as an option of SimCLR and BYOL (local views meet the global ones only)
+# ------------------------------------------------------------------------------------------
+
+
+def test_simclr_multi_crop_pairs_each_local_view_with_the_global_views(digits64):
+    d, x = digits64
+    random.manual_seed(0)
+    m = methods.build("simclr", d, multi_crop=2, joint_batch=False)
+    loss, _ = m.training_step(x, np.random.default_rng(4))
+    views = m.transform(x, np.random.default_rng(4))
+    assert len(views) == 4
+    z = [m.projector(m.encoder(m.as_input(v))) for v in views]
+    pairs = [(0, 1), (0, 2), (1, 2), (0, 3), (1, 3)]          # never (2, 3): local-local
+    want = np.mean([losses.nt_xent(z[i], z[v], 0.5).item() for i, v in pairs])
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+
+
+def test_byol_multi_crop_regresses_every_view_onto_the_global_targets(digits64):
+    d, x = digits64
+    random.manual_seed(0)
+    m = methods.build("byol", d, multi_crop=3)
+    loss, _ = m.training_step(x, np.random.default_rng(4))
+    loss.backward()
+    views = [m.as_input(v) for v in m.transform(x, np.random.default_rng(4))]
+    p = [m.predictor(m.projector(m.encoder(v))) for v in views]
+    t = [m.target_projector(m.target_encoder(v)) for v in views[:2]]
+    pairs = [(i, v) for i in (0, 1) for v in range(5) if v != i]
+    want = 2 / len(pairs) * sum(losses.byol_loss(p[v], t[i]).item() for i, v in pairs)
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+    assert all(q.grad is None for q in m.target_encoder.parameters())
+
+
+@pytest.mark.parametrize("name", ["simclr", "byol"])
+def test_multi_crop_option_trains(name, digits64):
+    d, x = digits64
+    random.manual_seed(0)
+    m = methods.build(name, d, multi_crop=2)
+    values = [v for v, _ in _steps(m, x, 20)]
+    assert np.mean(values[-5:]) < np.mean(values[:3]) - 1e-3, values
