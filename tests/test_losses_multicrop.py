@@ -296,3 +296,17 @@ def test_swav_rejects_bad_input(rng):
         losses.swav_loss(s, n_global=4)
     with pytest.raises(ValueError, match="swav_loss: scores\\[0\\] must be a 2-D"):
         losses.swav_loss([T(np.zeros(3)), T(np.zeros(3))])
+
+
+def test_swav_given_codes_replace_sinkhorn(rng):
+    s = [T(np.tanh(a)) for a in crops(rng, 3, 5, 4)]
+    codes = [losses.sinkhorn_knopp(x.data) for x in s[:2]]
+    assert losses.swav_loss(s, codes=codes).item() == pytest.approx(losses.swav_loss(s).item(),
+                                                                    rel=1e-12)
+    # Uniform codes: each term is the CE of the uniform distribution, mean of -log p / K.
+    uniform = [np.full((5, 4), 0.25)] * 2
+    want = np.mean([np.mean([-np.mean(_log_softmax(r / 0.1)) for r in s[v].data])
+                    for i in range(2) for v in range(3) if v != i])
+    assert losses.swav_loss(s, codes=uniform).item() == pytest.approx(want, rel=1e-12)
+    with pytest.raises(ValueError, match="swav_loss: codes must be 2 arrays of shape"):
+        losses.swav_loss(s, codes=codes[:1])
