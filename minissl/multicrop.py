@@ -11,9 +11,9 @@ predict what the global views see: "local-to-global" correspondence (DINO, Caron
   is trained toward every teacher view but its own (``losses.dino_loss``).
 * SwAV: codes are computed for the 2 global views only; every other view predicts each
   global view's codes (``losses.swav_loss``).
-* SimCLR (``multi_crop > 0``): NT-Xent of each pair (global view i, other view v), the
-  other images' views of that pair as negatives, averaged over the pairs; with no local
-  views this is the plain two-view NT-Xent.
+* SimCLR (``multi_crop > 0``): NT-Xent of the global pair and of every (global, local)
+  pair, the other images' views of that pair as negatives, averaged over the pairs; with no
+  local views this is the plain two-view NT-Xent.
 * BYOL (``multi_crop > 0``): the EMA target sees only the 2 global views; the online
   prediction of every other view regresses each global target (the loss of the pairs,
   scaled so that with no local views it is BYOL's usual two-term sum).
