@@ -122,7 +122,7 @@ def test_swav_codes_are_sinkhorn_of_the_global_views(digits64, monkeypatch):
     assert len(seen["scores"]) == 3 and len(seen["codes"]) == 2
     for s, q in zip(seen["scores"][:2], seen["codes"]):
         np.testing.assert_allclose(q, losses.sinkhorn_knopp(s.data, 0.05, 3), rtol=1e-12)
-    assert loss.item() == pytest.approx(real(seen["scores"]).item(), rel=1e-6)
+    assert loss.item() == pytest.approx(real(seen["scores"], 2, 0.2).item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("name", ["dino", "swav"])
