@@ -230,10 +230,11 @@ class SplitBatchNorm1d(tnn.BatchNorm1d):
         return y
 
 
-def mlp_from_state(state, prefix, trailing_relu=False, bn_splits=1):
+def mlp_from_state(state, prefix, trailing_relu=False, bn_splits=1, act=tnn.ReLU):
     """nn.Sequential rebuilt from its state_dict keys: index i with a 2-D weight is a Linear,
-    with a running_mean a BatchNorm1d (affine if it has a weight), an index without keys a
-    ReLU (the official heads' layout); the digits encoder ends with a ReLU."""
+    with a running_mean a BatchNorm1d (affine if it has a weight), an index without keys the
+    activation ``act`` (ReLU in the official heads' layout, GELU in DINO's head); the digits
+    encoder ends with a ReLU."""
     idx = sorted({int(k[len(prefix) + 1:].split(".")[0]) for k in state
                   if k.startswith(prefix + ".")})
     layers = []
@@ -248,7 +249,7 @@ def mlp_from_state(state, prefix, trailing_relu=False, bn_splits=1):
             o, i_ = state[key + "weight"].shape
             layers.append(tnn.Linear(i_, o, bias=key + "bias" in state))
         else:
-            layers.append(tnn.ReLU())
+            layers.append(act())
     if trailing_relu:
         layers.append(tnn.ReLU())
     return tnn.Sequential(*layers)
@@ -260,6 +261,8 @@ def module_from_state(state, prefix, bn_splits=1):
     container of rebuilt children otherwise. The digits encoders (``*encoder``) flatten the
     images first, end with a ReLU and use the split batch norm of MoCo's config."""
     rest = {k[len(prefix) + 1:] for k in state if k.startswith(prefix + ".")}
+    if "last_layer.weight_v" in rest:
+        return DINOHead(state, prefix)
     if "weight" in rest and state[prefix + ".weight"].ndim == 2:
         o, i = state[prefix + ".weight"].shape
         return tnn.Linear(i, o, bias="bias" in rest)
@@ -342,6 +345,8 @@ def step_loss(name, net, cfg, views, draws, x=None):
     """The loss of one training step of method ``name`` (the official forward passes)."""
     if name in SINGLE_INPUT:
         return single_input_loss(name, net, cfg, x, views, draws)
+    if name in MULTI_CROP:
+        return multicrop_loss(name, net, cfg, list(views[0]))
     v1, v2 = views
     if name == "simclr":           # tf2/model.py: both views as one batch of 2N
         z = net.projector(net.encoder(torch.cat([v1, v2])))
@@ -373,6 +378,8 @@ def step_loss(name, net, cfg, views, draws, x=None):
 
 
 def end_of_step(name, net, cfg, total_steps):
+    if name in MULTI_CROP:
+        return multicrop_end_of_step(name, net, cfg, total_steps)
     if name == "byol":             # tau at step 0 of the cosine schedule, then the EMA
         tau = float(cosine_tau([0], cfg["base_tau"], total_steps)[0])
         ema(net.target_encoder, net.encoder, tau)
@@ -387,8 +394,9 @@ def end_of_step(name, net, cfg, total_steps):
 SINGLE_INPUT = ("autoencoder", "denoising", "vae", "rotation", "ar")
 TRANSFORMERS = ("gpt", "mlm", "mae", "clip", "videomae")
 PIXELS = ("inpainting", "colorization")      # a U-Net, also written over a dict of tensors
+MULTI_CROP = ("dino", "swav")
 METHODS = ("simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg") + SINGLE_INPUT + \
-    TRANSFORMERS + PIXELS + ("pixelcnn", "wavenet", "cpc", "denoising_audio")
+    TRANSFORMERS + PIXELS + ("pixelcnn", "wavenet", "cpc", "denoising_audio") + MULTI_CROP
 
 
 # The gated PixelCNN (van den Oord et al. 2016, figure 2), as a function of its parameters.
@@ -701,6 +709,8 @@ def training_step(meta, stored):
     x = torch.as_tensor(stored[f"in_{meta['inputs'][0]}"])
     loss = step_loss(name, net, meta["config"], views, draws, x)
     loss.backward()
+    if name == "swav" and int(net.step[0]) < meta["config"]["freeze_prototypes_steps"]:
+        net.prototypes.weight.grad = None      # main_swav.py: the prototypes' freeze
     own = dict(net.named_parameters())
     got = {"out": loss.detach().numpy()}
     for k in meta["trained"]:
@@ -711,3 +721,98 @@ def training_step(meta, stored):
     after = net.state_dict()
     got.update({f"after_{k}": after[torch_key(k)].detach().numpy() for k in meta["state"]})
     return got
+
+
+# ----------------------------------------------------------------------------- multi-crop
+# DINO and SwAV: the views arrive stacked (V, B, C, H, W), 2 global then the local ones.
+
+
+def dino_loss(student, teacher, center, student_temp=0.1, teacher_temp=0.04):
+    # facebookresearch/dino main_dino.py DINOLoss.forward: every teacher crop against every
+    # student crop but its own, the mean of the pairs' batch means.
+    total, n = 0, 0
+    for iq, t in enumerate(teacher):
+        q = TF.softmax((t - center) / teacher_temp, dim=-1).detach()
+        for v, s in enumerate(student):
+            if v != iq:
+                total = total + torch.sum(-q * TF.log_softmax(s / student_temp, dim=-1), -1).mean()
+                n += 1
+    return total / n
+
+
+@torch.no_grad()
+def sinkhorn(out, epsilon=0.05, iterations=3):
+    # facebookresearch/swav main_swav.py distributed_sinkhorn, one process.
+    q = torch.exp(out / epsilon).t()                           # (K, B)
+    k, b = q.shape
+    q /= q.sum()
+    for _ in range(iterations):
+        q /= q.sum(dim=1, keepdim=True) * k
+        q /= q.sum(dim=0, keepdim=True) * b
+    return (q * b).t()
+
+
+def swav_loss(scores, temperature=0.1, epsilon=0.05, iterations=3, assign=(0, 1)):
+    # main_swav.py train: codes of the crops_for_assign, predicted by every other crop.
+    loss = 0
+    for i in assign:
+        q = sinkhorn(scores[i].detach(), epsilon, iterations)
+        sub = 0
+        for v in range(len(scores)):
+            if v != i:
+                sub = sub - torch.mean(torch.sum(q * TF.log_softmax(scores[v] / temperature,
+                                                                   dim=1), dim=1))
+        loss = loss + sub / (len(scores) - 1)
+    return loss / len(assign)
+
+
+class DINOHead(tnn.Module):
+    # vision_transformer.py DINOHead: MLP with GELU, L2 normalisation, weight-normalised
+    # last layer (PyTorch's weight_norm: parameters weight_g and weight_v).
+    def __init__(self, state, prefix):
+        super().__init__()
+        self.mlp = mlp_from_state(state, prefix + ".mlp", act=tnn.GELU)
+        k, d = state[prefix + ".last_layer.weight_v"].shape
+        self.last_layer = tnn.utils.weight_norm(tnn.Linear(d, k, bias=False))
+
+    def forward(self, x):
+        return self.last_layer(TF.normalize(self.mlp(x), dim=-1))
+
+
+def multicrop_forward(backbone, views):
+    # utils.py MultiCropWrapper / swav resnet50.forward: one backbone pass per resolution.
+    sizes = torch.tensor([v.shape[-1] for v in views])
+    ends = torch.cumsum(torch.unique_consecutive(sizes, return_counts=True)[1], 0)
+    out, start = [], 0
+    for end in ends.tolist():
+        out.append(backbone(torch.cat(views[start:end])))
+        start = end
+    return torch.cat(out)
+
+
+def multicrop_loss(name, net, cfg, views):
+    b = len(views[0])
+    if name == "dino":             # main_dino.py train_one_epoch
+        student = net.head(multicrop_forward(net.encoder, views)).split(b)
+        with torch.no_grad():
+            teacher = net.teacher_head(multicrop_forward(net.teacher_encoder, views[:2])).split(b)
+        loss = dino_loss(student, teacher, net.center, cfg["student_temp"], cfg["teacher_temp"])
+        with torch.no_grad():       # DINOLoss.update_center
+            m = cfg["center_momentum"]
+            net.center.copy_(net.center * m + torch.cat(teacher).mean(0, keepdim=True) * (1 - m))
+        return loss
+    with torch.no_grad():          # main_swav.py: normalise the prototypes, then forward
+        net.prototypes.weight.copy_(TF.normalize(net.prototypes.weight, dim=1))
+    z = TF.normalize(net.projection_head(multicrop_forward(net.encoder, views)), dim=1)
+    scores = net.prototypes(z).split(b)
+    return swav_loss(scores, cfg["temperature"], cfg["epsilon"], cfg["sinkhorn_iterations"])
+
+
+def multicrop_end_of_step(name, net, cfg, total_steps):
+    if name == "dino":             # the teacher's momentum at step 0 of its cosine schedule
+        m = float(cosine_tau([0], cfg["momentum_teacher"], total_steps)[0])
+        ema(net.teacher_encoder, net.encoder, m)
+        ema(net.teacher_head, net.head, m)
+    else:
+        net.step += 1
+

@@ -14,6 +14,8 @@ data the method holds besides its weights (``meta["constants"]``: CLIP's tokenis
 end-of-text id 1); ``init_<key>`` the state_dict before the step (parameters and buffers, PyTorch's names); ``out`` the loss;
 ``grad_<key>`` the gradient of every trained parameter; ``after_<key>`` the state_dict after
 the step. The widths are tiny (encoder MLP 64-8, heads of 4 to 8) so the files stay small.
+A multi-crop augmentation (DINO, SwAV) returns a list of views of one size (the digits): it
+is stored as ONE view, the V views stacked (V, B, C, H, W).
 
 Randomness is made explicit by two generator classes: ``RecordingGenerator`` records every
 draw the step makes outside the augmentation (the augmentation's outputs are recorded
@@ -141,6 +143,13 @@ def _image_parts(name):
         c = clip.CLIPConfig(embed_dim=4, text_width=8, text_layers=1, text_heads=2,
                             context_length=12)
         return clip.CLIP(shape, [str(i) for i in range(10)], c, enc, 8)
+    if name in ("dino", "swav"):       # multi-crop: 2 global + 2 local views
+        from .methods import dino, swav
+        if name == "dino":
+            return dino.DINO(shape, dino.DINOConfig(out_dim=6, head_hidden=8, bottleneck_dim=4,
+                                                    n_local=2), enc, 8)
+        return swav.SwAV(shape, swav.SwAVConfig(n_prototypes=6, proj_hidden=8, proj_dim=4,
+                                                n_local=2, freeze_prototypes_steps=0), enc, 8)
     if name == "mae":
         return masked.MAE(shape, masked.MAEConfig(patch_size=4, embed_dim=8, depth=1,
                                                   num_heads=2, decoder_embed_dim=8,

@@ -33,6 +33,8 @@ METHODS = {
     "vicreg": ("vicreg", "build", "contrastive: non-contrastive", "images"),
     "clip": ("clip", "build", "contrastive: multimodal", "images"),
     "cpc": ("cpc", "build", "contrastive: predictive coding", "audio"),
+    "dino": ("dino", "build", "contrastive: non-contrastive (self-distillation)", "images"),
+    "swav": ("swav", "build", "contrastive: clustering", "images"),
 }
 
 
@@ -60,6 +62,8 @@ CONFIGS = {
     "vicreg": ("vicreg", "VICRegConfig"),
     "clip": ("clip", "CLIPConfig"),
     "cpc": ("cpc", "CPCConfig"),
+    "dino": ("dino", "DINOConfig"),
+    "swav": ("swav", "SwAVConfig"),
 }
 
 

@@ -1,0 +1,216 @@
+"""DINO and SwAV with multi-crop, in minissl and in PyTorch, probed identically: few-label
+linear-probe accuracy of the frozen encoder (and the collapse diagnostics of the last epoch).
+
+Recipe, the same in both libraries: batch 256 (drop last), Adam 1e-3, the method's defaults
+(``DINOConfig``, ``SwAVConfig``: 2 global + 6 local views). Both get the same augmented views,
+made by the minissl method's multi-crop augmentation from the same seeded generator
+(``bench_digits.batches``), so the comparison is of the training steps. Data:
+
+* ``digits``: the quality-bar MLP encoder 64-256-256 (local views resized back to 8x8);
+* ``shapes``: 1000 training images of 16x16 (``data.shapes(n_train=1000, size=16)``), a
+  small ResNet (``nn.ConvEncoder`` widths 16,32,64), global views 16x16 and local 7x7.
+
+    python benchmarks/bench_multicrop.py --method dino --data digits --epochs 40 --seeds 0 1 2
+    python benchmarks/bench_multicrop.py --method swav --data shapes --epochs 20 --seeds 0 1 2
+    python benchmarks/bench_multicrop.py --raw --data shapes        # raw-pixel probe only
+"""
+import minissl
+
+minissl.runtime.tune()   # the process settings of a training loop (minissl/runtime.py)
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from minissl import data, methods, optim, random
+from minissl.methods.base import build_encoder, cosine_tau
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_digits import batches, probe  # noqa: E402
+
+LABELS = (1, 5, 10)
+SHAPES_WIDTHS = (16, 32, 64)
+
+
+def load(name):
+    if name == "digits":
+        return data.digits()
+    return data.shapes(n_train=1000, n_test=500, size=16, seed=0)
+
+
+def build(method, d):
+    """The minissl method of the recipe (the encoder by data set, as the module says)."""
+    if d.name == "shapes":
+        enc, dim = build_encoder("resnet", d.image_shape, SHAPES_WIDTHS)
+        return methods.build(method, d, encoder=enc, feature_dim=dim)
+    return methods.build(method, d)
+
+
+def minissl_run(method, d, epochs, seed):
+    random.manual_seed(seed)
+    m = build(method, d)
+    opt = optim.Adam(m.trainable_parameters(), lr=1e-3)
+    total = epochs * (len(d.train_x) // 256)
+    for step, rng, x in batches(d, epochs, seed):
+        opt.zero_grad()
+        loss, metrics = m.training_step(x, rng)
+        loss.backward()
+        opt.step()
+        m.on_step_end(step, total)
+    return m.features, metrics
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+
+def torch_nets(method, d, cfg):
+    import torch.nn as tnn
+
+    def mlp(*dims, act=tnn.ReLU, bn=True, last_plain=True):
+        layers = []
+        for i in range(len(dims) - 1):
+            layers.append(tnn.Linear(dims[i], dims[i + 1]))
+            if not (last_plain and i == len(dims) - 2):
+                layers += ([tnn.BatchNorm1d(dims[i + 1])] if bn else []) + [act()]
+        return tnn.Sequential(*layers)
+
+    def block(i, o, s):          # nn.BasicBlock
+        class Block(tnn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body = tnn.Sequential(tnn.Conv2d(i, o, 3, s, 1, bias=False),
+                                           tnn.BatchNorm2d(o), tnn.ReLU(),
+                                           tnn.Conv2d(o, o, 3, 1, 1, bias=False),
+                                           tnn.BatchNorm2d(o))
+                self.skip = (tnn.Sequential(tnn.Conv2d(i, o, 1, s, bias=False),
+                                            tnn.BatchNorm2d(o)) if s != 1 or i != o else None)
+
+            def forward(self, x):
+                return (self.body(x) + (x if self.skip is None else self.skip(x))).relu()
+        return Block()
+
+    if d.name == "shapes":       # nn.ConvEncoder
+        w = SHAPES_WIDTHS
+        enc = tnn.Sequential(tnn.Conv2d(3, w[0], 3, 1, 1, bias=False), tnn.BatchNorm2d(w[0]),
+                             tnn.ReLU(), block(w[0], w[0], 1), block(w[0], w[1], 2),
+                             block(w[1], w[2], 2), tnn.AdaptiveAvgPool2d(1), tnn.Flatten())
+        dim = w[-1]
+    else:
+        enc, dim = tnn.Sequential(tnn.Flatten(), mlp(64, 256, 256, last_plain=False)), 256
+    if method == "dino":
+        head = mlp(dim, cfg.head_hidden, cfg.head_hidden, cfg.bottleneck_dim, act=tnn.GELU,
+                   bn=cfg.use_bn_in_head)
+        for m in head.modules():
+            if isinstance(m, tnn.Linear):            # DINOHead._init_weights
+                tnn.init.trunc_normal_(m.weight, std=0.02)
+                tnn.init.zeros_(m.bias)
+        last = tnn.utils.weight_norm(tnn.Linear(cfg.bottleneck_dim, cfg.out_dim, bias=False))
+        last.weight_g.data.fill_(1)
+        last.weight_g.requires_grad = False
+        return enc, tnn.ModuleDict({"mlp": head, "last": last})
+    return enc, tnn.ModuleDict({"proj": mlp(dim, cfg.proj_hidden, cfg.proj_dim),
+                                "protos": tnn.Linear(cfg.proj_dim, cfg.n_prototypes,
+                                                     bias=False)})
+
+
+def torch_run(method, d, epochs, seed):
+    import torch
+    import torch.nn.functional as TF
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                    "examples"))
+    from torch_port import dino_loss, multicrop_forward, sinkhorn, swav_loss
+    torch.manual_seed(seed)
+    transform = build(method, d).transform        # the same multi-crop views as minissl's
+    cfg = methods.config_class(method)()
+    enc, head = torch_nets(method, d, cfg)
+    params = [p for p in list(enc.parameters()) + list(head.parameters()) if p.requires_grad]
+    opt = torch.optim.Adam(params, 1e-3)
+    if method == "dino":
+        t_enc, t_head = torch_nets(method, d, cfg)     # (weight_norm defeats deepcopy)
+        t_enc.load_state_dict(enc.state_dict())
+        t_head.load_state_dict(head.state_dict())
+        for p in list(t_enc.parameters()) + list(t_head.parameters()):
+            p.requires_grad = False
+        center = torch.zeros(1, cfg.out_dim)
+        dino_out = lambda e, h, v: h["last"](TF.normalize(h["mlp"](  # noqa: E731
+            multicrop_forward(e, v)), dim=-1)).split(len(v[0]))
+    total = epochs * (len(d.train_x) // 256)
+    for step, rng, x in batches(d, epochs, seed):
+        views = [torch.from_numpy(v) for v in transform(x, rng)]
+        opt.zero_grad()
+        if method == "dino":
+            student = dino_out(enc, head, views)
+            with torch.no_grad():
+                teacher = dino_out(t_enc, t_head, views[:2])
+            loss = dino_loss(student, teacher, center, cfg.student_temp, cfg.teacher_temp)
+            with torch.no_grad():
+                t = torch.cat(teacher)
+                p = TF.softmax((t - center) / cfg.teacher_temp, dim=1)
+                metrics = {"teacher_entropy": float(-(p * p.clamp_min(1e-30).log()).sum(1)
+                                                    .mean())}
+                center = center * cfg.center_momentum + t.mean(0, keepdim=True) * (
+                    1 - cfg.center_momentum)
+        else:
+            with torch.no_grad():
+                head["protos"].weight.copy_(TF.normalize(head["protos"].weight, dim=1))
+            z = TF.normalize(head["proj"](multicrop_forward(enc, views)), dim=1)
+            scores = head["protos"](z).split(len(views[0]))
+            loss = swav_loss(scores, cfg.temperature, cfg.epsilon, cfg.sinkhorn_iterations)
+            s = torch.cat(scores[:2]).detach()
+            counts = torch.bincount(s.argmax(1), minlength=s.shape[1]).double() / len(s)
+            nz = counts[counts > 0]
+            metrics = {"assignment_entropy": float(-(nz * nz.log()).sum())}
+            del s
+        loss.backward()
+        if method == "swav" and step < cfg.freeze_prototypes_steps:
+            head["protos"].weight.grad = None
+        opt.step()
+        if method == "dino":
+            m = cosine_tau(cfg.momentum_teacher, step, total)
+            with torch.no_grad():
+                for tgt, src in ((t_enc, enc), (t_head, head)):
+                    for pt, po in zip(tgt.parameters(), src.parameters()):
+                        pt.mul_(m).add_(po, alpha=1 - m)
+                    for bt, bo in zip(tgt.buffers(), src.buffers()):
+                        bt.copy_(bo)
+
+    def features(x):
+        enc.eval()
+        with torch.no_grad():
+            return enc(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+    return features, metrics
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--method", choices=("dino", "swav"), default="dino")
+    ap.add_argument("--data", choices=("digits", "shapes"), default="digits")
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--libs", nargs="+", default=["minissl", "pytorch"])
+    ap.add_argument("--raw", action="store_true", help="probe the raw pixels only")
+    args = ap.parse_args()
+    d = load(args.data)
+    if args.raw:
+        flat = lambda x: x.reshape(len(x), -1)   # noqa: E731
+        print("raw pixels probe 1/5/10:", " ".join(f"{a:.3f}" for a in probe(flat, d, LABELS)))
+        return
+    runs = {"minissl": minissl_run, "pytorch": torch_run}
+    accs = {lib: [] for lib in args.libs}
+    for seed in args.seeds:
+        for lib in args.libs:
+            features, metrics = runs[lib](args.method, d, args.epochs, seed)
+            accs[lib].append(probe(features, d, LABELS))
+            diag = " ".join(f"{k}={v:.3f}" for k, v in metrics.items())
+            print(f"{lib:8s} {args.method} {args.data} seed {seed}: probe 1/5/10 "
+                  + " ".join(f"{a:.3f}" for a in accs[lib][-1]) + f"   {diag}", flush=True)
+    for lib in args.libs:
+        a = np.array(accs[lib])
+        print(f"{lib:8s} {args.method} {args.data} over {len(a)} seed(s): probe 1/5/10 "
+              + " ".join(f"{m:.3f}±{s:.3f}" for m, s in zip(a.mean(0), a.std(0))))
+
+
+if __name__ == "__main__":
+    main()
