@@ -24,6 +24,10 @@ METHODS = {
     "barlow_twins": ("barlow_twins", "build", "contrastive: non-contrastive", "images"),
     "vicreg": ("vicreg", "build", "contrastive: non-contrastive", "images"),
     "clip": ("clip", "build", "contrastive: multimodal", "images"),
+    # issue 18: NNCLR, MoCo v3, SimMIM
+    "nnclr": ("nnclr", "build", "contrastive: instance discrimination", "images"),
+    "mocov3": ("mocov3", "build", "contrastive: instance discrimination", "images"),
+    "simmim": ("simmim", "build", "self-predictive: masking", "images"),
 }
 
 
@@ -44,6 +48,10 @@ CONFIGS = {
     "barlow_twins": ("barlow_twins", "BarlowTwinsConfig"),
     "vicreg": ("vicreg", "VICRegConfig"),
     "clip": ("clip", "CLIPConfig"),
+    # issue 18: NNCLR, MoCo v3, SimMIM
+    "nnclr": ("nnclr", "NNCLRConfig"),
+    "mocov3": ("mocov3", "MoCoV3Config"),
+    "simmim": ("simmim", "SimMIMConfig"),
 }
 
 
