@@ -71,6 +71,9 @@ class MoCoV3(SSLMethod):
                  transform=None):
         super().__init__()
         c = self.config = config or MoCoV3Config()
+        if not c.temperature > 0 or not 0 <= c.base_momentum <= 1:
+            raise ValueError(f"MoCoV3: temperature must be positive and base_momentum in "
+                             f"[0, 1], got {c.temperature} and {c.base_momentum}")
         vit = encoder is None
         if vit:
             C, H, W = image_shape

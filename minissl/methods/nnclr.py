@@ -56,8 +56,9 @@ class NNCLR(TwoViewMethod):
                  transform=None, rng=None):
         super().__init__(image_shape, encoder, feature_dim, transform)
         c = self.config = config or NNCLRConfig()
-        if c.queue_size < 1:
-            raise ValueError(f"NNCLR: queue_size must be at least 1, got {c.queue_size}")
+        if c.queue_size < 1 or not c.temperature > 0:
+            raise ValueError(f"NNCLR: queue_size must be at least 1 and temperature positive, "
+                             f"got {c.queue_size} and {c.temperature}")
         self.projector = projection_head((self.feature_dim, c.proj_hidden, c.proj_hidden,
                                           c.proj_dim), out_bn="affine")           # g
         self.predictor = projection_head((c.proj_dim, c.pred_hidden, c.proj_dim))  # q

@@ -231,3 +231,15 @@ def test_cli_list_shows_the_settings(capsys):
     assert cli.main(["list", "mocov3"]) == 0
     out = capsys.readouterr().out
     assert "base_momentum" in out and "freeze_patch_embed" in out
+
+
+@pytest.mark.parametrize("name,bad,match", [
+    ("nnclr", {"temperature": 0.0}, "NNCLR: queue_size must be at least 1 and temperature"),
+    ("nnclr", {"queue_size": 0}, "NNCLR: queue_size"),
+    ("mocov3", {"base_momentum": 1.5}, "MoCoV3: temperature must be positive and base_mom"),
+    ("mocov3", {"temperature": -1.0}, "MoCoV3: temperature"),
+    ("simmim", {"mask_ratio": 1.0}, "SimMIM: mask_ratio"),
+    ("simmim", {"mask_patch_size": 3}, "SimMIM: needs square images")])
+def test_bad_settings_fail_at_build_with_the_method_named(name, bad, match, digits):
+    with pytest.raises(ValueError, match=match):
+        methods.build(name, digits, **bad)
