@@ -18,7 +18,8 @@ then computes the keys under no_grad. m follows a cosine from base_momentum at s
 at the end, m_k = 1 - (1 - m_0)(cos(pi k / K) + 1) / 2 (``adjust_moco_momentum``, evaluated
 per iteration); it is kept in the buffer ``momentum`` so a resumed run continues the schedule.
 The heads are the official ``_build_mlp``: bias-free Linears, BN - ReLU after the hidden ones,
-the projector ending in a BatchNorm without affine (SimCLR's design), the predictor not.
+the projector ending in a BatchNorm without affine (SimCLR's design); the predictor too with
+the ViT (``MoCo_ViT``), not with another backbone (``MoCo_ResNet``'s ``last_bn=False``).
 
 The backbone is a ViT (the paper's subject; the blocks, patch embedding and fixed sin-cos
 positions of ``masked.ViTEncoder``) whose patch projection is frozen at its random init (the
@@ -95,7 +96,8 @@ class MoCoV3(SSLMethod):
                                          + (c.proj_dim,), hidden_bias=False, out_bias=False,
                                          out_bn="plain")                     # g
         self.predictor = projection_head((c.proj_dim, c.proj_hidden, c.proj_dim),
-                                         hidden_bias=False, out_bias=False)  # q
+                                         hidden_bias=False, out_bias=False,
+                                         out_bn="plain" if vit else None)   # q
         self.momentum_encoder = frozen_copy(self.encoder)                    # f' (EMA of f)
         self.momentum_projector = frozen_copy(self.projector)                # g' (EMA of g)
         self.register_buffer("momentum", np.array([c.base_momentum]))       # this step's m

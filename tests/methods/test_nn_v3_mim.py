@@ -94,13 +94,16 @@ def test_mocov3_heads_and_frozen_patch_projection_as_official(digits):
     assert kinds == ["Linear", "BatchNorm1d", "ReLU"] * 2 + ["Linear", "BatchNorm1d"]
     assert all(layer.bias is None for layer in m.projector if type(layer) is nn.Linear)
     assert m.projector[-1].weight is None                           # affine=False
+    # MoCo_ViT's predictor ends with BN(affine=False) too, MoCo_ResNet's does not.
     assert [type(layer).__name__ for layer in m.predictor] == ["Linear", "BatchNorm1d",
-                                                                 "ReLU", "Linear"]
+                                                                 "ReLU", "Linear", "BatchNorm1d"]
+    assert m.predictor[-1].weight is None
     trained = {id(p) for p in m.trainable_parameters()}
     assert all(id(p) not in trained for p in m.encoder.patch_embed.parameters())
     assert all(id(p) not in trained for p in m.momentum_encoder.parameters())
     mlp = methods.build("mocov3", digits, encoder=nn.MLPEncoder(64, (32,)), feature_dim=32)
     assert sum(type(layer) is nn.Linear for layer in mlp.projector) == 2   # ResNet recipe
+    assert type(mlp.predictor[-1]) is nn.Linear
 
 
 def test_mocov3_momentum_network_moves_only_by_the_scheduled_ema(digits):
