@@ -2,6 +2,7 @@
 support set, the momentum network, the visible pixels); the support set and the momentum
 follow their official updates; the state (queue, momentum) survives a state_dict round trip
 and a killed-and-resumed CLI run bitwise."""
+import json
 import math
 
 import numpy as np
@@ -246,3 +247,14 @@ def test_cli_list_shows_the_settings(capsys):
 def test_bad_settings_fail_at_build_with_the_method_named(name, bad, match, digits):
     with pytest.raises(ValueError, match=match):
         methods.build(name, digits, **bad)
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_pretrains_on_shapes_from_the_cli_with_collapse_diagnostics(name, tmp_path, capsys):
+    sets = [a for k, v in SMALL[name].items() for a in ("--set", f"{k}={v}")]
+    out = tmp_path / name
+    assert cli.main(["pretrain", name, "--data", "shapes", "--image-size", "8", "--limit", "32",
+                     "--batch-size", "16", "--epochs", "1", "--no-progress", "--no-plots",
+                     "--out", str(out), *sets]) == 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert np.isfinite(record["loss"]) and record["embedding_std"] > 0
