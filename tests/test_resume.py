@@ -27,7 +27,7 @@ SETTINGS = {"images": IMAGES,
             "series": ["--data", "ar", "--batch-size", "32", "--limit", "64"]}
 COMMON = ["--no-progress", "--no-plots", "--seed", "5"]
 ALL = list(methods.METHODS)
-TOTAL_DEPENDENT = ["byol"]   # schedules over the whole run: a new --epochs is refused
+TOTAL_DEPENDENT = ["byol", "mocov3"]   # schedules over the whole run: a new --epochs is refused
 
 
 def args_for(method, epochs, out, *extra):
