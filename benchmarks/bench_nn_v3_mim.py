@@ -52,9 +52,8 @@ def load(name):
 def build(method, d):
     if method == "simmim":   # patch 2 on the 8x8 digits, 4 on the 16 px shapes: 16 tokens
         return methods.build("simmim", d, patch_size=d.image_shape[1] // 4, **VIT)
-    if method == "mocov3":
-        return methods.build("mocov3", d, encoder=build_encoder("mlp", d.image_shape)[0])
-    return methods.build("nnclr", d)
+    # The MLP encoder on both data sets (the default on the RGB shapes would be a ConvEncoder).
+    return methods.build(method, d, encoder=build_encoder("mlp", d.image_shape)[0])
 
 
 def minissl_run(d, epochs, method, seed):
