@@ -42,9 +42,11 @@ def batches(d, epochs, seed):
                    d.train_x[order[i * BATCH:(i + 1) * BATCH]])
 
 
-def minissl_run(d, epochs, method="simclr", seed=0):
+def minissl_run(d, epochs, method="simclr", seed=0, build=methods.build):
+    """``build(method, d)`` makes the method (after the seed); returns (seconds, final loss,
+    the trained method's ``features``)."""
     random.manual_seed(seed)
-    m = nn.fuse(methods.build(method, d))       # BatchNorm + ReLU as one op
+    m = nn.fuse(build(method, d))               # BatchNorm + ReLU as one op
     opt = optim.Adam(m.trainable_parameters(), lr=1e-3)
     total = epochs * (len(d.train_x) // BATCH)
     t0 = time.perf_counter()

@@ -106,9 +106,39 @@ def cpc_loss(predictions, z):
     return total / K
 
 
+# NNCLR, MoCo v3, SimMIM
+
+def nnclr_loss(neighbours, predictions, temperature=0.1):
+    # NNCLR (Dwibedi et al. 2021, eq. 2; solo-learn losses/nnclr.py): each neighbour picks
+    # its image's prediction among the batch's; the neighbours come from a buffer.
+    nn = TF.normalize(neighbours.detach(), dim=-1)
+    p = TF.normalize(predictions, dim=-1)
+    return TF.cross_entropy(nn @ p.T / temperature, torch.arange(len(nn)))
+
+
+def mocov3_loss(query, key, temperature=1.0):
+    # MoCo v3 (moco-v3 builder.py, contrastive_loss): in-batch InfoNCE scaled by 2T.
+    q, k = TF.normalize(query, dim=1), TF.normalize(key, dim=1)
+    logits = torch.einsum("nc,mc->nm", q, k) / temperature
+    return TF.cross_entropy(logits, torch.arange(len(q))) * (2 * temperature)
+
+
+def simmim_loss(pred, target, mask):
+    # SimMIM (models/simmim.py, SimMIM.forward): L1 on the masked pixels, per channel.
+    m = mask.unsqueeze(1)
+    err = TF.l1_loss(target.detach(), pred, reduction="none")
+    return (err * m).sum() / (m.sum() + 1e-5) / pred.shape[1]
+
+
+def nearest_neighbours(z, support):
+    # lightly NNMemoryBankModule / solo-learn find_nn: the most cosine-similar support row.
+    sim = TF.normalize(z, dim=1) @ TF.normalize(support, dim=1).T
+    return support[sim.argmax(dim=1)]
+
+
 LOSSES = {f.__name__: f for f in (nt_xent, info_nce, clip_loss, byol_loss, simsiam_loss,
                                   barlow_twins_loss, vicreg_loss, kl_normal, mae_loss,
-                                  cpc_loss)}
+                                  cpc_loss, nnclr_loss, mocov3_loss, simmim_loss)}
 
 
 def gated_tanh(input, dim=1):
@@ -203,7 +233,8 @@ def mu_law_decoding(x_mu, quantization_channels):
 DATA_OPS = {"random_masking": random_masking, "patchify": patchify, "unpatchify": unpatchify,
             "sincos_pos_embed_2d": sincos_pos_embed_2d, "bert_masking": bert_masking,
             "cosine_tau": cosine_tau, "cosine_warmup_lr": cosine_warmup_lr,
-            "mu_law_encoding": mu_law_encoding, "mu_law_decoding": mu_law_decoding}
+            "mu_law_encoding": mu_law_encoding, "mu_law_decoding": mu_law_decoding,
+            "nearest_neighbours": nearest_neighbours}
 
 # ----------------------------------------------------------------------------- methods
 
@@ -368,7 +399,26 @@ def step_loss(name, net, cfg, views, draws, x=None):
             t1 = net.target_projector(net.target_encoder(v1))
             t2 = net.target_projector(net.target_encoder(v2))
         return byol_loss(p1, t2) + byol_loss(p2, t1)
+    if name == "mocov3":           # moco-v3 builder.py forward: momentum update, then keys
+        q1 = net.predictor(net.projector(net.encoder(v1)))
+        q2 = net.predictor(net.projector(net.encoder(v2)))
+        with torch.no_grad():
+            m = float(net.momentum[0])
+            ema(net.momentum_encoder, net.encoder, m)
+            ema(net.momentum_projector, net.projector, m)
+            k1 = net.momentum_projector(net.momentum_encoder(v1))
+            k2 = net.momentum_projector(net.momentum_encoder(v2))
+        t = cfg["temperature"]
+        return mocov3_loss(q1, k2, t) + mocov3_loss(q2, k1, t)
     z1, z2 = net.projector(net.encoder(v1)), net.projector(net.encoder(v2))
+    if name == "nnclr":            # solo-learn nnclr.py training_step
+        p1, p2 = net.predictor(z1), net.predictor(z2)
+        z1, z2 = TF.normalize(z1, dim=-1), TF.normalize(z2, dim=-1)
+        nn1 = net.queue[(z1 @ TF.normalize(net.queue, dim=1).T).max(dim=1)[1]]
+        nn2 = net.queue[(z2 @ TF.normalize(net.queue, dim=1).T).max(dim=1)[1]]
+        net.keys = z1.detach()
+        t = cfg["temperature"]
+        return nnclr_loss(nn1, p2, t) / 2 + nnclr_loss(nn2, p1, t) / 2
     if name == "simsiam":          # simsiam/builder.py + main_simsiam.py criterion
         p1, p2 = net.predictor(z1), net.predictor(z2)
         return 0.5 * (simsiam_loss(p1, z2) + simsiam_loss(p2, z1))
@@ -384,7 +434,9 @@ def end_of_step(name, net, cfg, total_steps):
         tau = float(cosine_tau([0], cfg["base_tau"], total_steps)[0])
         ema(net.target_encoder, net.encoder, tau)
         ema(net.target_projector, net.projector, tau)
-    if name == "moco":             # _dequeue_and_enqueue
+    if name == "mocov3":           # adjust_moco_momentum for the next step
+        net.momentum[0] = cosine_tau([1], cfg["base_momentum"], total_steps)[0]
+    if name in ("moco", "nnclr"):  # _dequeue_and_enqueue
         with torch.no_grad():
             ptr, b = int(net.queue_ptr[0]), len(net.keys)
             net.queue[ptr:ptr + b] = net.keys
@@ -392,11 +444,12 @@ def end_of_step(name, net, cfg, total_steps):
 
 
 SINGLE_INPUT = ("autoencoder", "denoising", "vae", "rotation", "ar")
-TRANSFORMERS = ("gpt", "mlm", "mae", "clip", "videomae")
+TRANSFORMERS = ("gpt", "mlm", "mae", "clip", "videomae", "simmim")
 PIXELS = ("inpainting", "colorization")      # a U-Net, also written over a dict of tensors
 MULTI_CROP = ("dino", "swav")
 METHODS = ("simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg") + SINGLE_INPUT + \
-    TRANSFORMERS + PIXELS + ("pixelcnn", "wavenet", "cpc", "denoising_audio") + MULTI_CROP
+    TRANSFORMERS + PIXELS + ("pixelcnn", "wavenet", "cpc", "denoising_audio") + MULTI_CROP + \
+    ("nnclr", "mocov3")
 
 
 # The gated PixelCNN (van den Oord et al. 2016, figure 2), as a function of its parameters.
@@ -548,6 +601,8 @@ def transformer_loss(name, P, cfg, x, views, draws):
         h = TF.layer_norm(h, (h.shape[-1],), P["head.2.weight"], P["head.2.bias"])
         logits = TF.linear(h, P["head.3.weight"], P["head.3.bias"])
         return TF.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    if name == "simmim":
+        return simmim_step_loss(P, cfg, views, draws)
     # MAE (models_mae.py): patch embedding + fixed positions, keep the patches of the given
     # noise, encoder, decoder with mask tokens in the original order, loss on removed patches.
     imgs, p = views[0], cfg["patch_size"]
@@ -651,6 +706,32 @@ def pixel_loss(name, P, cfg, x, draws):
     inp = torch.cat([x * (1 - mask) + P["fill"] * mask, mask], dim=1)
     out = torch.sigmoid(unet(P, inp, levels))
     return (((out - x) ** 2) * mask).sum() / (mask.sum() * x.shape[1])
+
+
+def simmim_step_loss(P, cfg, views, draws):
+    """SimMIM (models/simmim.py + data_simmim.py MaskGenerator): one permutation per image
+    masks ceil(ratio r^2) of its r x r squares; the mask token replaces the masked patch
+    embeddings before the positions; a 1x1 conv + PixelShuffle predicts the pixels."""
+    imgs, p = views[0], cfg["patch_size"]
+    B, C, H, _ = imgs.shape
+    r, s = H // cfg["mask_patch_size"], cfg["mask_patch_size"] // p
+    count = math.ceil(r * r * cfg["mask_ratio"])
+    mask = torch.zeros(B, r * r)
+    for b in range(B):
+        mask[b, draws[b][:count]] = 1
+    mask = mask.reshape(B, r, r).repeat_interleave(s, 1).repeat_interleave(s, 2)  # (B, g, g)
+    e = TF.conv2d(imgs, P["encoder.patch_embed.proj.weight"],
+                  P["encoder.patch_embed.proj.bias"], stride=p).flatten(2).transpose(1, 2)
+    w = mask.flatten(1).unsqueeze(-1).to(e.dtype)
+    e = e * (1 - w) + P["encoder.mask_token"] * w + P["encoder.pos_embed"]
+    for i in range(cfg["depth"]):
+        e = block(P, f"encoder.blocks.{i}.", e, cfg["num_heads"], False)
+    e = TF.layer_norm(e, (e.shape[-1],), P["encoder.norm.weight"], P["encoder.norm.bias"])
+    g = H // p
+    z = e.transpose(1, 2).reshape(B, -1, g, g)
+    x_rec = TF.pixel_shuffle(TF.conv2d(z, P["decoder.0.weight"], P["decoder.0.bias"]), p)
+    pixel_mask = mask.repeat_interleave(p, 1).repeat_interleave(p, 2).to(imgs.dtype)
+    return simmim_loss(x_rec, imgs, pixel_mask)
 
 
 def transformer_step(meta, stored):

@@ -174,6 +174,21 @@ def _cases():
         add("scaled_dot_product_attention", {"is_causal": causal},
             {"query": q, "key": k, "value": v}, tag="_causal" if causal else "")
     _data_cases(r, cases)
+    # NNCLR, MoCo v3, SimMIM (issue 18), from their own generator: the cases above keep
+    # their inputs.
+    r = np.random.default_rng(18)
+    for n, d in ((4, 3), (8, 5)):
+        z1, z2 = _f(r, n, d), _f(r, n, d)
+        add("nnclr_loss", {"temperature": 0.1}, {"neighbours": z1, "predictions": z2})
+        add("mocov3_loss", {"temperature": 0.2}, {"query": z1, "key": z2})
+    for b, c, hw in ((2, 1, 4), (3, 2, 6)):
+        mask = (r.random((b, hw, hw)) < 0.6).astype(np.float64)
+        add("simmim_loss", {}, {"pred": _f(r, b, c, hw, hw), "target": _f(r, b, c, hw, hw),
+                                "mask": mask}, ["pred", "target"])
+    add("nnclr_loss", {"temperature": 0.01}, {"neighbours": _f(r, 6, 4),
+                                              "predictions": _f(r, 6, 4)}, tag="_lowtemp")
+    cases.append(("nearest_neighbours_5_from_9", "nearest_neighbours", {},
+                  {"z": _f(r, 5, 4), "support": _f(r, 9, 4)}, [], ["z", "support"]))
     names = [c[0] for c in cases]
     assert len(set(names)) == len(names), "conformance: two cases share a name"
     return cases
@@ -244,6 +259,8 @@ DATA_OPS = {
     "mu_law_decoding": (lambda x_mu, quantization_channels: F.mu_law_decoding(
         x_mu, quantization_channels).numpy(), ["x"]),
     "cosine_tau": (_cosine_tau, ["tau"]),
+    "nearest_neighbours": (lambda z, support: losses.nearest_neighbours(
+        tensor(z), tensor(support)).numpy(), ["neighbours"]),
     "cosine_warmup_lr": (_cosine_warmup_lr, ["lr"]),
 }
 
@@ -317,7 +334,8 @@ def _write_npz(path, arrays):
 # Inputs that the formula detaches: their stored gradient is zeros (a port that forgets the
 # stop-gradient fails on it).
 STOP_GRADIENT = {"byol_loss": ["target"], "simsiam_loss": ["target"],
-                 "info_nce": ["negatives"]}
+                 "info_nce": ["negatives"], "nnclr_loss": ["neighbours"],
+                 "simmim_loss": ["target"]}
 
 
 def _meta(op, kwargs, inputs, diff, args):

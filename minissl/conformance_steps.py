@@ -121,6 +121,7 @@ def _image_parts(name):
     from .methods import autoencoder as ae
     from .methods import (barlow_twins, byol, clip, masked, moco, rotation, simclr, simsiam,
                           vicreg)
+    from .methods import mocov3, nnclr, simmim
     shape = (1, 8, 8)
     enc = nn.MLPEncoder(64, (8,))
     if name == "simclr":
@@ -150,6 +151,14 @@ def _image_parts(name):
                                                     n_local=2), enc, 8)
         return swav.SwAV(shape, swav.SwAVConfig(n_prototypes=6, proj_hidden=8, proj_dim=4,
                                                 n_local=2, freeze_prototypes_steps=0), enc, 8)
+    if name == "nnclr":
+        c = nnclr.NNCLRConfig(queue_size=32, proj_hidden=8, proj_dim=4, pred_hidden=8)
+        return nnclr.NNCLR(shape, c, enc, 8)
+    if name == "mocov3":   # the MLP encoder (its ViT is MAE's, in mae_training_step)
+        return mocov3.MoCoV3(shape, mocov3.MoCoV3Config(proj_hidden=8, proj_dim=4), enc, 8)
+    if name == "simmim":   # 2x2 patches, masked in squares of 4x4 pixels
+        return simmim.SimMIM(shape, simmim.SimMIMConfig(patch_size=2, mask_patch_size=4,
+                                                        embed_dim=8, depth=1, num_heads=2))
     if name == "mae":
         return masked.MAE(shape, masked.MAEConfig(patch_size=4, embed_dim=8, depth=1,
                                                   num_heads=2, decoder_embed_dim=8,

@@ -6,14 +6,16 @@
 
 The families (see docs/design.md for the taxonomy):
 
-* contrastive, instance discrimination: ``nt_xent`` (SimCLR), ``info_nce`` (MoCo)
+* contrastive, instance discrimination: ``nt_xent`` (SimCLR), ``info_nce`` (MoCo),
+  ``nnclr_loss`` with ``nearest_neighbours`` (NNCLR), ``mocov3_loss`` (MoCo v3)
 * contrastive, predictive coding: ``cpc_loss`` (CPC / wav2vec: future frames of a sequence)
 * contrastive, multimodal: ``clip_loss`` (CLIP)
 * non-contrastive: ``byol_loss`` (BYOL), ``simsiam_loss`` (SimSiam), ``barlow_twins_loss``
   (Barlow Twins), ``vicreg_loss`` (VICReg)
 * self-distillation and clustering, over multi-crop lists: ``dino_loss`` with
   ``dino_update_center`` (DINO), ``swav_loss`` with ``sinkhorn_knopp`` (SwAV)
-* self-predictive: ``kl_normal`` (the VAE's KL term), ``mae_loss`` (masked autoencoder)
+* self-predictive: ``kl_normal`` (the VAE's KL term), ``mae_loss`` (masked autoencoder),
+  ``simmim_loss`` (SimMIM)
 * diagnostics: ``alignment`` and ``uniformity`` (Wang & Isola 2020)
 
 Every loss is composed of differentiable primitives (``minissl.functional`` and Tensor
@@ -41,8 +43,9 @@ from .ops.shape import cat
 
 __all__ = ["nt_xent", "info_nce", "clip_loss", "byol_loss", "simsiam_loss",
            "barlow_twins_loss", "vicreg_loss", "kl_normal", "mae_loss", "alignment",
-           "uniformity",
-           "dino_loss", "dino_update_center", "sinkhorn_knopp", "swav_loss"]
+           "uniformity", "cpc_loss",
+           "dino_loss", "dino_update_center", "sinkhorn_knopp", "swav_loss",
+           "nearest_neighbours", "nnclr_loss", "mocov3_loss", "simmim_loss"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -505,3 +508,137 @@ def uniformity(z, t=2):
     # constant (its gradient would cancel exactly), so it is taken from the data.
     m = Tensor(energy.data.max(keepdims=True).reshape(()))
     return (energy - m).exp().mean().log() + m
+
+
+# ------------------------------------------------------------------------------------------
+# NNCLR, MoCo v3, SimMIM
+# ------------------------------------------------------------------------------------------
+
+def nearest_neighbours(z, support):
+    r"""NNCLR's support-set lookup: for each row of z, the row of ``support`` nearest in cosine.
+
+        NN(z_i) = support[j*],   j* = argmax_j  z_i . s_j / (|z_i| |s_j|)
+
+    Returns the support rows as stored (not re-normalised), a new Tensor (N, D) with NO
+    gradient: the support set is a queue of earlier batches' embeddings, and the paper
+    backpropagates only through the other view's prediction. Ties go to the smallest j; an
+    all-zero z_i (cosine 0 with every row) picks row 0.
+
+    Shapes: z (N, D), support (Q, D). Returns (N, D).
+
+    Paper: Dwibedi, Aytar, Tompson, Sermanet, Zisserman, "With a Little Help from My Friends:
+    Nearest-Neighbor Contrastive Learning of Visual Representations", ICCV 2021, eq. (2)
+    (no official code). As lightly's ``NNMemoryBankModule`` (``lightly/models/modules/
+    nn_memory_bank.py``: normalise both, ``einsum`` similarity, ``argmax``, index the bank)
+    and solo-learn's ``NNCLR.find_nn`` (``solo/methods/nnclr.py``).
+    """
+    fn = "nearest_neighbours"
+    _check_matrix(fn, "z", z)
+    _check_matrix(fn, "support", support)
+    if support.shape[1] != z.shape[1] or support.dtype != z.dtype:
+        raise ValueError(f"nearest_neighbours: support must be (Q, D) with the D and dtype of "
+                         f"z; got z {z.shape} {z.dtype} and support {support.shape} "
+                         f"{support.dtype}")
+    xp = get_array_module(z.data)
+    zn = F.normalize(z.detach(), dim=1).data                   # (N, D)
+    sn = F.normalize(support.detach(), dim=1).data             # (Q, D)
+    idx = xp.argmax(zn @ sn.T, axis=1)                         # (N,) first maximum
+    return Tensor(support.data[idx])                           # (N, D), a constant
+
+
+def nnclr_loss(neighbours, predictions, temperature=0.1):
+    r"""NNCLR's contrastive loss: each nearest neighbour must pick its image's prediction.
+
+    With u_i = NN(z_i)/|NN(z_i)| (the support-set neighbour of view 1's projection) and
+    p_j = p_j^+/|p_j^+| (view 2's predictions), an N-way classification per neighbour:
+
+        l_i  = -log  exp(u_i . p_i / T) / sum_k exp(u_i . p_k / T)
+        loss = 1/N sum_i l_i
+
+    ``neighbours`` is detached (they come from the support queue). The paper symmetrises,
+    (nnclr_loss(NN(z1), p2) + nnclr_loss(NN(z2), p1)) / 2, in the training step. Unlike
+    ``nt_xent``, the negatives are the other images' predictions only (N - 1, not 2N - 2).
+
+    Shapes: neighbours, predictions (N, D), N >= 2. Returns a scalar.
+
+    Paper: Dwibedi et al., ICCV 2021 (see ``nearest_neighbours``), eq. (2). Checked against
+    solo-learn's ``nnclr_loss_func`` (``solo/losses/nnclr.py``: ``nn @ p.T / temperature``,
+    cross-entropy with the diagonal as targets). lightly's NNCLR example instead feeds the
+    pair to its ``NTXentLoss``, i.e. ``nt_xent(neighbours, predictions)`` (2N anchors).
+    """
+    fn = "nnclr_loss"
+    _check_pair(fn, ("neighbours", "predictions"), neighbours, predictions, min_rows=2)
+    temperature = _positive(fn, "temperature", temperature)
+    xp = get_array_module(predictions.data)
+    u = F.normalize(neighbours.detach(), dim=1)                # (N, D), a constant
+    p = F.normalize(predictions, dim=1)                        # (N, D)
+    logits = (u @ p.T) / temperature                           # (N, N)
+    return F.cross_entropy(logits, _indices(xp.arange(u.shape[0])))
+
+
+def mocov3_loss(query, key, temperature=1.0):
+    r"""MoCo v3's in-batch InfoNCE, scaled by 2T as the official code.
+
+    With q_i, k_j L2-normalised, query i's positive is key i and the other N - 1 keys of the
+    batch are its negatives (no queue):
+
+        loss = 2T * 1/N sum_i -log  exp(q_i . k_i / T) / sum_j exp(q_i . k_j / T)
+
+    The 2T factor makes the gradient's scale independent of T (the official code's comment
+    leaves it unexplained; it multiplies the cross-entropy). Collapsed embeddings (all rows
+    equal) give 2T log N. ``key`` is not detached: MoCo v3 computes it under no_grad with the
+    momentum encoder; detach it yourself otherwise. Symmetrise in the training step:
+    mocov3_loss(q1, k2) + mocov3_loss(q2, k1).
+
+    Shapes: query, key (N, D), N >= 2. Returns a scalar.
+
+    Paper: Chen, Xie, He, "An Empirical Study of Training Self-Supervised Vision Transformers",
+    ICCV 2021, Algorithm 1. Checked against the official code (facebookresearch/moco-v3,
+    ``moco/builder.py``, ``MoCo.contrastive_loss``: ``einsum('nc,mc->nm') / T``, labels
+    ``arange(N)`` (offset by rank), ``CrossEntropyLoss()(logits, labels) * (2 * T)``).
+    """
+    fn = "mocov3_loss"
+    _check_pair(fn, ("query", "key"), query, key, min_rows=2)
+    temperature = _positive(fn, "temperature", temperature)
+    xp = get_array_module(query.data)
+    q = F.normalize(query, dim=1)                              # (N, D)
+    k = F.normalize(key, dim=1)                                # (N, D)
+    logits = (q @ k.T) / temperature                           # (N, N), positives on the diagonal
+    return F.cross_entropy(logits, _indices(xp.arange(q.shape[0]))) * (2 * temperature)
+
+
+def simmim_loss(pred, target, mask):
+    r"""SimMIM's reconstruction loss: mean absolute pixel error over the masked pixels only.
+
+        loss = sum_{b,c,h,w} mask_bhw |pred_bchw - target_bchw| / (sum_{b,h,w} mask_bhw + 1e-5) / C
+
+    i.e. the L1 error averaged over the masked pixels and the channels (the 1e-5 guards an
+    empty mask, as the official code). The mask (1 = masked, at pixel resolution: the patch
+    mask repeated patch_size times along H and W) gets no gradient; nor does the target.
+
+    Shapes: pred, target (B, C, H, W), mask (B, H, W). Returns a scalar.
+
+    Paper: Xie, Zhang, Cao, Lin, Bao, Yao, Dai, Hu, "SimMIM: A Simple Framework for Masked
+    Image Modeling", CVPR 2022, eq. (1). Checked against the official code (microsoft/SimMIM,
+    ``models/simmim.py``, ``SimMIM.forward``: ``F.l1_loss(x, x_rec, reduction='none')``,
+    ``(loss_recon * mask).sum() / (mask.sum() + 1e-5) / self.in_chans``).
+    """
+    fn = "simmim_loss"
+    _check_float(fn, "pred", pred)
+    _check_float(fn, "target", target)
+    if pred.ndim != 4 or target.shape != pred.shape or pred.dtype != target.dtype:
+        raise ValueError(f"simmim_loss: pred and target must be (B, C, H, W) of one shape and "
+                         f"dtype, got {pred.shape} {pred.dtype} and {target.shape} "
+                         f"{target.dtype}")
+    xp = get_array_module(pred.data)
+    m = mask.data if isinstance(mask, Tensor) else mask
+    if not hasattr(m, "shape") or get_array_module(m) is not xp:
+        raise TypeError(f"simmim_loss: mask must be a Tensor or an array on pred's device "
+                        f"({pred.device}), got {type(mask).__name__}")
+    B, C, H, W = pred.shape
+    if tuple(m.shape) != (B, H, W):
+        raise ValueError(f"simmim_loss: mask must be (B, H, W) = {(B, H, W)} for pred of "
+                         f"shape {pred.shape}, got {tuple(m.shape)}")
+    m = xp.asarray(m).astype(pred.dtype)[:, None]              # (B, 1, H, W), a constant
+    err = (pred - target.detach()).abs()                       # (B, C, H, W)
+    return (err * m).sum() / ((float(m.sum()) + 1e-5) * C)

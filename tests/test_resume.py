@@ -32,7 +32,7 @@ OWN_SETTINGS = {"colorization": ["--data", "shapes", "--batch-size", "16", "--li
                                  "--set", "widths=4,8"]}
 COMMON = ["--no-progress", "--no-plots", "--seed", "5"]
 ALL = list(methods.METHODS)
-TOTAL_DEPENDENT = ["byol", "dino"]   # schedules over the whole run: a new --epochs is refused
+TOTAL_DEPENDENT = ["byol", "dino", "mocov3"]   # schedules over the whole run: a new --epochs is refused
 
 
 def args_for(method, epochs, out, *extra):

@@ -35,6 +35,9 @@ METHODS = {
     "cpc": ("cpc", "build", "contrastive: predictive coding", "audio"),
     "dino": ("dino", "build", "contrastive: non-contrastive (self-distillation)", "images"),
     "swav": ("swav", "build", "contrastive: clustering", "images"),
+    "nnclr": ("nnclr", "build", "contrastive: instance discrimination", "images"),
+    "mocov3": ("mocov3", "build", "contrastive: instance discrimination", "images"),
+    "simmim": ("simmim", "build", "self-predictive: masking", "images"),
 }
 
 
@@ -64,6 +67,9 @@ CONFIGS = {
     "cpc": ("cpc", "CPCConfig"),
     "dino": ("dino", "DINOConfig"),
     "swav": ("swav", "SwAVConfig"),
+    "nnclr": ("nnclr", "NNCLRConfig"),
+    "mocov3": ("mocov3", "MoCoV3Config"),
+    "simmim": ("simmim", "SimMIMConfig"),
 }
 
 

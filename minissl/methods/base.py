@@ -277,3 +277,25 @@ def cosine_tau(base_tau, step, total_steps):
     """BYOL's schedule of the EMA rate: tau = 1 - (1 - base_tau) (cos(pi k / K) + 1) / 2,
     rising from base_tau at step 0 to 1 at the last step (Grill et al. 2020, section 3.2)."""
     return 1.0 - (1.0 - base_tau) * (math.cos(math.pi * step / max(total_steps, 1)) + 1) / 2
+
+
+def enqueue(queue, queue_ptr, rows):
+    """Overwrite the oldest rows of the ring buffer ``queue`` (K, D) with ``rows`` (B, D) (an
+    array), wrapping around, and advance ``queue_ptr`` (a (1,) int64 buffer) by B mod K: the
+    key queue of MoCo and the support set of NNCLR (``_dequeue_and_enqueue`` of the official
+    codes, which assert K % B == 0 instead of wrapping)."""
+    xp = get_array_module(queue.data)
+    K = queue.shape[0]
+    ptr = int(queue_ptr.data[0])
+    b = min(len(rows), K)
+    idx = (ptr + xp.arange(b)) % K
+    queue.data[idx] = rows[:b].astype(queue.dtype, copy=False)
+    queue_ptr.data[0] = (ptr + b) % K
+
+
+def unit_rows(rng, n, d):
+    """(n, d) float32 standard-normal rows scaled to unit length: the random initial content of
+    a queue of normalised embeddings (MoCo's ``queue``, NNCLR's support set)."""
+    q = rng.standard_normal((n, d)).astype(np.float32)
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+

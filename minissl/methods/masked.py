@@ -367,9 +367,14 @@ class ViTEncoder(nn.Module):
             xp = get_array_module(x.data)
             rows = xp.arange(x.shape[0])[:, None]               # (B, 1)
             x = x[rows, xp.asarray(ids_keep)]                   # (B, K, D), kept patches only
+        return self.encode(x)
+
+    def encode(self, x):
+        """The blocks and the final LayerNorm over tokens x (B, T, D) (shared with the ViTs
+        of MoCo v3 and SimMIM, which build their tokens differently)."""
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)                                     # (B, K, D)
+        return self.norm(x)                                     # (B, T, D)
 
     def forward(self, x):
         return self.forward_tokens(x).mean(dim=1)              # (B, D)

@@ -47,9 +47,8 @@ import numpy as np
 from .. import augment, distributed as dist, losses, nn
 from .. import functional as F
 from ..autograd import no_grad
-from ..backend import get_array_module
-from .base import (SSLMethod, default_augmentation, default_encoder, ema_update,
-                   encoder_args, frozen_copy)
+from .base import (SSLMethod, default_augmentation, default_encoder, ema_update, enqueue,
+                   encoder_args, frozen_copy, unit_rows)
 
 
 @dataclass
@@ -79,8 +78,7 @@ class MoCo(SSLMethod):
         self.key_encoder = frozen_copy(self.encoder)                      # f_k (EMA)
         self.key_projector = frozen_copy(self.projector)
         rng = rng or nn.default_generator()
-        q = rng.standard_normal((c.queue_size, c.proj_dim)).astype(np.float32)
-        self.register_buffer("queue", q / np.linalg.norm(q, axis=1, keepdims=True))  # (K, D)
+        self.register_buffer("queue", unit_rows(rng, c.queue_size, c.proj_dim))  # (K, D)
         self.register_buffer("queue_ptr", np.zeros(1, dtype=np.int64))
         self.transform = transform or default_augmentation(image_shape)
         self._keys = None   # keys of the current step, enqueued once backward is done
@@ -116,13 +114,7 @@ class MoCo(SSLMethod):
     @no_grad()
     def enqueue(self, keys):
         """Overwrite the oldest B keys of the ring buffer with ``keys`` (B, D); wraps around."""
-        xp = get_array_module(self.queue.data)
-        K = self.queue.shape[0]
-        ptr = int(self.queue_ptr.data[0])
-        b = min(len(keys), K)
-        idx = (ptr + xp.arange(b)) % K
-        self.queue.data[idx] = keys[:b].astype(self.queue.dtype, copy=False)
-        self.queue_ptr.data[0] = (ptr + b) % K
+        enqueue(self.queue, self.queue_ptr, keys)
 
 
 def build(data, encoder=None, feature_dim=None, **overrides):

@@ -1,0 +1,182 @@
+"""SimMIM: masked image modelling with a linear head that predicts raw pixels.
+
+Xie, Zhang, Cao, Lin, Bao, Yao, Dai & Hu, "SimMIM: A Simple Framework for Masked Image
+Modeling", CVPR 2022 (arXiv:2111.09886); official code microsoft/SimMIM
+(``models/simmim.py``: ``VisionTransformerForSimMIM`` and ``SimMIM``; ``data/data_simmim.py``:
+``MaskGenerator`` and the pretraining transform).
+
+Where MAE drops the masked patches and decodes with a transformer, SimMIM keeps every patch in
+the encoder and replaces the masked ones by a learned mask token BEFORE the position
+embedding, then predicts each patch's pixels from its encoded token with one linear layer:
+
+    t     = PatchEmbed(x)                                (B, L, D)
+    t     = t (1 - w) + mask_token w + pos_embed          w = the patch mask (B, L, 1)
+    h     = LayerNorm(blocks(t))                          (B, L, D) -> (B, D, h, w)
+    x_rec = PixelShuffle_p(Conv1x1(h))                    (B, C, H, W)
+    loss  = losses.simmim_loss(x_rec, x, mask upsampled to pixels)   L1 on masked pixels only
+
+The mask (``mask_generator``, official ``MaskGenerator``): the image is cut into squares of
+``mask_patch_size`` pixels, ceil(ratio * count) of them are chosen uniformly per image (one
+``rng.permutation(count)`` per image, as ``np.random.permutation``), each square covering
+(mask_patch_size / patch_size)^2 model patches. Large masked squares keep the task from being
+solved by interpolating neighbours (paper Table 1).
+
+Differences (docs/faithful.md): the ViT of ``masked.ViTEncoder`` (fixed 2-D sin-cos
+positions, no [CLS] token; the official ViT has a [CLS] token and learned or relative
+positions), features = mean of the patch tokens of the unmasked image (the official
+fine-tuning pools likewise); mask token drawn N(0, 0.02) (official: truncated normal); the
+sizes; the augmentation's crop is bilinear (official bicubic) and has no Normalize; mask
+square 2 px and patch 2 px on the 8x8 digits (official 32 px squares of 4 px patches at 192 px);
+Adam instead of AdamW with layer-wise schedules.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import augment, distributed as dist, losses, nn
+from ..autograd import Tensor
+from ..backend import get_array_module
+from ..random import get_generator
+from .base import SSLMethod
+from .masked import ViTEncoder, choose_patch_size
+
+
+@dataclass
+class SimMIMConfig:
+    patch_size: int = 0           # model patch p; 0: chosen for the image (2 for 8x8 digits)
+    mask_patch_size: int = 0      # side of the masked squares in pixels, a multiple of p;
+                                  # 0: p (official: 32 with p = 4 at 192 px)
+    mask_ratio: float = 0.6       # fraction of squares masked (official: 0.6)
+    embed_dim: int = 64           # encoder width (ViT-B: 768)
+    depth: int = 4                # encoder blocks (ViT-B: 12)
+    num_heads: int = 4            # encoder heads (ViT-B: 12)
+    mlp_ratio: float = 4.0        # MLP hidden width / width
+
+
+def mask_generator(rng, batch_size, input_size, mask_patch_size, model_patch_size, mask_ratio):
+    """SimMIM's random masks of a batch: int64 (B, g, g), g = input_size / model_patch_size,
+    1 = masked. Per image: ``rng.permutation(r * r)[:ceil(r * r * ratio)]`` of the r x r
+    squares (r = input_size / mask_patch_size) are masked, each repeated over the s x s model
+    patches it covers (s = mask_patch_size / model_patch_size), as the official
+    ``MaskGenerator.__call__``."""
+    if input_size % mask_patch_size or mask_patch_size % model_patch_size:
+        raise ValueError(f"mask_generator: the image size {input_size} must be a multiple of "
+                         f"mask_patch_size {mask_patch_size}, itself a multiple of the patch "
+                         f"size {model_patch_size}")
+    r = input_size // mask_patch_size
+    s = mask_patch_size // model_patch_size
+    count = int(math.ceil(r * r * mask_ratio))
+    masks = np.zeros((batch_size, r * r), dtype=np.int64)
+    for b in range(batch_size):
+        masks[b, rng.permutation(r * r)[:count]] = 1
+    return masks.reshape(batch_size, r, r).repeat(s, axis=1).repeat(s, axis=2)
+
+
+def simmim_augmentation(size):
+    """The official pretraining transform (``SimMIMTransform``): ``RandomResizedCrop(size,
+    scale=(0.67, 1), ratio=(3/4, 4/3))`` then ``RandomHorizontalFlip()``."""
+    return augment.Compose([augment.RandomResizedCrop(size, scale=(0.67, 1.0),
+                                                      ratio=(3 / 4, 4 / 3)),
+                            augment.RandomHorizontalFlip()])
+
+
+class PixelShuffle(nn.Module):
+    """(B, C r^2, h, w) -> (B, C, h r, w r), as ``torch.nn.PixelShuffle(r)``: channel
+    c r^2 + i r + j goes to pixel (i, j) of its r x r block."""
+
+    def __init__(self, upscale_factor):
+        super().__init__()
+        self.upscale_factor = int(upscale_factor)
+
+    def forward(self, x):
+        B, Cr2, h, w = x.shape
+        r = self.upscale_factor
+        x = x.reshape(B, Cr2 // (r * r), r, r, h, w).permute(0, 1, 4, 2, 5, 3)  # (B,C,h,r,w,r)
+        return x.reshape(B, Cr2 // (r * r), h * r, w * r)
+
+
+class SimMIMEncoder(ViTEncoder):
+    """``masked.ViTEncoder`` with a learned mask token that replaces the masked patches'
+    embeddings before the positions are added (official ``VisionTransformerForSimMIM``)."""
+
+    def __init__(self, img_size, patch_size, in_chans, dim, depth, num_heads, mlp_ratio=4.0,
+                 rng=None, dtype=None):
+        rng = get_generator(rng)
+        super().__init__(img_size, patch_size, in_chans, dim, depth, num_heads, mlp_ratio,
+                         rng=rng, dtype=dtype)
+        dt = self.patch_embed.proj.weight.dtype
+        self.mask_token = nn.Parameter(rng.normal(0.0, 0.02, size=(1, 1, dim)).astype(dt))
+
+    def forward_masked(self, x, mask):
+        """Images x (B, C, H, W), patch mask (B, L) array (1 = masked) -> tokens (B, L, D)."""
+        t = self.patch_embed(x)                                 # (B, L, D)
+        xp = get_array_module(t.data)
+        w = Tensor(xp.asarray(mask).reshape(len(mask), -1, 1).astype(t.dtype))  # (B, L, 1)
+        t = t * (1 - w) + self.mask_token * w + self.pos_embed
+        return self.encode(t)                                   # (B, L, D)
+
+
+class SimMIM(SSLMethod):
+    """SimMIM with a ViT encoder (see the module docstring)."""
+
+    name = "simmim"
+
+    def __init__(self, image_shape, config=None, rng=None, dtype=None, transform=None):
+        super().__init__()
+        c = self.config = config or SimMIMConfig()
+        C, H, W = image_shape
+        p = c.patch_size or choose_patch_size(H)
+        mp = c.mask_patch_size or p
+        if H != W or H % mp or mp % p:
+            raise ValueError(f"SimMIM: needs square images whose size is a multiple of "
+                             f"mask_patch_size {mp}, itself a multiple of patch_size {p}; got "
+                             f"{image_shape}")
+        if not 0 < c.mask_ratio < 1:
+            raise ValueError(f"SimMIM: mask_ratio must be in (0, 1), got {c.mask_ratio}")
+        rng = get_generator(rng)
+        self.image_shape, self.patch_size, self.mask_patch_size = (C, H, W), p, mp
+        self.grid = H // p
+        self.encoder = SimMIMEncoder(H, p, C, c.embed_dim, c.depth, c.num_heads, c.mlp_ratio,
+                                     rng=rng, dtype=dtype)
+        # One linear map per patch token to its p x p x C pixels (official decoder).
+        self.decoder = nn.Sequential(nn.Conv2d(c.embed_dim, p * p * C, 1, rng=rng,
+                                               dtype=dtype), PixelShuffle(p))
+        self.transform = transform or simmim_augmentation(H)
+
+    def masks(self, batch_size, rng):
+        """Patch masks (B, g, g) drawn from ``rng`` (see ``mask_generator``)."""
+        return mask_generator(rng, batch_size, self.image_shape[1], self.mask_patch_size,
+                              self.patch_size, self.config.mask_ratio)
+
+    def reconstruct(self, x, mask):
+        """x_rec (B, C, H, W) Tensor from images x (B, C, H, W) and patch masks (B, g, g)."""
+        x = self.as_input(x)
+        B = x.shape[0]
+        h = self.encoder.forward_masked(x, mask)                # (B, L, D)
+        h = h.permute(0, 2, 1).reshape(B, -1, self.grid, self.grid)   # (B, D, g, g)
+        return self.decoder(h)                                  # (B, C, H, W)
+
+    def training_step(self, x, rng):
+        """Draws from ``rng``: the augmentation (crop and flip), then one
+        ``permutation(count)`` per image for its mask. Data-parallel: drawn for the global
+        batch; each rank reconstructs its rows and the reconstructions are gathered, so the
+        loss is that of the global batch (its denominator counts every rank's masked pixels:
+        the mean of per-rank losses, as the official DDP run takes, differs by the 1e-5)."""
+        if isinstance(x, Tensor):
+            x = x.data
+        rng = get_generator(rng)
+        x = self.as_input(self.transform(x, rng))               # (B, C, H, W)
+        mask = self.masks(len(x), rng)                          # (B, g, g) int64
+        x_rec = dist.all_gather(self.reconstruct(*dist.shard(x.data, mask)))  # (B, C, H, W)
+        pixel_mask = mask.repeat(self.patch_size, 1).repeat(self.patch_size, 2)  # (B, H, W)
+        xp = get_array_module(x.data)
+        loss = losses.simmim_loss(x_rec, x, xp.asarray(pixel_mask))
+        return loss, {}
+
+
+def build(data, **overrides):
+    """SimMIM for an image ``Dataset``; ``overrides`` set fields of ``SimMIMConfig`` (and
+    ``rng``)."""
+    rng = overrides.pop("rng", None)
+    return SimMIM(data.image_shape, SimMIMConfig(**overrides), rng=rng)
