@@ -126,27 +126,3 @@ def test_kernel_threads_default_to_one_and_are_validated():
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="set_num_threads"):
             _dispatch.set_num_threads(bad)
-
-
-@pytest.mark.skipif(load("softmax") is None or load("norm") is None,
-                    reason="Cython build missing or reference forced")
-def test_two_kernel_threads_give_the_same_bits_as_one():
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((512, 384)).astype(np.float32)
-    w, b = rng.standard_normal(384).astype(np.float32), rng.standard_normal(384).astype(np.float32)
-
-    def run():
-        t = ms.tensor(x, requires_grad=True)
-        y = ms.functional.layer_norm(ms.functional.softmax(t, dim=1) * 10.0, (384,),
-                                     ms.tensor(w), ms.tensor(b))
-        (y * y).sum().backward()
-        return y.data.copy(), t.grad.copy()
-
-    serial = run()
-    previous = _dispatch.set_num_threads(2)
-    try:
-        parallel = run()
-    finally:
-        _dispatch.set_num_threads(previous)
-    for a, b_ in zip(serial, parallel):
-        np.testing.assert_array_equal(a, b_)
