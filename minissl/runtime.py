@@ -1,18 +1,37 @@
-"""Process settings for a training loop, applied only when asked: ``minissl.runtime.tune()``.
+"""minissl's process-level controls: kernel threads, the array cache, and ``tune()``.
 
-``import minissl`` changes nothing in the host process. A training script, the command line
-(``minissl ...``), the demo and the benchmarks call :func:`tune` to change three process-wide
-settings, each only as a default (a choice the user made in the environment always wins), and
-none at all with ``MINISSL_RUNTIME=default``. Measured on the project's 2-core machine with
-``benchmarks/bench_cpu.py`` (see docs/performance.md).
+``import minissl`` changes nothing in the host process, and minissl is fast without any
+setting: the two causes that used to need process settings are removed where they arise.
 
-**The heap** (takes effect at once). A training step allocates and frees the same large
-arrays every time (activations, gradients, im2col matrices, softmax probabilities). With
+**One thread pool.** NumPy's BLAS (OpenBLAS) runs its own worker threads for every matrix
+product, and they spin for about 0.1 s waiting for the next one. The compiled kernels used to
+run an OpenMP pool of their own on the same cores, whose idle workers spin too: on 2 cores
+each pool's spinning threads took the cores the other needed, and a step ran 2-10x slower
+whenever the machine had anything else to do. The kernels now run serially by default
+(``get_num_threads() == 1``) and leave the cores to BLAS; ``set_num_threads(n)`` gives their
+parallel loops ``n`` threads on a machine with cores to spare (results are the same bits
+whatever ``n``).
+
+**A cache for the arrays of ops.** A training step allocates and frees the same large
+arrays every step; glibc returns such blocks to the operating system and the next step pays a
+page fault per 4 KiB page again. The ops now allocate through minissl's caching allocator
+(minissl/kernels/memory), which keeps freed blocks for reuse and touches neither the process
+heap settings nor the user's own NumPy arrays. ``memory_stats()``, ``empty_cache()`` and
+``set_cache_limit(nbytes)`` (default 1 GiB of free blocks) control it.
+
+**tune(), optional.** A training script that owns its process may still call :func:`tune`,
+as the command line, the demo and the benchmarks do. It changes three process-wide settings,
+each only as a default (a choice the user made in the environment always wins), none with
+``MINISSL_RUNTIME=default``; what each still buys is measured in docs/performance.md.
+
+**The heap** (takes effect at once). minissl's ops no longer need it (their arrays come from
+the cache above); it still helps the rest of a training process, whose data loading and
+augmentation allocate and free large arrays too. With
 glibc's defaults much of that memory goes back to the operating system as soon as it is freed:
 the top of the heap is trimmed once more than 128 KiB (raised dynamically) lies free there,
 and blocks above the mmap threshold are mapped and unmapped one by one. The next step asks for
 the same memory again and pays a page fault, and the kernel's zeroing, for every 4 KiB page it
-touches: a third of the step time of the benchmark workloads (mlp_simclr 32 -> 20 ms).
+touches (this cost a third of the benchmark workloads' step time before the ops had a cache).
 ``tune`` sets two limits with ``mallopt``: ``M_TRIM_THRESHOLD`` = 1 GiB (up to 1 GiB of free
 memory at the top of the heap is kept for reuse) and ``M_MMAP_MAX`` = 0 (every block comes
 from the heap, and so is reused; glibc's largest mmap threshold, 32 MiB, would still map
@@ -21,21 +40,23 @@ working set keeps up to 1 GiB of it reserved. Skipped where the C library is not
 when ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_MMAP_MAX_`` or
 ``GLIBC_TUNABLES`` is set.
 
-**OpenBLAS's idle threads** (takes effect only if ``tune`` runs before NumPy is imported).
-After a matrix product OpenBLAS's worker threads spin for 2^28 cycles (about 0.1 s) waiting for
-the next one, so they are still spinning while the compiled kernels (OpenMP, all cores) run
-between two products, and take a core from them. ``OPENBLAS_THREAD_TIMEOUT`` = 12 makes them
-sleep after 2^12 cycles; waking them costs microseconds (conv_simclr 355 -> 300 ms, gpt_char
-86 -> 81 ms). OpenBLAS reads the variable once, when NumPy loads it: set it in the shell
+**OpenBLAS's idle threads** (takes effect only if ``tune`` runs before NumPy is imported;
+matters only after ``set_num_threads(n > 1)``). After a matrix product OpenBLAS's worker
+threads spin for 2^28 cycles (about 0.1 s) waiting for the next one, so they are still
+spinning while parallel kernels run between two products, and take a core from them.
+``OPENBLAS_THREAD_TIMEOUT`` = 12 makes them sleep after 2^12 cycles; waking them costs
+microseconds (with parallel kernels: conv_simclr 355 -> 300 ms, gpt_char 86 -> 81 ms). OpenBLAS reads the variable once, when NumPy loads it: set it in the shell
 (``OPENBLAS_THREAD_TIMEOUT=12 minissl ...``) when minissl or NumPy is imported before ``tune``
 can run, as it is by ``import minissl.runtime`` itself.
 
 **OpenMP's idle threads** (takes effect only if ``tune`` runs before the first compiled kernel
-is called, which loads libgomp). With OpenMP's default (active) waiting, idle workers spin
+is called, which loads libgomp; matters only after ``set_num_threads(n > 1)``, since serial
+kernels start no OpenMP thread). With OpenMP's default (active) waiting, idle workers spin
 after each kernel and steal the cores the next BLAS call needs: on 2 cores a small step ran up
 to 10x slower. ``OMP_WAIT_POLICY`` = PASSIVE makes them sleep.
 
-PyTorch uses its own OpenMP thread pool, not OpenBLAS, and is affected by none of this.
+PyTorch runs its kernels and its matrix products on one OpenMP pool, as minissl now leaves
+the cores to one pool (BLAS's) by default.
 """
 import ctypes
 import os
@@ -98,6 +119,40 @@ def set_omp_wait_policy():
         return False
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return True
+
+
+def set_num_threads(n):
+    """Threads for the compiled kernels' parallel loops (default 1: the cores are left to
+    NumPy's BLAS pool); returns the previous number. Like ``torch.set_num_threads``, but for
+    minissl's own kernels only: NumPy's BLAS keeps its own setting."""
+    from .kernels import _dispatch
+    return _dispatch.set_num_threads(n)
+
+
+def get_num_threads():
+    """Threads the compiled kernels' parallel loops run on."""
+    from .kernels import _dispatch
+    return _dispatch.get_num_threads()
+
+
+def memory_stats():
+    """What the array cache of minissl's ops holds: a dict with ``cached_bytes``, ``limit``,
+    ``hits``, ``misses``, ``bypassed`` and ``enabled`` (see minissl/kernels/memory)."""
+    from .kernels import memory
+    return memory.stats()
+
+
+def empty_cache():
+    """Give the array cache's free blocks back to the C library; returns the bytes freed."""
+    from .kernels import memory
+    return memory.empty_cache()
+
+
+def set_cache_limit(nbytes):
+    """Keep at most ``nbytes`` of free blocks in the array cache (0 turns caching off);
+    returns the previous limit."""
+    from .kernels import memory
+    return memory.set_limit(nbytes)
 
 
 def tune():

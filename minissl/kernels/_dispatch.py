@@ -21,6 +21,7 @@ family is imported on its first call.
 """
 import importlib
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -40,7 +41,7 @@ def load(family):
     if reference_forced():
         return None
     try:
-        return importlib.import_module(f"minissl.kernels.{family}._cpu")
+        module = importlib.import_module(f"minissl.kernels.{family}._cpu")
     except ImportError as e:
         if not _warned:
             _warned = True
@@ -48,6 +49,32 @@ def load(family):
                           "reference kernels (slower). Reinstall with a C compiler and Cython "
                           "to build them.", RuntimeWarning, stacklevel=2)
         return None
+    if hasattr(module, "set_num_threads"):
+        module.set_num_threads(_threads)
+    return module
+
+
+_threads = 1    # threads of the compiled kernels' parallel loops (set_num_threads)
+
+
+def set_num_threads(n):
+    """Run the compiled kernels' parallel loops on ``n`` threads, in every family loaded now
+    or later; returns the previous number. The default, 1, leaves the cores to the BLAS
+    thread pool NumPy already runs (docs/performance.md says why)."""
+    global _threads
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads: n must be an integer >= 1, got {n!r}")
+    previous, _threads = _threads, n
+    for name, module in list(sys.modules.items()):
+        if (name.startswith("minissl.kernels.") and name.endswith("._cpu")
+                and hasattr(module, "set_num_threads")):
+            module.set_num_threads(n)
+    return previous
+
+
+def get_num_threads():
+    """The number of threads the compiled kernels' parallel loops run on."""
+    return _threads
 
 
 _modules = {}   # family -> the compiled module, or None when it is not built; filled on first use

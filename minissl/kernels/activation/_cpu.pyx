@@ -26,6 +26,17 @@ from minissl_checks cimport array_data, float_type
 
 cnp.import_array()
 
+# Threads of this module's parallel loops: 1 unless minissl.runtime.set_num_threads asks for
+# more. NumPy's BLAS already runs its own thread pool; a second pool here would keep its idle
+# workers spinning on the cores the next matrix product needs (see docs/performance.md).
+cdef int THREADS = 1
+
+
+def set_num_threads(int n):
+    """Run this module's parallel loops on ``n`` threads (1: serial)."""
+    global THREADS
+    THREADS = n if n > 1 else 1
+
 # Raw data pointers, not typed memoryviews: a memoryview costs about 1 us per argument to
 # acquire, most of a small call (measured; see minissl_checks.pxd). NAME names this module
 # in the error messages of those checks.
@@ -73,7 +84,8 @@ cdef void _gelu_backward(const floating* g, const floating* x, floating* dx,
 cdef void _gelu_chunks(const floating* x, floating* y, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t k, start
     for k in prange((n + CHUNK - 1) // CHUNK, schedule="static",
-                    use_threads_if=n >= PARALLEL_MIN):
+                    use_threads_if=THREADS > 1 and n >= PARALLEL_MIN,
+                      num_threads=THREADS):
         start = k * CHUNK
         _gelu(x + start, y + start, min(CHUNK, n - start))
 
@@ -82,7 +94,8 @@ cdef void _gelu_backward_chunks(const floating* g, const floating* x, floating* 
                                 Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t k, start
     for k in prange((n + CHUNK - 1) // CHUNK, schedule="static",
-                    use_threads_if=n >= PARALLEL_MIN):
+                    use_threads_if=THREADS > 1 and n >= PARALLEL_MIN,
+                      num_threads=THREADS):
         start = k * CHUNK
         _gelu_backward(g + start, x + start, dx + start, min(CHUNK, n - start))
 

@@ -16,6 +16,17 @@ from minissl_checks cimport array_data, float_type
 
 cnp.import_array()
 
+# Threads of this module's parallel loops: 1 unless minissl.runtime.set_num_threads asks for
+# more. NumPy's BLAS already runs its own thread pool; a second pool here would keep its idle
+# workers spinning on the cores the next matrix product needs (see docs/performance.md).
+cdef int THREADS = 1
+
+
+def set_num_threads(int n):
+    """Run this module's parallel loops on ``n`` threads (1: serial)."""
+    global THREADS
+    THREADS = n if n > 1 else 1
+
 # Raw data pointers, not typed memoryviews: a memoryview costs about 1 us per argument to
 # acquire, most of a small call (measured; see minissl_checks.pxd). NAME names this module
 # in the error messages of those checks.
@@ -35,7 +46,9 @@ cdef void _scatter_add(const int64_t* idx, const floating* grad_out, floating* g
     cdef Py_ssize_t nblocks = max(1, min(MAX_BLOCKS, D // MIN_COLUMNS)), i, j, blk, c0, c1
     cdef const floating* src
     cdef floating* dst
-    for blk in prange(nblocks, schedule="static", use_threads_if=n * D >= PARALLEL_MIN):
+    for blk in prange(nblocks, schedule="static",
+                      use_threads_if=THREADS > 1 and n * D >= PARALLEL_MIN,
+                      num_threads=THREADS):
         c0 = blk * D // nblocks
         c1 = (blk + 1) * D // nblocks
         for i in range(n):

@@ -33,6 +33,18 @@ from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
+# Threads of this module's parallel loops: 1 unless minissl.runtime.set_num_threads asks for
+# more. NumPy's BLAS already runs its own thread pool; a second pool here would keep its idle
+# workers spinning on the cores the next matrix product needs (see docs/performance.md).
+cdef int THREADS = 1
+
+
+def set_num_threads(int n):
+    """Run this module's parallel loops on ``n`` threads (1: serial)."""
+    global THREADS
+    THREADS = n if n > 1 else 1
+
+
 ctypedef fused real:
     float
     double
@@ -167,8 +179,8 @@ def im2col(const real[:, :, :, ::1] x, real[:, ::1] cols, Py_ssize_t kh, Py_ssiz
     cdef int failed = 0
     cdef int* failed_p = &failed                           # shared: written through a pointer
     # num_threads=0: Cython asks OpenMP for its default team (omp_get_max_threads()).
-    cdef bint par = rows > 1 and cols.shape[0] * cols.shape[1] >= PARALLEL_MIN_WORK
-    with nogil, parallel(num_threads=0 if par else 1):
+    cdef bint par = THREADS > 1 and rows > 1 and cols.shape[0] * cols.shape[1] >= PARALLEL_MIN_WORK
+    with nogil, parallel(num_threads=THREADS if par else 1):
         buf = <real*> malloc(buf_len * sizeof(real))
         if buf == NULL:
             failed_p[0] = 1
@@ -250,8 +262,8 @@ def col2im(const real[:, ::1] cols, real[:, :, :, ::1] x, Py_ssize_t kh, Py_ssiz
     cdef int failed = 0
     cdef int* failed_p = &failed                           # shared: written through a pointer
     # num_threads=0: Cython asks OpenMP for its default team (omp_get_max_threads()).
-    cdef bint par = rows > 1 and rows * g.C * g.W >= PARALLEL_MIN_WORK
-    with nogil, parallel(num_threads=0 if par else 1):
+    cdef bint par = THREADS > 1 and rows > 1 and rows * g.C * g.W >= PARALLEL_MIN_WORK
+    with nogil, parallel(num_threads=THREADS if par else 1):
         buf = <real*> malloc(buf_len * sizeof(real))
         if buf == NULL:
             failed_p[0] = 1

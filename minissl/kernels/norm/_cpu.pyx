@@ -31,6 +31,18 @@ cnp.import_array()
 # Raw data pointers, not typed memoryviews: a memoryview costs about 1 us per argument to
 # acquire, most of a small call (measured; see minissl_checks.pxd). NAME names this module
 # in the error messages of those checks.
+# Threads of this module's parallel loops: 1 unless minissl.runtime.set_num_threads asks for
+# more. NumPy's BLAS already runs its own thread pool; a second pool here would keep its idle
+# workers spinning on the cores the next matrix product needs (see docs/performance.md).
+cdef int THREADS = 1
+
+
+def set_num_threads(int n):
+    """Run this module's parallel loops on ``n`` threads (1: serial)."""
+    global THREADS
+    THREADS = n if n > 1 else 1
+
+
 cdef str NAME = "norm"
 
 cdef extern from "norm.h":
@@ -172,7 +184,8 @@ cdef void _layer_norm_rows(const floating* x, const floating* w, const floating*
                            floating* y, floating* mean, floating* rstd, Py_ssize_t M,
                            Py_ssize_t D) noexcept nogil:
     cdef Py_ssize_t i
-    for i in prange(M, schedule="static", use_threads_if=M * D >= PARALLEL_MIN):
+    for i in prange(M, schedule="static", use_threads_if=THREADS > 1 and M * D >= PARALLEL_MIN,
+                    num_threads=THREADS):
         _layer_norm_row(x + i * D, w, b, eps, y + i * D, mean + i, rstd + i, D)
 
 
@@ -190,7 +203,9 @@ cdef int _layer_norm_backward_rows(const floating* g, const floating* x, const d
         free(dw_part)
         free(db_part)
         return -1
-    for blk in prange(nblocks, schedule="static", use_threads_if=M * D >= PARALLEL_MIN):
+    for blk in prange(nblocks, schedule="static",
+                      use_threads_if=THREADS > 1 and M * D >= PARALLEL_MIN,
+                      num_threads=THREADS):
         for i in range(blk * ROWS_PER_BLOCK, min((blk + 1) * ROWS_PER_BLOCK, M)):
             if floating is float:
                 mssl_ln_backward_row_f32(g + i * D, x + i * D, w, mean[i], rstd[i], dx + i * D,
@@ -304,7 +319,7 @@ cdef int _batch_norm(const floating* x, const floating* w, const floating* b, do
                      Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, bint relu) noexcept nogil:
     """y = max(., 0) of the result when relu (a fused ReLU). Returns -1 when out of memory."""
     cdef Py_ssize_t nblocks = (C + COLUMNS_PER_BLOCK - 1) // COLUMNS_PER_BLOCK, n, c, blk
-    cdef bint parallel = N * C * L >= PARALLEL_MIN
+    cdef bint parallel = THREADS > 1 and N * C * L >= PARALLEL_MIN
     cdef double rstd
     # per channel, in double: mean, var (accumulated from zero), scale, shift
     cdef double* mean = <double*>calloc(4 * C, sizeof(double))
@@ -314,11 +329,13 @@ cdef int _batch_norm(const floating* x, const floating* w, const floating* b, do
     cdef double* scale = mean + 2 * C
     cdef double* shift = mean + 3 * C
     if L == 1:
-        for blk in prange(nblocks, schedule="static", use_threads_if=parallel):
+        for blk in prange(nblocks, schedule="static", use_threads_if=parallel,
+                          num_threads=THREADS):
             _column_moments(x, N, C, blk * COLUMNS_PER_BLOCK,
                             min((blk + 1) * COLUMNS_PER_BLOCK, C), mean, var)
     else:
-        for c in prange(C, schedule="static", use_threads_if=parallel):
+        for c in prange(C, schedule="static", use_threads_if=parallel,
+                        num_threads=THREADS):
             _channel_moments(x, N, C, L, c, mean, var)
     for c in range(C):
         rstd = 1.0 / sqrt(var[c] + eps)
@@ -327,7 +344,8 @@ cdef int _batch_norm(const floating* x, const floating* w, const floating* b, do
         mean_out[c] = <floating>mean[c]
         var_out[c] = <floating>var[c]
         rstd_out[c] = <floating>rstd
-    for n in prange(N, schedule="static", use_threads_if=parallel):
+    for n in prange(N, schedule="static", use_threads_if=parallel,
+                    num_threads=THREADS):
         if L == 1:
             if floating is float:
                 mssl_row_affine_f32(x + n * C, mean, scale, shift, y + n * C, C, relu)
@@ -404,7 +422,7 @@ cdef int _batch_norm_backward(const floating* g, const floating* x, const floati
     rc2 = rstd sum_gx / n, n = N * L; dw = sum_gx, db = sum_g. With ym (the output of a fused
     ReLU), g is first masked by ym > 0 (the ReLU's backward). Returns -1 when out of memory."""
     cdef Py_ssize_t nblocks = (C + COLUMNS_PER_BLOCK - 1) // COLUMNS_PER_BLOCK, n, c, blk
-    cdef bint parallel = N * C * L >= PARALLEL_MIN
+    cdef bint parallel = THREADS > 1 and N * C * L >= PARALLEL_MIN
     cdef double count = <double>(N * L)
     # per channel, in double: sum_g, sum_gx (accumulated from zero), k, c1, rc2
     cdef double* sum_g = <double*>calloc(5 * C, sizeof(double))
@@ -415,11 +433,13 @@ cdef int _batch_norm_backward(const floating* g, const floating* x, const floati
     cdef double* c1 = sum_g + 3 * C
     cdef double* rc2 = sum_g + 4 * C
     if L == 1:
-        for blk in prange(nblocks, schedule="static", use_threads_if=parallel):
+        for blk in prange(nblocks, schedule="static", use_threads_if=parallel,
+                          num_threads=THREADS):
             _column_grad_sums(g, x, ym, N, C, blk * COLUMNS_PER_BLOCK,
                               min((blk + 1) * COLUMNS_PER_BLOCK, C), mean, rstd, sum_g, sum_gx)
     else:
-        for c in prange(C, schedule="static", use_threads_if=parallel):
+        for c in prange(C, schedule="static", use_threads_if=parallel,
+                        num_threads=THREADS):
             _channel_grad_sums(g, x, ym, N, C, L, c, mean, rstd, sum_g, sum_gx)
     for c in range(C):
         if w != NULL:
@@ -428,7 +448,8 @@ cdef int _batch_norm_backward(const floating* g, const floating* x, const floati
         k[c] = rstd[c] if w == NULL else rstd[c] * w[c]
         c1[c] = sum_g[c] / count
         rc2[c] = rstd[c] * (sum_gx[c] / count)
-    for n in prange(N, schedule="static", use_threads_if=parallel):
+    for n in prange(N, schedule="static", use_threads_if=parallel,
+                    num_threads=THREADS):
         if L == 1:
             if floating is float:
                 mssl_row_bn_dx_f32(g + n * C, x + n * C, _at(ym, n * C), mean, k, c1, rc2,

@@ -23,6 +23,18 @@ cnp.import_array()
 # Raw data pointers, not typed memoryviews: a memoryview costs about 1 us per argument to
 # acquire, most of a small call (measured; see minissl_checks.pxd). NAME names this module
 # in the error messages of those checks.
+# Threads of this module's parallel loops: 1 unless minissl.runtime.set_num_threads asks for
+# more. NumPy's BLAS already runs its own thread pool; a second pool here would keep its idle
+# workers spinning on the cores the next matrix product needs (see docs/performance.md).
+cdef int THREADS = 1
+
+
+def set_num_threads(int n):
+    """Run this module's parallel loops on ``n`` threads (1: serial)."""
+    global THREADS
+    THREADS = n if n > 1 else 1
+
+
 cdef str NAME = "optim"
 
 cdef extern from "optim.h":
@@ -79,7 +91,8 @@ def sgd_step(param, grad, buf, double lr, double momentum, double one_minus_damp
     ptrs[0], ptrs[1], ptrs[2] = pp, pg, pb
     _check_disjoint(ptrs, 3, n * size)
     for k in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule="static",
-                    use_threads_if=n >= PARALLEL_MIN):
+                    use_threads_if=THREADS > 1 and n >= PARALLEL_MIN,
+                      num_threads=THREADS):
         s = k * CHUNK
         if t == cnp.NPY_FLOAT32:
             mssl_sgd_f32(<float*>(pp + s * size), <const float*>(pg + s * size),
@@ -108,7 +121,8 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, double step_size, double bias_co
     ptrs[0], ptrs[1], ptrs[2], ptrs[3] = pp, pg, pm, pv
     _check_disjoint(ptrs, 4, n * size)
     for k in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule="static",
-                    use_threads_if=n >= PARALLEL_MIN):
+                    use_threads_if=THREADS > 1 and n >= PARALLEL_MIN,
+                      num_threads=THREADS):
         s = k * CHUNK
         if t == cnp.NPY_FLOAT32:
             mssl_adam_f32(<float*>(pp + s * size), <const float*>(pg + s * size),

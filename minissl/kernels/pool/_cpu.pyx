@@ -27,6 +27,18 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
+# Threads of this module's parallel loops: 1 unless minissl.runtime.set_num_threads asks for
+# more. NumPy's BLAS already runs its own thread pool; a second pool here would keep its idle
+# workers spinning on the cores the next matrix product needs (see docs/performance.md).
+cdef int THREADS = 1
+
+
+def set_num_threads(int n):
+    """Run this module's parallel loops on ``n`` threads (1: serial)."""
+    global THREADS
+    THREADS = n if n > 1 else 1
+
+
 ctypedef fused real:
     float
     double
@@ -78,7 +90,7 @@ cdef void _covering(Py_ssize_t[::1] lo, Py_ssize_t[::1] hi, Py_ssize_t pad, Py_s
 
 cdef inline bint _parallel(Py_ssize_t items, Geometry g) noexcept nogil:
     """Whether to split ``items`` (planes or rows) over threads: only when there is enough work."""
-    return items > 1 and g.N * g.C * g.H * g.W >= PARALLEL_MIN_WORK
+    return THREADS > 1 and items > 1 and g.N * g.C * g.H * g.W >= PARALLEL_MIN_WORK
 
 
 # ----------------------------------------------------------------------------- max pooling
@@ -282,7 +294,7 @@ def avg_pool2d_backward(const real[:, :, :, ::1] grad_out, real[:, :, :, ::1] gr
     cdef int failed = 0
     cdef int* failed_p = &failed                           # shared: written through a pointer
     # num_threads=0: Cython asks OpenMP for its default team (omp_get_max_threads()).
-    with nogil, parallel(num_threads=0 if _parallel(rows, g) else 1):
+    with nogil, parallel(num_threads=THREADS if _parallel(rows, g) else 1):
         col_sum = <real*> malloc(g.OW * sizeof(real))
         if col_sum == NULL:
             failed_p[0] = 1

@@ -31,6 +31,18 @@ cnp.import_array()
 # Raw data pointers, not typed memoryviews: a memoryview costs about 1 us per argument to
 # acquire, most of a small call (measured; see minissl_checks.pxd). NAME names this module
 # in the error messages of those checks.
+# Threads of this module's parallel loops: 1 unless minissl.runtime.set_num_threads asks for
+# more. NumPy's BLAS already runs its own thread pool; a second pool here would keep its idle
+# workers spinning on the cores the next matrix product needs (see docs/performance.md).
+cdef int THREADS = 1
+
+
+def set_num_threads(int n):
+    """Run this module's parallel loops on ``n`` threads (1: serial)."""
+    global THREADS
+    THREADS = n if n > 1 else 1
+
+
 cdef str NAME = "softmax"
 
 cdef extern from "softmax.h":
@@ -154,28 +166,32 @@ cdef inline void _cross_entropy_backward_row(floating g, const floating* x, int6
 
 cdef void _softmax_rows(const floating* x, floating* y, Py_ssize_t M, Py_ssize_t C) noexcept nogil:
     cdef Py_ssize_t i
-    for i in prange(M, schedule="static", use_threads_if=M * C >= PARALLEL_MIN):
+    for i in prange(M, schedule="static", use_threads_if=THREADS > 1 and M * C >= PARALLEL_MIN,
+                    num_threads=THREADS):
         _softmax_row(x + i * C, y + i * C, C)
 
 
 cdef void _log_softmax_rows(const floating* x, floating* y, Py_ssize_t M,
                             Py_ssize_t C) noexcept nogil:
     cdef Py_ssize_t i
-    for i in prange(M, schedule="static", use_threads_if=M * C >= PARALLEL_MIN):
+    for i in prange(M, schedule="static", use_threads_if=THREADS > 1 and M * C >= PARALLEL_MIN,
+                    num_threads=THREADS):
         _log_softmax_row(x + i * C, y + i * C, C)
 
 
 cdef void _softmax_backward_rows(const floating* g, const floating* y, floating* dx,
                                  Py_ssize_t M, Py_ssize_t C) noexcept nogil:
     cdef Py_ssize_t i
-    for i in prange(M, schedule="static", use_threads_if=M * C >= PARALLEL_MIN):
+    for i in prange(M, schedule="static", use_threads_if=THREADS > 1 and M * C >= PARALLEL_MIN,
+                    num_threads=THREADS):
         _softmax_backward_row(g + i * C, y + i * C, dx + i * C, C)
 
 
 cdef void _log_softmax_backward_rows(const floating* g, const floating* y_log, floating* dx,
                                      Py_ssize_t M, Py_ssize_t C) noexcept nogil:
     cdef Py_ssize_t i
-    for i in prange(M, schedule="static", use_threads_if=M * C >= PARALLEL_MIN):
+    for i in prange(M, schedule="static", use_threads_if=THREADS > 1 and M * C >= PARALLEL_MIN,
+                    num_threads=THREADS):
         _log_softmax_backward_row(g + i * C, y_log + i * C, dx + i * C, C)
 
 
@@ -183,7 +199,8 @@ cdef void _cross_entropy_rows(const floating* x, const int64_t* t, int64_t ignor
                               floating* loss, double* lse, Py_ssize_t N,
                               Py_ssize_t C) noexcept nogil:
     cdef Py_ssize_t i
-    for i in prange(N, schedule="static", use_threads_if=N * C >= PARALLEL_MIN):
+    for i in prange(N, schedule="static", use_threads_if=THREADS > 1 and N * C >= PARALLEL_MIN,
+                    num_threads=THREADS):
         lse[i] = _cross_entropy_row(x + i * C, t[i], ignore_index, loss + i, C)
 
 
@@ -191,7 +208,8 @@ cdef void _cross_entropy_backward_rows(const floating* g, const floating* x, con
                                        const double* lse, int64_t ignore_index, floating* dx,
                                        Py_ssize_t N, Py_ssize_t C) noexcept nogil:
     cdef Py_ssize_t i
-    for i in prange(N, schedule="static", use_threads_if=N * C >= PARALLEL_MIN):
+    for i in prange(N, schedule="static", use_threads_if=THREADS > 1 and N * C >= PARALLEL_MIN,
+                    num_threads=THREADS):
         if t[i] == ignore_index:
             memset(dx + i * C, 0, C * sizeof(floating))
         else:

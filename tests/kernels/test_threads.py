@@ -1,0 +1,110 @@
+"""The compiled kernels give the same bits on 1 and on 2 threads.
+
+Serial is the default (``minissl.runtime.set_num_threads``); these tests run every family's
+parallel loops, forward and backward, on shapes above their parallel thresholds, and compare
+them bit for bit with the serial run."""
+import os
+
+import numpy as np
+import pytest
+
+import minissl as ms
+import minissl.functional as F
+from minissl import optim
+from minissl.kernels import _dispatch
+
+FAMILIES = ("softmax", "norm", "activation", "embedding", "optim", "pool", "im2col")
+pytestmark = pytest.mark.skipif(any(_dispatch.load(f) is None for f in FAMILIES),
+                                reason="Cython build missing or reference forced")
+
+
+def leaf(a):
+    return ms.tensor(a, requires_grad=True)
+
+
+def run(case, threads):
+    previous = _dispatch.set_num_threads(threads)
+    try:
+        return case()
+    finally:
+        _dispatch.set_num_threads(previous)
+
+
+def forward_backward(fn, *arrays):
+    def case():
+        ts = [leaf(a.copy()) for a in arrays]
+        y = fn(*ts)
+        (y * y).sum().backward()
+        return [y.data.copy()] + [t.grad.copy() for t in ts]
+    return case
+
+
+rng = np.random.default_rng(0)
+x2 = rng.standard_normal((256, 320)).astype(np.float32)
+x4 = rng.standard_normal((16, 24, 20, 20)).astype(np.float32)
+w4 = rng.standard_normal((32, 24, 3, 3)).astype(np.float32) * 0.1
+tokens = ms.tensor(rng.integers(0, 64, (512,)))
+gamma, beta = rng.standard_normal(320).astype(np.float32), rng.standard_normal(320).astype(np.float32)
+CASES = {
+    "softmax": forward_backward(lambda t: F.softmax(t, dim=1), x2),
+    "log_softmax": forward_backward(lambda t: F.log_softmax(t, dim=1), x2),
+    "cross_entropy": forward_backward(
+        lambda t: F.cross_entropy(t, ms.tensor(np.arange(256) % 320)), x2),
+    "layer_norm": forward_backward(lambda t, w, b: F.layer_norm(t, (320,), w, b), x2, gamma, beta),
+    "batch_norm_1d": forward_backward(
+        lambda t, w, b: F.batch_norm(t, np.zeros(320, np.float32), np.ones(320, np.float32),
+                                     w, b, training=True), x2, gamma, beta),
+    "batch_norm_2d": forward_backward(
+        lambda t: F.batch_norm(t, np.zeros(24, np.float32), np.ones(24, np.float32),
+                               training=True), x4),
+    "gelu": forward_backward(F.gelu, x2),
+    "embedding": forward_backward(
+        lambda w: F.embedding(tokens, w),
+        rng.standard_normal((64, 256)).astype(np.float32)),
+    "max_pool2d": forward_backward(lambda t: F.max_pool2d(t, 2), x4),
+    "avg_pool2d": forward_backward(lambda t: F.avg_pool2d(t, 3, 2, 1), x4),
+    "conv2d": forward_backward(lambda t, w: F.conv2d(t, w, stride=1, padding=1), x4, w4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_two_threads_give_the_bits_of_one(name):
+    serial, parallel = run(CASES[name], 1), run(CASES[name], 2)
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_adam_step_on_two_threads_gives_the_bits_of_one():
+    def case():
+        p = ms.nn.Parameter(np.linspace(-1, 1, 1 << 18, dtype=np.float32))
+        opt = optim.Adam([p], lr=1e-2)
+        for k in range(3):
+            p.grad = np.cos(np.arange(1 << 18, dtype=np.float32) * (k + 1))
+            opt.step()
+        return p.data.copy()
+    np.testing.assert_array_equal(run(case, 1), run(case, 2))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_serial_by_default_and_set_num_threads_starts_a_worker():
+    """Counted in a fresh process: the kernels start no thread of their own until asked (so
+    nothing spins beside NumPy's BLAS pool); after ``set_num_threads(2)`` they do. Without
+    this, the comparisons above could pass with two serial runs."""
+    import subprocess
+    import sys
+    code = (
+        "import os, numpy as np, minissl as ms, minissl.functional as F\n"
+        "from minissl import runtime\n"
+        "tasks = lambda: len(os.listdir('/proc/self/task'))\n"
+        "x = ms.tensor(np.ones((512, 512), np.float32))\n"
+        "F.softmax(x, dim=1); before = tasks()\n"
+        "for _ in range(3): F.softmax(x, dim=1)\n"
+        "serial = tasks()\n"
+        "runtime.set_num_threads(2); F.softmax(x, dim=1)\n"
+        "print(before, serial, tasks())\n")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    before, serial, parallel = map(int, out.stdout.split())
+    assert serial == before and parallel > serial
