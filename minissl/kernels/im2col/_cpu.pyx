@@ -179,7 +179,8 @@ def im2col(const real[:, :, :, ::1] x, real[:, ::1] cols, Py_ssize_t kh, Py_ssiz
     cdef int failed = 0
     cdef int* failed_p = &failed                           # shared: written through a pointer
     # num_threads=0: Cython asks OpenMP for its default team (omp_get_max_threads()).
-    cdef bint par = THREADS > 1 and rows > 1 and cols.shape[0] * cols.shape[1] >= PARALLEL_MIN_WORK
+    cdef bint par = (THREADS > 1 and rows > 1
+                     and cols.shape[0] * cols.shape[1] >= PARALLEL_MIN_WORK)
     with nogil, parallel(num_threads=THREADS if par else 1):
         buf = <real*> malloc(buf_len * sizeof(real))
         if buf == NULL:
