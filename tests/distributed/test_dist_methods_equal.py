@@ -84,7 +84,8 @@ def _compare(name, dtype, tol):
 
 
 @pytest.mark.parametrize("name", list(methods.METHODS) + ["simclr-conv", "byol-conv",
-                                                          "moco-conv", "moco-syncbn"])
+                                                          "moco-conv", "moco-syncbn",
+                                                          "dino-conv", "swav-conv"])
 def test_n_ranks_equal_one_process_float64(name):
     _compare(name, np.float64, 1e-12)
 
