@@ -174,7 +174,7 @@ def _cases():
         add("scaled_dot_product_attention", {"is_causal": causal},
             {"query": q, "key": k, "value": v}, tag="_causal" if causal else "")
     _data_cases(r, cases)
-    # NNCLR, MoCo v3, SimMIM (issue 18), from their own generator: the cases above keep
+    # NNCLR, MoCo v3, SimMIM, from their own generator: the cases above keep
     # their inputs.
     r = np.random.default_rng(18)
     for n, d in ((4, 3), (8, 5)):
