@@ -113,14 +113,7 @@ class DenoisingAudioAutoencoder(AudioMethod):
 
     def denoise(self, noisy, batch_size=256):
         """Denoised clips (N, L), float32 host array, in eval mode."""
-        from ..autograd import no_grad
-        was = self.training
-        self.eval()
-        with no_grad():
-            out = [self(noisy[i:i + batch_size]).numpy() for i in range(0, len(noisy),
-                                                                          batch_size)]
-        self.train(was)
-        return np.concatenate(out).astype(np.float32)
+        return self.map_batches(self, noisy, batch_size)
 
     def snr_in_out(self, x, snr=5.0, seed=0):
         """Mean SNR (dB) of the clips ``x`` (N, L) with noise at ``snr`` dB, and of their
