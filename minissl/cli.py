@@ -311,6 +311,8 @@ def _pretrain(args, d, lead):
         if clidata.is_labelled(method.data_kind):
             from .evaluate import embedding_std
             record["embedding_std"] = embedding_std(method.features(d.test_x[:512]))
+        if hasattr(method, "heldout_metrics"):   # density models: the test split's NLL
+            record.update(method.heldout_metrics(d))
         history.append(_finite_or_none(record))
         # Checkpoint first, then the whole log, replaced atomically: a kill in between loses
         # a log line that the resumed run rewrites from the checkpoint's history, never a
@@ -485,6 +487,8 @@ def cmd_eval(args):
             acc = evaluate.knn_classify(tr[idx], d.train_y[idx], te, d.test_y,
                                         k=min(20, len(idx)))
             result = {"protocol": "knn", "labels_per_class": k, "accuracy": acc}
+    if hasattr(method, "heldout_metrics"):
+        result.update(method.heldout_metrics(d))
     result.update(shown)
     print(json.dumps(_finite_or_none(result)))
     return 0

@@ -145,6 +145,10 @@ def _image_parts(name):
         return masked.MAE(shape, masked.MAEConfig(patch_size=4, embed_dim=8, depth=1,
                                                   num_heads=2, decoder_embed_dim=8,
                                                   decoder_depth=1, decoder_num_heads=2))
+    if name == "pixelcnn":
+        from .methods import pixelcnn
+        return pixelcnn.PixelCNN(shape, pixelcnn.PixelCNNConfig(channels=2, layers=2,
+                                                                head_channels=4))
     kind = {"autoencoder": (ae.Autoencoder, ae.AutoencoderConfig()),
             "denoising": (ae.DenoisingAutoencoder, ae.DenoisingConfig()),
             "vae": (ae.VAE, ae.VAEConfig(latent_dim=4))}[name]

@@ -215,9 +215,10 @@ def _conv2d(op, x, weight, bias, stride, padding, dilation, groups, nd=2):
     """conv2d and conv1d (as a conv2d of height 1) after their own argument handling."""
     _check_conv(op, x, weight, bias, 1, 0, groups, nd)
     k = tuple(weight.shape[2:])
-    if nd == 1:
-        x, weight, k = x.reshape(x.shape[0], x.shape[1], 1, x.shape[2]), weight.reshape(
-            weight.shape[0], weight.shape[1], 1, k[0]), (1, k[0])
+    if nd == 1:                       # (N, C, L) as (N, C, 1, L), weight (O, C/G, 1, k)
+        x = x.reshape(x.shape[0], x.shape[1], 1, x.shape[2])
+        weight = weight.reshape(weight.shape[0], weight.shape[1], 1, k[0])
+        k = (1, k[0])
     window_geometry(op, x.shape, k, stride, padding, dilation)     # errors name the op
     if groups == 1 and not reference_forced():
         fn = Conv2d(k, stride, padding, bias is not None, dilation)

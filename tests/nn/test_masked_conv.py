@@ -6,6 +6,7 @@ import pytest
 import minissl as ms
 from minissl import nn
 from minissl.nn.masked_conv import causal_mask
+from minissl.testing import assert_gradcheck
 
 
 def receptive_field(conv, shape, i, j):
@@ -59,3 +60,10 @@ def test_bad_arguments():
         nn.MaskedConv2d(1, 2, 3, "A", "diagonal")
     with pytest.raises(ValueError, match="MaskedConv2d: kernel_size must be odd"):
         nn.MaskedConv2d(1, 2, (3, 4))
+
+
+@pytest.mark.parametrize("stack", ["full", "vertical", "horizontal"])
+def test_gradcheck(stack):
+    conv = nn.MaskedConv2d(2, 3, 3, "A", stack, rng=2).double()
+    x = ms.tensor(np.random.default_rng(3).standard_normal((2, 2, 4, 5)), requires_grad=True)
+    assert_gradcheck(lambda x, w, b: conv(x), x, conv.weight, conv.bias)
