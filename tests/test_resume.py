@@ -24,7 +24,8 @@ from test_cli import ROOT, assert_same_state, assert_usage_error, losses_of, run
 IMAGES = ["--batch-size", "64", "--limit", "128"]
 SETTINGS = {"images": IMAGES,
             "text": ["--data", "text", "--batch-size", "16", "--limit", "32"],
-            "series": ["--data", "ar", "--batch-size", "32", "--limit", "64"]}
+            "series": ["--data", "ar", "--batch-size", "32", "--limit", "64"],
+            "audio": ["--data", "audio", "--batch-size", "4", "--limit", "8"]}
 COMMON = ["--no-progress", "--no-plots", "--seed", "5"]
 ALL = list(methods.METHODS)
 TOTAL_DEPENDENT = ["byol"]   # schedules over the whole run: a new --epochs is refused
@@ -55,8 +56,8 @@ def test_every_method_is_covered():
 
 def _built(name):
     from minissl import data
-    return methods.build(name, data.load({"images": "digits", "text": "text",
-                                          "series": "ar"}[methods.data_kind(name)]))
+    return methods.build(name, data.load({"images": "digits", "text": "text", "series": "ar",
+                                          "audio": "audio"}[methods.data_kind(name)]))
 
 
 @pytest.mark.parametrize("method", [m for m in ALL if m not in TOTAL_DEPENDENT])
