@@ -45,7 +45,7 @@ __all__ = ["DenoisingAudioConfig", "DenoisingAudioAutoencoder", "add_noise", "sn
 class DenoisingAudioConfig:
     channels: int = 32            # C, the width of every convolution
     dilations: tuple = (1, 2, 4, 8, 16, 32)   # one residual block each: a receptive field of
-                                  # 8 + 2 * 63 = 134 samples (17 ms at 8 kHz)
+                                  # 1 + 8 + 2 * 63 = 135 samples (17 ms at 8 kHz)
     min_snr_db: float = 0.0       # the corruption's SNR is drawn per clip in [min, max] dB
     max_snr_db: float = 10.0      # (Rethage et al. train on 2.5 - 17.5 dB noisy speech)
 
