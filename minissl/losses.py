@@ -174,7 +174,7 @@ def clip_loss(image_features, text_features, logit_scale):
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) * 0.5
 
 
-def cpc_loss(predictions, z):
+def cpc_loss(predictions, z, offset=0):
     r"""Contrastive predictive coding: InfoNCE on K future steps, negatives from the batch.
 
     ``predictions[b, t, k - 1]`` is the model's guess W_k c_{b,t} of the encoding z_{b,t+k}
@@ -187,7 +187,10 @@ def cpc_loss(predictions, z):
         loss = 1/K sum_{k=1..K} L_k
 
     Shapes: predictions (B, T, K, D), z (B, T, D), K < T. Returns a scalar. (Equal z give
-    log(B T) for every anchor.)
+    log(B T) for every anchor.) Data-parallel, z may hold the frames of the whole global batch
+    (M >= B sequences, ``dist.all_gather``) and predictions those of this rank's sequences
+    ``offset .. offset + B - 1`` of it: the anchors are this rank's, the candidates everyone's,
+    and the mean of the ranks' losses is the one-process loss.
 
     Paper: van den Oord, Li, Vinyals, "Representation Learning with Contrastive Predictive
     Coding", 2018, eq. (4); negatives drawn from the same sequence as in wav2vec (Schneider,
@@ -200,10 +203,12 @@ def cpc_loss(predictions, z):
     fn = "cpc_loss"
     _check_float(fn, "predictions", predictions)
     _check_float(fn, "z", z)
-    if predictions.ndim != 4 or z.ndim != 3 or predictions.shape[:2] != z.shape[:2] \
-            or predictions.shape[3] != z.shape[2]:
-        raise ValueError(f"{fn}: expected predictions (B, T, K, D) and z (B, T, D) of one B, "
-                         f"T and D, got {predictions.shape} and {z.shape}")
+    if predictions.ndim != 4 or z.ndim != 3 or predictions.shape[1] != z.shape[1] \
+            or predictions.shape[3] != z.shape[2] \
+            or not 0 <= offset <= z.shape[0] - predictions.shape[0]:
+        raise ValueError(f"{fn}: expected predictions (B, T, K, D) and z (M, T, D) of one T and "
+                         f"D, with sequences offset .. offset + B - 1 of z, got "
+                         f"{predictions.shape}, {z.shape} and offset {offset}")
     B, T, K, D = predictions.shape
     if not 1 <= K < T:
         raise ValueError(f"{fn}: needs 1 <= K < T (a future frame for every step), got K={K} "
@@ -212,13 +217,13 @@ def cpc_loss(predictions, z):
         raise TypeError(f"{fn}: predictions and z must share one dtype, got "
                         f"{predictions.dtype} and {z.dtype}")
     xp = get_array_module(z.data)
-    candidates = z.reshape(B * T, D)                           # (B T, D)
+    candidates = z.reshape(z.shape[0] * T, D)                  # (M T, D)
     total = 0.0
     for k in range(1, K + 1):
         p = predictions[:, :T - k, k - 1].reshape(B * (T - k), D)    # (B (T - k), D)
-        logits = p @ candidates.T                              # (B (T - k), B T)
-        # the positive of anchor (b, t) is row b T + t + k of the candidates
-        target = (xp.arange(B)[:, None] * T + xp.arange(k, T)[None]).reshape(-1)
+        logits = p @ candidates.T                              # (B (T - k), M T)
+        # the positive of anchor (b, t) is row (offset + b) T + t + k of the candidates
+        target = ((offset + xp.arange(B))[:, None] * T + xp.arange(k, T)[None]).reshape(-1)
         total = total + F.cross_entropy(logits, _indices(target))
     return total / K
 

@@ -295,6 +295,10 @@ def test_the_readmes_own_data_commands_run(tmp_path):
     (tmp_path / "notes.txt").write_text("notes on self-supervised learning. " * 30)
     (tmp_path / "recordings").mkdir()
     write_wav(tmp_path / "recordings" / "a.wav", rng.standard_normal(2048) * 1000)
+    for c in ("bark", "meow"):
+        (tmp_path / "sounds" / c).mkdir(parents=True)
+        for i in range(5):
+            write_wav(tmp_path / "sounds" / c / f"{i}.wav", rng.standard_normal(512) * 1000)
     folder = tmp_path / "datasets" / "mnist"
     folder.mkdir(parents=True)
     for split, n in (("train", 8), ("t10k", 4)):

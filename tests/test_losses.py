@@ -783,6 +783,16 @@ def test_cpc_loss_gradcheck(B, L, K, D, seed):
                                      r.standard_normal((B, L, D))])
 
 
+def test_cpc_loss_of_a_slice_with_everyone_as_candidates(rng):
+    # Two "ranks" with two sequences each: their mean is the loss of the whole batch.
+    pred, z = randn(rng, 4, 6, 3, 5), randn(rng, 4, 6, 5)
+    whole = losses.cpc_loss(T(pred), T(z)).item()
+    halves = [losses.cpc_loss(T(pred[o:o + 2]), T(z), offset=o).item() for o in (0, 2)]
+    assert np.mean(halves) == pytest.approx(whole, rel=1e-12)
+    with pytest.raises(ValueError, match="offset 3"):
+        losses.cpc_loss(T(pred[:2]), T(z), offset=3)
+
+
 def test_cpc_loss_rejects_bad_shapes():
     with pytest.raises(ValueError, match=r"cpc_loss: expected predictions \(B, T, K, D\)"):
         losses.cpc_loss(T(np.zeros((2, 3, 1, 4))), T(np.zeros((2, 4, 4))))

@@ -26,7 +26,8 @@ SETTINGS = {"images": IMAGES,
             "text": ["--data", "text", "--batch-size", "16", "--limit", "32"],
             "series": ["--data", "ar", "--batch-size", "32", "--limit", "64"],
             "video": ["--data", "moving_shapes", "--batch-size", "16", "--limit", "32",
-                      "--set", "depth=1", "--set", "decoder_depth=1"]}
+                      "--set", "depth=1", "--set", "decoder_depth=1"],
+            "audio": ["--data", "audio", "--batch-size", "4", "--limit", "8"]}
 # Methods whose data differs from their kind's default (digits for images): RGB, small.
 OWN_SETTINGS = {"colorization": ["--data", "shapes", "--batch-size", "16", "--limit", "32",
                                  "--set", "widths=4,8"]}
@@ -63,7 +64,7 @@ def _built(name):
     if name == "colorization":
         return methods.build(name, data.shapes(n_train=4, n_test=0))
     return methods.build(name, data.load({"images": "digits", "text": "text", "series": "ar",
-                                          "video": "moving_shapes"}[methods.data_kind(name)]))
+                                          "video": "moving_shapes", "audio": "audio"}[methods.data_kind(name)]))
 
 
 @pytest.mark.parametrize("method", [m for m in ALL if m not in TOTAL_DEPENDENT])

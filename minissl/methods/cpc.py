@@ -98,7 +98,9 @@ class CPC(AudioMethod):
         c = self.aggregate(z)                                      # (B, C, T)
         B, _, T = z.shape
         p = self.predict(c).reshape(B, K, C, T).permute(0, 3, 1, 2)   # (B, T, K, C)
-        loss = losses.cpc_loss(p, z.transpose(1, 2))               # z as (B, T, C)
+        # Data-parallel: every rank's frames are candidates, as in one process.
+        everyone = dist.all_gather(z.transpose(1, 2))              # (B N, T, C)
+        loss = losses.cpc_loss(p, everyone, offset=dist.rank() * B)
         return loss, {}
 
 

@@ -45,7 +45,7 @@ __all__ = ["DenoisingAudioConfig", "DenoisingAudioAutoencoder", "add_noise", "sn
 class DenoisingAudioConfig:
     channels: int = 32            # C, the width of every convolution
     dilations: tuple = (1, 2, 4, 8, 16, 32)   # one residual block each: a receptive field of
-                                  # 8 + 2 * 63 = 134 samples (17 ms at 8 kHz)
+                                  # 1 + 8 + 2 * 63 = 135 samples (17 ms at 8 kHz)
     min_snr_db: float = 0.0       # the corruption's SNR is drawn per clip in [min, max] dB
     max_snr_db: float = 10.0      # (Rethage et al. train on 2.5 - 17.5 dB noisy speech)
 
@@ -113,14 +113,7 @@ class DenoisingAudioAutoencoder(AudioMethod):
 
     def denoise(self, noisy, batch_size=256):
         """Denoised clips (N, L), float32 host array, in eval mode."""
-        from ..autograd import no_grad
-        was = self.training
-        self.eval()
-        with no_grad():
-            out = [self(noisy[i:i + batch_size]).numpy() for i in range(0, len(noisy),
-                                                                          batch_size)]
-        self.train(was)
-        return np.concatenate(out).astype(np.float32)
+        return self.map_batches(self, noisy, batch_size)
 
     def snr_in_out(self, x, snr=5.0, seed=0):
         """Mean SNR (dB) of the clips ``x`` (N, L) with noise at ``snr`` dB, and of their

@@ -26,10 +26,14 @@ SMALL = {   # a few widths down, so that fifteen methods x two runs stay a few s
     "moco": dict(queue_size=24, bn_splits=2),
     "moco-conv": dict(queue_size=24, bn_splits=4),
     "moco-syncbn": dict(queue_size=24, bn_splits=1),   # one group across ranks: SyncBatchNorm
-    # issue 18: NNCLR's support set wraps within the steps; the ViTs a block of width 16.
+    # NNCLR's support set wraps within the steps; the ViTs a block of width 16.
     "nnclr": dict(queue_size=12),
     "mocov3": dict(embed_dim=16, depth=1, num_heads=2),
     "simmim": dict(embed_dim=16, depth=1, num_heads=2),
+    "wavenet": dict(quantization_channels=16, residual_channels=4, dilation_channels=4,
+                    skip_channels=6, layers=3, stacks=1, window=64),
+    "cpc": dict(channels=8, context_layers=2, prediction_steps=3),   # every frame a candidate
+    "denoising_audio": dict(channels=4, dilations=(1, 2)),
 }
 
 
@@ -41,6 +45,8 @@ def _data(name):
         return data.ar(n_series=4 * BATCH, length=24, seed=0)
     if kind == "video":
         return data.moving_shapes(n_train=4 * BATCH, n_test=0, frames=4, size=8, seed=0)
+    if kind == "audio":
+        return data.audio(n_per_class=4, clip_length=512, seed=0)
     if name.endswith("-conv") or name == "colorization":   # conv encoder; RGB
         return data.shapes(n_train=4 * BATCH, n_test=8, size=8, seed=0)   # conv encoder
     d = data.digits()
