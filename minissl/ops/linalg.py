@@ -81,22 +81,26 @@ class Linear(Function):
 
     __slots__ = ("x", "w", "has_bias")
 
+    # Every product runs on the inputs viewed as matrices: NumPy's matmul runs a (B, T, in)
+    # input as B separate products, 1.4-1.7x slower on gpt_char's shapes (B = 32 of 128 rows).
     def forward(self, x, w, b=None):
         self.x, self.w, self.has_bias = x, w, b is not None
-        y = x @ w.T
+        rows = math.prod(x.shape[:-1])   # not -1: a reshape cannot infer it when a size is 0
+        y = (x.reshape(rows, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], w.shape[0])
         if b is not None:
             y += b
         return y
 
     def backward(self, g):
         x, w = self.x, self.w
-        gx = g @ w if self.needs_grad[0] else None
+        rows = math.prod(x.shape[:-1])
+        g2 = g.reshape(rows, g.shape[-1])
+        gx = (g2 @ w).reshape(x.shape) if self.needs_grad[0] else None
         gw = gb = None
-        rows = math.prod(x.shape[:-1])   # not -1: a reshape cannot infer it when a size is 0
         if self.needs_grad[1]:
-            gw = g.reshape(rows, g.shape[-1]).T @ x.reshape(rows, x.shape[-1])
+            gw = g2.T @ x.reshape(rows, x.shape[-1])
         if self.has_bias and self.needs_grad[2]:
-            gb = g.reshape(rows, g.shape[-1]).sum(axis=0)
+            gb = g2.sum(axis=0)
         return (gx, gw, gb) if self.has_bias else (gx, gw)
 
 

@@ -15,7 +15,10 @@ needs_ext = pytest.mark.skipif(EXT is None, reason="Cython build missing or refe
 
 
 def handler_name(a=None):
-    from numpy._core.multiarray import get_handler_name
+    try:
+        from numpy._core.multiarray import get_handler_name       # NumPy 2
+    except ImportError:
+        from numpy.core.multiarray import get_handler_name        # NumPy 1.22+
     return get_handler_name() if a is None else get_handler_name(a)
 
 
