@@ -15,6 +15,13 @@ def _mT(a):
     return a.swapaxes(-1, -2)
 
 
+def _rows(x):
+    """``x`` (..., k) viewed as a matrix (rows, k). NumPy's matmul runs a (B, T, k) operand
+    against a matrix as B separate products (1.4-1.7x slower on gpt_char's shapes, 2 cores);
+    one product over all rows is what BLAS is fast at."""
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])   # not -1: sizes may be 0
+
+
 def _is_own_transpose(a, b):
     """True when ``b`` is ``a.T`` over the same memory (a Gram matrix ``a @ a.T``)."""
     return (a.ndim == 2 and b.ndim == 2 and b.strides == a.strides[::-1]
@@ -33,10 +40,19 @@ class MatMul(Function):
             # NumPy sends a @ a.T to BLAS syrk, which OpenBLAS runs 3-4x slower than the
             # plain gemm it gets with a copied operand (1024x128: 4.0 ms vs 1.2 ms, 2 cores).
             b = np.ascontiguousarray(b)
+        if a.ndim > 2 and b.ndim == 2:
+            return (_rows(a) @ b).reshape(*a.shape[:-1], b.shape[1])
         return a @ b
 
     def backward(self, g):
         a, b = self.a, self.b
+        if a.ndim > 2 and b.ndim == 2:     # a stack against one matrix: products over all rows
+            ga = gb = None
+            if self.needs_grad[0]:
+                ga = (_rows(g) @ b.T).reshape(a.shape).astype(a.dtype, copy=False)
+            if self.needs_grad[1]:
+                gb = (_rows(a).T @ _rows(g)).astype(b.dtype, copy=False)
+            return ga, gb
         a2 = a[None, :] if a.ndim == 1 else a          # (1, k) row vector
         b2 = b[:, None] if b.ndim == 1 else b          # (k, 1) column vector
         if a.ndim == 1:
@@ -81,26 +97,19 @@ class Linear(Function):
 
     __slots__ = ("x", "w", "has_bias")
 
-    # Every product runs on the inputs viewed as matrices: NumPy's matmul runs a (B, T, in)
-    # input as B separate products, 1.4-1.7x slower on gpt_char's shapes (B = 32 of 128 rows).
     def forward(self, x, w, b=None):
         self.x, self.w, self.has_bias = x, w, b is not None
-        rows = math.prod(x.shape[:-1])   # not -1: a reshape cannot infer it when a size is 0
-        y = (x.reshape(rows, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], w.shape[0])
+        y = (_rows(x) @ w.T).reshape(*x.shape[:-1], w.shape[0])   # one product (see _rows)
         if b is not None:
             y += b
         return y
 
     def backward(self, g):
         x, w = self.x, self.w
-        rows = math.prod(x.shape[:-1])
-        g2 = g.reshape(rows, g.shape[-1])
+        g2 = _rows(g)
         gx = (g2 @ w).reshape(x.shape) if self.needs_grad[0] else None
-        gw = gb = None
-        if self.needs_grad[1]:
-            gw = g2.T @ x.reshape(rows, x.shape[-1])
-        if self.has_bias and self.needs_grad[2]:
-            gb = g2.sum(axis=0)
+        gw = g2.T @ _rows(x) if self.needs_grad[1] else None
+        gb = g2.sum(axis=0) if self.has_bias and self.needs_grad[2] else None
         return (gx, gw, gb) if self.has_bias else (gx, gw)
 
 

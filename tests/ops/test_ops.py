@@ -418,7 +418,9 @@ def test_split_chunk(dev, data, shape):
 
 MATMUL_SHAPES = [((3,), (3,)), ((3,), (3, 2)), ((2, 3), (3,)), ((2, 3), (3, 4)),
                  ((2, 1, 3, 4), (5, 4, 2)), ((4,), (2, 4, 3)), ((2, 2, 3), (3,)),
-                 ((1, 2, 3), (4, 3, 2)), ((0, 3), (3, 2)), ((2, 0), (0, 3))]
+                 ((1, 2, 3), (4, 3, 2)), ((0, 3), (3, 2)), ((2, 0), (0, 3)),
+                 # a stack against one matrix: the path that multiplies all rows at once
+                 ((2, 3, 4), (4, 5)), ((2, 2, 1, 3), (3, 2)), ((2, 0, 3), (3, 2))]
 
 
 @pytest.mark.parametrize("sa,sb", MATMUL_SHAPES)
