@@ -129,10 +129,12 @@ def worker(kind, names, reps, rounds, with_torch=True):
 
 # ----------------------------------------------------------------------------- in the parent
 
-def run_worker(kind, args, names, rounds=1, env=None, with_torch=True):
-    """The parsed result of a worker process, or {"error": why}."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--reps",
-           str(args.reps), "--rounds", str(rounds), "--names", ",".join(names)]
+def run_worker(kind, args, names, rounds=1, env=None, with_torch=True, script=__file__,
+               extra=()):
+    """The parsed result of a worker process (``script --worker kind ...``, which prints
+    one ``RESULT`` line), or {"error": why}."""
+    cmd = [sys.executable, os.path.abspath(script), "--worker", kind, "--reps",
+           str(args.reps), "--rounds", str(rounds), "--names", ",".join(names), *extra]
     cmd += [] if with_torch else ["--no-torch"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False,
                          env={**os.environ, **(env or {})})
@@ -143,8 +145,9 @@ def run_worker(kind, args, names, rounds=1, env=None, with_torch=True):
     return {"error": f"{kind} worker failed: {tail.splitlines()[-1]}"}
 
 
-def measure_fresh(args, names, with_torch):
-    """Per configuration, per round: {name: ms}; plus the rounds' sgemm rates and FLOPs."""
+def measure_fresh(args, names, with_torch, **worker):
+    """Per configuration, per round: {name: ms}; plus the rounds' sgemm rates and FLOPs.
+    ``worker``: ``script`` and ``extra`` arguments of ``run_worker``."""
     runs = {c: [] for c in FRESH}
     sgemm, flops, tuning, errors = [], {}, None, []
     for _ in range(args.rounds):
@@ -154,7 +157,7 @@ def measure_fresh(args, names, with_torch):
                 runs[config].append({})
                 continue
             env = {"GLIBC_TUNABLES": HEAP_TUNABLES} if config == "torch+heap" else None
-            res = run_worker(config, args, names, env=env)
+            res = run_worker(config, args, names, env=env, **worker)
             if "error" in res:
                 errors.append(res["error"])
                 runs[config].append({})
@@ -170,9 +173,10 @@ def measure_fresh(args, names, with_torch):
             "errors": errors}
 
 
-def measure_one_process(args, names, with_torch):
+def measure_one_process(args, names, with_torch, **worker):
     """Both libraries in one worker (minissl alone without torch), all rounds in it."""
-    res = run_worker("one-process", args, names, rounds=args.rounds, with_torch=with_torch)
+    res = run_worker("one-process", args, names, rounds=args.rounds, with_torch=with_torch,
+                     **worker)
     if "error" in res:
         res = {"rounds": [{}] * args.rounds, "flops": {}, "errors": [res["error"]]}
     rounds = res["rounds"]
@@ -223,9 +227,11 @@ def print_table(columns, names, cell, width=30):
 def print_mode(title, m, table, ratio_table, names, args):
     print(f"\n== {title}")
     rates = [g for g in m["sgemm_gflops"] if g]
-    print(f"step ms: median of {args.rounds} rounds [min-max across rounds] and % of numpy's "
-          f"sgemm rate (median {statistics.median(rates) if rates else 0:.0f} GFLOP/s); "
-          f"each round the median of {args.reps} steps after 3 warm-up")
+    roofline = (f" and % of numpy's sgemm rate (median {statistics.median(rates):.0f} "
+                "GFLOP/s)" if rates else "")
+    print(f"step ms: median of {args.rounds} rounds [min-max across rounds]{roofline}; "
+          + getattr(args, "steps_note", f"each round the median of {args.reps} steps after "
+                                          "3 warm-up"))
     if m["tuning"]:
         print(f"minissl.runtime.tune() applied: {m['tuning']}")
 
@@ -233,8 +239,8 @@ def print_mode(title, m, table, ratio_table, names, args):
         if s["median_ms"] is None:
             return "n/a"
         roof = s["roofline"] and 100 * s["roofline"]
-        return (f"{s['median_ms']:8.1f} [{s['min_ms']:.1f}-{s['max_ms']:.1f}] "
-                f"{_fmt(roof, '.0f', 3)}%")
+        return (f"{s['median_ms']:8.1f} [{s['min_ms']:.1f}-{s['max_ms']:.1f}]"
+                + (f" {_fmt(roof, '.0f', 3)}%" if rates else ""))
 
     def ratio_cell(r):
         each = " ".join(_fmt(p, ".2f", 0) for p in r["rounds"])
@@ -245,6 +251,34 @@ def print_mode(title, m, table, ratio_table, names, args):
     print_table(ratio_table, names, ratio_cell)
     for e in dict.fromkeys(m["errors"]):
         print(f"(PyTorch or a worker not measured: {e})")
+
+
+def run_modes(args, names, with_torch, **worker):
+    """Measure and print every mode ``args.mode`` names (``worker``: see ``measure_fresh``);
+    the report ``--json`` writes."""
+    env = {k: os.environ[k] for k in SETTINGS if k in os.environ}
+    print(f"minissl vs PyTorch, CPU; environment: {env or 'none of ' + ', '.join(SETTINGS)}")
+    if not with_torch:
+        print("(PyTorch not measured: " + ("--no-torch)" if args.no_torch else
+                                           "torch is not installed: pip install torch)"))
+    modes = ("fresh", "one-process") if args.mode == "all" else (args.mode,)
+    report = {"rounds": args.rounds, "reps": args.reps, "environment": env, "modes": {}}
+    for mode in modes:
+        if mode == "fresh":
+            m = measure_fresh(args, names, with_torch, **worker)
+            title = ("fresh processes: one per library per round, in the order "
+                     f"{', '.join(FRESH)}; `import numpy` before `import minissl`")
+            ratios = FRESH_RATIOS
+        else:
+            m = measure_one_process(args, names, with_torch, **worker)
+            title = "one process: `import torch`, then numpy, then minissl; no tune()"
+            ratios = (("minissl", "torch"),)
+        table, ratio_table = summarise(m, names, ratios)
+        print_mode(title, m, table, ratio_table, names, args)
+        report["modes"][mode] = {"steps": table, "ratios": ratio_table,
+                                 "sgemm_gflops": m["sgemm_gflops"], "gflop": m["flops"],
+                                 "tuning": m["tuning"], "errors": m["errors"]}
+    return report
 
 
 def main(argv=None):
@@ -265,28 +299,7 @@ def main(argv=None):
                       with_torch=not args.no_torch)
     names = [args.only] if args.only else list(NAMES)
     with_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
-    env = {k: os.environ[k] for k in SETTINGS if k in os.environ}
-    print(f"minissl vs PyTorch, CPU; environment: {env or 'none of ' + ', '.join(SETTINGS)}")
-    if not with_torch:
-        print("(PyTorch not measured: " + ("--no-torch)" if args.no_torch else
-                                           "torch is not installed: pip install torch)"))
-    modes = ("fresh", "one-process") if args.mode == "all" else (args.mode,)
-    report = {"rounds": args.rounds, "reps": args.reps, "environment": env, "modes": {}}
-    for mode in modes:
-        if mode == "fresh":
-            m = measure_fresh(args, names, with_torch)
-            title = ("fresh processes: one per library per round, in the order "
-                     f"{', '.join(FRESH)}; `import numpy` before `import minissl`")
-            ratios = FRESH_RATIOS
-        else:
-            m = measure_one_process(args, names, with_torch)
-            title = "one process: `import torch`, then numpy, then minissl; no tune()"
-            ratios = (("minissl", "torch"),)
-        table, ratio_table = summarise(m, names, ratios)
-        print_mode(title, m, table, ratio_table, names, args)
-        report["modes"][mode] = {"steps": table, "ratios": ratio_table,
-                                 "sgemm_gflops": m["sgemm_gflops"], "gflop": m["flops"],
-                                 "tuning": m["tuning"], "errors": m["errors"]}
+    report = run_modes(args, names, with_torch)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

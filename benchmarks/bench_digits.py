@@ -12,20 +12,39 @@ runs its methods' own ``training_step``, PyTorch the same model written with ``t
 
     python benchmarks/bench_digits.py [--epochs 100]                 # SimCLR timing
     python benchmarks/bench_digits.py --method byol --probe --seeds 0 1 2
-"""
-import minissl
+    python benchmarks/bench_digits.py --mode all [--rounds 3] [--epochs 20] [--method M]
 
-minissl.runtime.tune()   # the process settings of a training loop (minissl/runtime.py)
+Without ``--mode`` both libraries run in this process, minissl imported first and
+``minissl.runtime.tune()`` applied (as the command line runs). ``--mode fresh|one-process|all``
+times the recipe's training loop (median ms per step, view making included) in the modes of
+``benchmarks/bench_cpu.py`` and prints its tables: each library in its own fresh process per
+round (NumPy then minissl, as a script imports them, with and without ``tune()``; PyTorch with
+its defaults and with minissl's heap settings), and both in one process with PyTorch imported
+first, no ``tune()``. PyTorch's processes import minissl too, after PyTorch, for the data and
+the views.
+"""
+import sys
+
+if "--worker" in sys.argv:   # a measured process: its first imports are part of the setting
+    if sys.argv[sys.argv.index("--worker") + 1].split("+")[0] in ("torch", "one-process"):
+        import torch  # noqa: F401  (PyTorch first, then NumPy, then minissl)
 
 import argparse
 import copy
+import importlib.util
+import json
+import os
+import statistics
 import time
 
 import numpy as np
 
-from minissl import augment, data, evaluate, methods, nn, optim, random
+from minissl import augment, data, evaluate, methods, nn, optim, random, runtime
 from minissl.methods import rotation
 from minissl.methods.base import cosine_tau
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_cpu  # noqa: E402  (the modes, the worker protocol and the tables)
 
 BATCH = 256
 RECIPES = ("simclr", "byol", "rotation")
@@ -43,20 +62,26 @@ def batches(d, epochs, seed):
 
 
 def minissl_run(d, epochs, method="simclr", seed=0, build=methods.build):
-    """``build(method, d)`` makes the method (after the seed); returns (seconds, final loss,
-    the trained method's ``features``)."""
+    """``build(method, d)`` makes the method (after the seed); returns ((seconds, median ms
+    per step), final loss, the trained method's ``features``)."""
     random.manual_seed(seed)
     m = nn.fuse(build(method, d))               # BatchNorm + ReLU as one op
     opt = optim.Adam(m.trainable_parameters(), lr=1e-3)
     total = epochs * (len(d.train_x) // BATCH)
-    t0 = time.perf_counter()
+    clock = [time.perf_counter()]
     for step, rng, x in batches(d, epochs, seed):
         opt.zero_grad()
         loss, _ = m.training_step(x, rng)
         loss.backward()
         opt.step()
         m.on_step_end(step, total)
-    return time.perf_counter() - t0, loss.item(), m.features
+        clock.append(time.perf_counter())
+    return timing(clock), loss.item(), m.features
+
+
+def timing(clock):
+    """(seconds in all, median ms per step) from the clock read before and after each step."""
+    return clock[-1] - clock[0], 1e3 * statistics.median(np.diff(clock))
 
 
 def torch_run(d, epochs, method="simclr", seed=0):
@@ -101,8 +126,9 @@ def torch_run(d, epochs, method="simclr", seed=0):
     def byol(p, z):
         return (2 - 2 * TF.cosine_similarity(p, z.detach(), dim=1)).mean()
 
-    t0 = time.perf_counter()
+    clock = [time.perf_counter()]
     for step, rng, x in batches(d, epochs, seed):
+        clock.append(time.perf_counter())
         opt.zero_grad()
         if method == "rotation":   # all four rotations of each augmented image, labels 0..3
             x4, k = rotation.all_rotations(transform(x, rng))
@@ -130,7 +156,8 @@ def torch_run(d, epochs, method="simclr", seed=0):
                     pt.mul_(tau).add_(po, alpha=1 - tau)
                 for bt, bo in zip(target.buffers(), online_net.buffers()):
                     bt.copy_(bo)
-    elapsed = time.perf_counter() - t0
+    clock.append(time.perf_counter())
+    elapsed = timing(clock[1:])
 
     def features(x):
         enc.eval()
@@ -145,25 +172,60 @@ def probe(features, d, labels=(1, 5, 10, 50)):
     return [evaluate.few_label_probe(tr, d.train_y, te, d.test_y, k)[0] for k in labels]
 
 
-def main():
+def worker(kind, method, epochs, seed, rounds, with_torch=True):
+    """Run in a child process (``--mode``): the recipe's median step ms for one configuration
+    of ``bench_cpu.FRESH`` (one round) or ``one-process`` (``rounds`` rounds, PyTorch
+    first), printed as the one result line ``bench_cpu`` reads."""
+    library = kind.split("+")[0]
+    libraries = {"minissl": ["minissl"], "torch": ["torch"], "one-process": ["torch", "minissl"]}
+    libraries = [lib for lib in libraries[library] if with_torch or lib == "minissl"]
+    tuning = runtime.tune()._asdict() if kind == "minissl+tune" else None
+    run = {"minissl": minissl_run, "torch": torch_run}
+    d = data.digits()
+    result = {"tuning": tuning, "flops": {}, "rounds": []}
+    for _ in range(rounds):
+        result["rounds"].append({lib: {method: run[lib](d, epochs, method, seed)[0][1]}
+                                 for lib in libraries})
+    print(bench_cpu.RESULT + json.dumps(result), flush=True)
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="epochs per run (default 100; 20 with --mode)")
     ap.add_argument("--method", choices=RECIPES, default="simclr")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--probe", action="store_true",
                     help="also probe both encoders' features at 1/5/10/50 labels per class")
-    args = ap.parse_args()
+    ap.add_argument("--mode", choices=("fresh", "one-process", "all"),
+                    help="time the recipe in bench_cpu.py's modes (one run per round)")
+    ap.add_argument("--rounds", type=int, default=3, help="with --mode: rounds")
+    ap.add_argument("--no-torch", action="store_true", help="with --mode: minissl only")
+    ap.add_argument("--json", help="with --mode: also write the tables to this file")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--reps", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--names", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.epochs is None:
+        args.epochs = 20 if (args.mode or args.worker) else 100
+    if args.epochs < 1 or args.rounds < 1:
+        ap.error("--epochs and --rounds must be at least 1")
+    if args.worker:
+        return worker(args.worker, args.method, args.epochs, args.seeds[0], args.rounds,
+                      with_torch=not args.no_torch)
+    if args.mode:
+        return timing_modes(args)
+    runtime.tune()   # the process settings of a training loop (minissl/runtime.py)
     d = data.digits()
-    try:
-        import torch  # noqa: F401
+    if importlib.util.find_spec("torch") is not None:
         runs = {"minissl": minissl_run, "pytorch": torch_run}
-    except ImportError:
+    else:
         print("PyTorch not installed: minissl alone, no comparison")
         runs = {"minissl": minissl_run}
     times, accs = {k: [] for k in runs}, {k: [] for k in runs}
     for seed in args.seeds:
         for lib, run in runs.items():
-            t, loss, features = run(d, args.epochs, args.method, seed)
+            (t, _), loss, features = run(d, args.epochs, args.method, seed)
             times[lib].append(t)
             line = f"{lib:8s} {args.method} seed {seed}: {t:6.2f} s, final loss {loss:.4f}"
             if args.probe:
@@ -180,5 +242,19 @@ def main():
               f"{np.mean(times['minissl']) / np.mean(times['pytorch']):.2f}")
 
 
+def timing_modes(args):
+    """``--mode``: bench_cpu.py's tables for the recipe, one run of ``--epochs`` per round."""
+    with_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+    args.reps = args.epochs * (len(data.digits().train_x) // BATCH)   # steps per run
+    args.steps_note = f"each round the median of the run's {args.reps} steps"
+    print(f"digits {args.method} recipe, {args.epochs} epochs of batch {BATCH} per run, "
+          f"seed {args.seeds[0]}; a step includes making its views")
+    extra = ["--method", args.method, "--epochs", str(args.epochs), "--seeds", str(args.seeds[0])]
+    report = bench_cpu.run_modes(args, [args.method], with_torch, script=__file__, extra=extra)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
