@@ -10,21 +10,19 @@ colour, gives the mask as a fourth channel and scores the squared error on the h
 colourisation maps the BT.601 luma to RGB with the squared error on all pixels. Both libraries
 get the same batches and the same masks (``minissl.methods.inpainting.random_boxes`` from the
 same seeded generators, data made in NumPy); minissl runs its methods' own ``training_step``,
-PyTorch the same model written with ``torch.nn``. The test masks are those of
+PyTorch the same model written with ``torch.nn``, by default from minissl's initial weights
+for the seed (``--torch-init own``: PyTorch's own draws of the same distributions), so that a
+difference comes from the libraries and not from the draws. The test masks are those of
 ``Inpainting.eval_seed`` for both.
 
     python benchmarks/bench_inpaint.py --task inpainting --seeds 0 1 2 [--epochs 10]
     python benchmarks/bench_inpaint.py --task colorization --seeds 0 1 2 --torch
 """
-import minissl
-
-minissl.runtime.tune()   # the process settings of a training loop (minissl/runtime.py)
-
 import argparse
 
 import numpy as np
 
-from minissl import data, methods, nn, optim, random
+from minissl import data, methods, nn, optim, random, runtime
 from minissl.methods.inpainting import psnr
 
 BATCH, WIDTHS = 64, (16, 32, 64)
@@ -51,10 +49,13 @@ def minissl_run(task, d, epochs, seed):
     return m.psnr(d.test_x), m.baseline_psnr(d.test_x)
 
 
-def torch_run(task, d, epochs, seed):
+def torch_run(task, d, epochs, seed, same_init=True):
+    """The recipe in PyTorch; ``same_init``: from minissl's initial weights for ``seed`` (the
+    weights ``minissl_run`` starts from), else from PyTorch's own draws."""
     import torch
     import torch.nn as tnn
     torch.manual_seed(seed)
+    random.manual_seed(seed)
     ref = methods.build(task, d, widths=WIDTHS)   # its corrupt(): the same inputs and masks
 
     def level(cin, cout):
@@ -84,6 +85,9 @@ def torch_run(task, d, epochs, seed):
 
     C = d.image_shape[0]
     net = UNet(C + 1 if task == "inpainting" else 1, C)
+    if same_init:   # the same parameter and buffer names and layouts as minissl's U-Net
+        net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
+                             ref.net.state_dict().items()})
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     for x, key in steps(d, epochs, seed):
         inputs, weight = ref.corrupt(x, np.random.default_rng(key))
@@ -112,13 +116,18 @@ def main():
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--torch", action="store_true", help="also the PyTorch recipe")
+    ap.add_argument("--torch-init", choices=("minissl", "own"), default="minissl",
+                    help="PyTorch starts from minissl's initial weights of the seed (default) "
+                         "or from its own draws")
     args = ap.parse_args()
+    runtime.tune()   # the process settings of a training loop (minissl/runtime.py)
     d = data.shapes(n_train=2000, n_test=500, size=16, seed=0)
     runs = {"minissl": minissl_run}
     if args.torch:
         runs["pytorch"] = torch_run
     for lib, run in runs.items():
-        got = [run(args.task, d, args.epochs, s) for s in args.seeds]
+        kw = {"same_init": args.torch_init == "minissl"} if lib == "pytorch" else {}
+        got = [run(args.task, d, args.epochs, s, **kw) for s in args.seeds]
         model, base = np.array(got).T
         print(f"{args.task} {lib}: test PSNR {model.mean():.2f} +- {model.std():.2f} dB "
               f"(seeds {' '.join(map(str, args.seeds))}: "

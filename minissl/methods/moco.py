@@ -91,6 +91,10 @@ class MoCo(SSLMethod):
             raise ValueError(f"MoCo: a batch of {len(x)} images does not split into "
                              f"bn_splits={S} simulated devices; use a batch size divisible by "
                              f"{S} or another bn_splits")
+        if len(x) < 2 * S:
+            raise ValueError(f"MoCo: a batch of {len(x)} images leaves {len(x) // S} image per "
+                             f"simulated device (bn_splits={S}), and batch norm needs two; use "
+                             f"a batch size of at least {2 * S} or a smaller bn_splits")
         v1, v2 = augment.two_views(x, self.transform, rng)
         # Queries: this rank's bn_splits groups of the global batch (all of it in one process).
         q = self.projector(self.encoder(self.as_input(dist.shard(v1, groups=S))))  # (B, D)

@@ -122,6 +122,11 @@ def test_moco_says_when_the_batch_does_not_split(digits):
     m = methods.build("moco", digits, queue_size=64, bn_splits=3)
     loss, _ = m.training_step(digits.train_x[:12], np.random.default_rng(0))
     assert np.isfinite(loss.item())
+    # Divisible, but one image per simulated device: no batch statistics to take.
+    m = methods.build("moco", digits, queue_size=64)
+    with pytest.raises(ValueError, match=r"MoCo: a batch of 8 images .* 1 image per "
+                                         r"simulated device .* at least 16"):
+        m.training_step(digits.train_x[:8], np.random.default_rng(0))
 
 
 def test_simsiam_projector_ends_as_the_official_builder(digits):
