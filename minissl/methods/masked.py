@@ -18,7 +18,9 @@
   no ``max_predictions_per_seq`` cap (BERT's 20 of 128 is above 15 % anyway) and no
   [CLS]/[SEP] tokens (no next-sentence task). The blocks are pre-LN with a final LayerNorm
   (BERT is post-LN), the masked-LM head is BERT's (dense - GELU - LayerNorm - decoder) with
-  an untied decoder.
+  an untied decoder. ``TwoPhaseWindows`` gives BERT's two sequence lengths (App. A.2: 90 %
+  of the steps short, then full): at one length of 64 characters the model stays at the
+  unigram loss for hundreds of steps, in PyTorch as here (docs/faithful.md).
 
 * ``MAE`` (masked autoencoder): He, Chen, Xie, Li, Dollar & Girshick, "Masked Autoencoders
   Are Scalable Vision Learners", CVPR 2022. An image is cut into L patches; a random 75 %
