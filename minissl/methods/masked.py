@@ -19,7 +19,7 @@
   [CLS]/[SEP] tokens (no next-sentence task). The blocks are pre-LN with a final LayerNorm
   (BERT is post-LN), the masked-LM head is BERT's (dense - GELU - LayerNorm - decoder) with
   an untied decoder. ``TwoPhaseWindows`` gives BERT's two sequence lengths (App. A.2: 90 %
-  of the steps short, then full): at one length of 64 characters the model stays at the
+  of the steps short, then full): at one length of 64 characters the model can stay at the
   unigram loss for hundreds of steps, in PyTorch as here (docs/faithful.md).
 
 * ``MAE`` (masked autoencoder): He, Chen, Xie, Li, Dollar & Girshick, "Masked Autoencoders
@@ -210,8 +210,9 @@ class TwoPhaseWindows:
 
     Why: on characters, a masked position must find its neighbours, and at initialisation
     attention averages over the whole window, so a neighbour's share of the signal is 1/T.
-    At T = 64 the masked LM sat at the unigram loss for hundreds of steps in minissl and in
-    PyTorch alike; at T = 16 it leaves it at once (docs/faithful.md has the figures).
+    At T = 64 the masked LM sits at the unigram loss for a number of steps that varies with
+    the seed (over 500 for one), in minissl and in PyTorch alike; at T = 16 it leaves it
+    within about a hundred (docs/faithful.md has the figures).
     """
 
     def __init__(self, ids, steps, block_size, batch_size, short_block=16,
