@@ -6,12 +6,14 @@ weight decay, cosine schedule with warm-up) and prints the reconstruction error 
 removed patches of test images next to simple baselines (the mean training image; each
 image's mean visible pixel), then a few-label linear probe of the frozen encoder features
 next to raw pixels and the untrained encoder. Part 2 trains ``MaskedLM`` with the 80/10/10
-rule for ``--mlm-minutes`` and prints its loss and accuracy on the chosen positions of the
+rule for ``--mlm-steps`` (BERT's two sequence lengths: 90 % of the steps on windows of 16
+characters, then 64) and prints its loss and accuracy on the chosen positions of the
 validation text. Saves a PNG of test images, masked inputs and reconstructions (if
 matplotlib is installed).
 
-    python examples/masked.py                        # digits, 100 epochs + 2 min MLM, ~5 min
+    python examples/masked.py                        # digits, 100 epochs + 600 MLM steps
     python examples/masked.py --data shapes --epochs 10 --skip-mlm
+    python examples/masked.py --skip-mae                  # the masked LM alone (README)
 """
 import argparse
 import math
@@ -109,27 +111,26 @@ def run_mlm(args):
     unigram = float(-np.log(counts / counts.sum())[targets[targets != -100]].mean())
     opt = optim.AdamW(mlm.trainable_parameters(), lr=args.mlm_lr, betas=(0.9, 0.99),
                       weight_decay=0.01)
-    windows = mlm.training_data(corpus)
+    # BERT's two sequence lengths: short windows first (the same characters per step), so
+    # that a masked position finds its neighbours, then full ones for the positions beyond.
+    phases = masked.TwoPhaseWindows(corpus.train_ids, args.mlm_steps, c.block_size,
+                                    args.batch_size_text, args.mlm_short_block)
     rng = np.random.default_rng(args.seed)
-    t0, step = time.perf_counter(), 0
-    while time.perf_counter() - t0 < 60 * args.mlm_minutes:
-        batch = windows[rng.integers(0, len(windows), args.batch_size_text)]
+    t0 = time.perf_counter()
+    for step in range(args.mlm_steps):
         opt.zero_grad()
-        loss, _ = mlm.training_step(batch, rng)
+        loss, _ = mlm.training_step(phases(step, rng), rng)
         loss.backward()
         opt.step()
-        step += 1
     loss, acc = evaluate_mlm()
-    print(f"after {step} steps ({time.perf_counter() - t0:.0f} s), on the chosen 15 % of "
+    print(f"after {args.mlm_steps} steps ({phases.switch} on windows of "
+          f"{args.mlm_short_block}; {time.perf_counter() - t0:.0f} s), on the chosen 15 % of "
           f"{len(val)} validation windows:")
     print(f"  masked-token loss  {loss:.3f} nats (at init {init[0]:.3f}; log V = "
           f"{math.log(corpus.vocab_size):.3f})")
     print(f"  unigram model      {unigram:.3f} at these positions (unigram entropy of train "
           f"{unigram_entropy(corpus.train_ids):.3f})")
     print(f"  accuracy           {acc:.3f} (at init {init[1]:.3f})")
-    print("  (the [MASK] position carries no information of its own: the model must first "
-          "learn\n   positions to find its neighbours, a plateau that lasts longer than "
-          "the GPT's)")
 
 
 def save_png(path, mae, d, seed):
@@ -174,8 +175,11 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--labels", type=int, nargs="+", default=[1, 10])
     ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--skip-mae", action="store_true")
     ap.add_argument("--skip-mlm", action="store_true")
-    ap.add_argument("--mlm-minutes", type=float, default=2.0)
+    ap.add_argument("--mlm-steps", type=int, default=600)
+    ap.add_argument("--mlm-short-block", type=int, default=16,
+                    help="window length of the first 90 %% of the MLM steps (BERT's 128 of 512)")
     ap.add_argument("--mlm-lr", type=float, default=2e-3)
     ap.add_argument("--max-chars", type=int, default=300_000)
     ap.add_argument("--block-size", type=int, default=64)
@@ -184,10 +188,11 @@ def main():
     ap.add_argument("--out", default="runs/masked")
     args = ap.parse_args()
 
-    d = data.load(args.data)
-    print(d)
-    mae, _ = run_mae(args, d)
-    save_png(os.path.join(args.out, "mae_reconstructions.png"), mae, d, args.seed)
+    if not args.skip_mae:
+        d = data.load(args.data)
+        print(d)
+        mae, _ = run_mae(args, d)
+        save_png(os.path.join(args.out, "mae_reconstructions.png"), mae, d, args.seed)
     if not args.skip_mlm:
         run_mlm(args)
 

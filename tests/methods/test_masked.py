@@ -130,6 +130,23 @@ def test_mlm_is_bidirectional_and_features(rng):
         tiny_mlm(mask_token_prob=0.95, random_token_prob=0.1)
 
 
+def test_two_phase_windows_short_then_full_at_the_same_ids_per_step():
+    ids = np.arange(640)
+    phases = masked.TwoPhaseWindows(ids, steps=10, block_size=64, batch_size=4,
+                                    short_block=16, short_fraction=0.9)
+    rng = np.random.default_rng(0)
+    shapes = [phases(step, rng).shape for step in range(10)]
+    assert phases.switch == 9 and shapes == [(16, 16)] * 9 + [(4, 64)]
+    w = phases(0, np.random.default_rng(1))                  # whole non-overlapping windows
+    assert (w[:, 0] % 16 == 0).all() and (np.diff(w, axis=1) == 1).all()
+    one = masked.TwoPhaseWindows(ids, 10, 64, 4, short_fraction=0)
+    assert one.switch == 0 and one(0, rng).shape == (4, 64)
+    with pytest.raises(ValueError, match="short_block"):
+        masked.TwoPhaseWindows(ids, 10, 64, 4, short_block=128)
+    with pytest.raises(ValueError, match="short_fraction"):
+        masked.TwoPhaseWindows(ids, 10, 64, 4, short_fraction=1.5)
+
+
 # ---------------------------------------------------------------------------- MAE helpers
 
 @given(B=st.integers(1, 3), C=st.sampled_from([1, 3]), p=st.sampled_from([1, 2, 4]),
