@@ -10,7 +10,8 @@ Each clip is one word, spoken by a voice drawn from several English accents and 
 voice variants (male, female, ...), at a random speed (words per minute) and pitch; the
 synthesis is resampled to 8 kHz (band-limited, in the frequency domain), its silences
 trimmed, scaled to a random peak, placed at a random onset and mixed with white noise at a
-random signal-to-noise ratio. One ``--seed`` gives the same folder on every machine with the
+random signal-to-noise ratio; ``voices.csv`` in the folder lists each clip's voice, speed,
+pitch and SNR. One ``--seed`` gives the same folder on every machine with the
 same espeak-ng.
 
 espeak-ng comes from the system's packages (Debian/Ubuntu: ``apt-get install espeak-ng``); it
@@ -89,7 +90,7 @@ def render(word, rng, args, folder):
     out[onset:onset + len(s)] = s
     snr = rng.uniform(*args.snr_db)
     out += rng.standard_normal(args.length) * np.sqrt(np.mean(s ** 2) / 10 ** (snr / 10))
-    return np.clip(out, -1.0, 1.0), f"{voice} -s {speed} -p {pitch}, {snr:.0f} dB"
+    return np.clip(out, -1.0, 1.0), f"{voice},{speed},{pitch},{snr:.1f}"
 
 
 def write_wav(path, x, rate):
@@ -119,10 +120,11 @@ def make(args):
                 x, how = render(word, rng, args, tmp)
                 name = f"{word}_{i:04d}.wav"
                 write_wav(os.path.join(tmp, word, name), x, args.rate)
-                lines.append(f"{word}/{name}: {how}")
+                lines.append(f"{word}/{name},{how}")
         os.remove(os.path.join(tmp, "espeak.wav"))
-        with open(os.path.join(tmp, "voices.txt"), "w") as f:   # what each clip is
-            f.write("\n".join(lines) + "\n")
+        # what each clip is; not .txt, which would make the folder a text corpus to minissl
+        with open(os.path.join(tmp, "voices.csv"), "w") as f:
+            f.write("\n".join(["file,voice,words_per_minute,pitch,snr_db"] + lines) + "\n")
         os.rename(tmp, args.out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,7 +9,7 @@ import wave
 import numpy as np
 import pytest
 
-from minissl.data.user import wav_clips
+from minissl.data.user import from_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "benchmarks", "make_spoken_digits.py")
@@ -60,7 +60,7 @@ def test_writes_a_folder_the_loader_reads(tmp_path, fake_espeak):
     out = tmp_path / "digits"
     run = _run(["--out", str(out), "--per-digit", "3", "--length", "2048"], fake_espeak)
     assert run.returncode == 0, run.stderr
-    d = wav_clips(str(out))
+    d = from_path(str(out), audio="clips")          # as `minissl pretrain --data DIR` reads it
     assert sorted(d.class_names) == sorted(["zero", "one", "two", "three", "four", "five",
                                             "six", "seven", "eight", "nine"])
     assert d.num_classes == 10 and d.sample_rate == 8000 and d.clip_length == 2048
@@ -71,7 +71,7 @@ def test_writes_a_folder_the_loader_reads(tmp_path, fake_espeak):
     # every clip holds its word: louder than the noise floor somewhere, and under full scale
     x = np.concatenate([d.train_x, d.test_x])
     assert (np.abs(x).max(axis=1) > 0.25).all() and np.abs(x).max() <= 1.0
-    assert len((out / "voices.txt").read_text().splitlines()) == 30
+    assert len((out / "voices.csv").read_text().splitlines()) == 31     # a header, a clip a row
     assert sorted(os.listdir(tmp_path)) == ["bin", "digits"]      # no temporary folder left
 
 
