@@ -515,11 +515,18 @@ def wavenet_loss(P, cfg, x, draws):
 
 
 def cpc_step_loss(P, cfg, x):
-    """wav2vec / CPC (fairseq wav2vec.py): strided conv encoder, causal residual context
-    convs, one affine map per step, InfoNCE over every frame of the batch."""
-    z = x[:, None]
+    """wav2vec / CPC (fairseq wav2vec.py): strided conv encoder (each conv followed by
+    CPC_audio's ChannelNorm, a layer norm over the channels of each frame, unless norm is
+    "none"), causal residual context convs, one affine map per step, InfoNCE over every frame
+    of the batch."""
+    z, per = x[:, None], 3 if cfg.get("norm", "channel") == "channel" else 2
     for i, s in enumerate((5, 4, 2)):
-        z = torch.relu(conv(P, f"encoder.{2 * i}", z, stride=s))
+        z = conv(P, f"encoder.{per * i}", z, stride=s)
+        if per == 3:
+            n = f"encoder.{per * i + 1}.norm."
+            z = TF.layer_norm(z.transpose(1, 2), (z.shape[1],), P[n + "weight"],
+                              P[n + "bias"]).transpose(1, 2)
+        z = torch.relu(z)
     c = z
     for i in range(cfg["context_layers"]):
         c = c + torch.relu(conv(P, f"context.{i}", TF.pad(c, (2, 0))))
