@@ -19,6 +19,7 @@ noise), made in NumPy from one seeded generator.
   of the test clips with white noise at 5 dB, and after denoising.
 
     python benchmarks/bench_audio.py --method cpc --epochs 16 --seeds 0 1 2
+    python benchmarks/bench_audio.py --method cpc --epochs 8 --seeds 0 1 2 --set norm=none
     python benchmarks/bench_audio.py --method cpc --epochs 8 --data spoken_digits
     python benchmarks/bench_audio.py --method wavenet --epochs 2 --library minissl
 """
@@ -250,7 +251,13 @@ def main():
     ap.add_argument("--data", metavar="DIR", help="a folder of WAV files, one subfolder per "
                     "class (benchmarks/make_spoken_digits.py writes one); default: the "
                     "procedural sounds")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting of the method's config, in both libraries (cpc: "
+                         "norm=none, negatives=sequence)")
     args = ap.parse_args()
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        RECIPES[args.method][0][key] = int(value) if value.isdigit() else value
     d = wav_clips(args.data) if args.data else data.audio()
     if not args.no_baselines:
         print(json.dumps({"method": args.method, "data": d.name,
