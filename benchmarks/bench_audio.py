@@ -2,19 +2,25 @@
 the figure each method is judged by, against its trivial baseline.
 
 Data: ``minissl.data.audio()`` (10 procedural sound classes, 800 training and 200 test clips
-of 2048 samples at 8 kHz). Optimiser: Adam, batch 32 (drop last). Both libraries get the same
-batches and the same random draws (crops, noise), made in NumPy from one seeded generator.
+of 2048 samples at 8 kHz), or ``--data DIR``, a folder of WAV files with one subfolder per
+class (``benchmarks/make_spoken_digits.py`` writes one of spoken digits). Optimiser: Adam,
+batch 32 (drop last). Both libraries get the same batches and the same random draws (crops,
+noise), made in NumPy from one seeded generator.
 
 * ``wavenet``: residual 32, dilation 32, skip 64, dilations 1..128 twice, 256 mu-law codes,
   random crops of 512 samples, Adam 1e-3. Figure: test NLL (nats per sample, whole clips)
   against the marginal mu-law distribution of the training set.
-* ``cpc``: encoder kernels (10, 8, 4), strides (5, 4, 2), 64 channels, 4 causal context
-  layers, 6 prediction steps, Adam 3e-3. Figure: accuracy of a linear probe (all labels) on
-  the time-averaged context, against raw samples, a log spectrogram and the random-init net.
+* ``cpc``: encoder kernels (10, 8, 4), strides (5, 4, 2), 64 channels, ChannelNorm, 4 causal
+  context layers, 6 prediction steps, Adam 3e-3 (``minissl.methods.cpc.CPCConfig``: the
+  PyTorch network is built from the same config). Figure: accuracy of a linear probe (all
+  labels) on the time-averaged context, against raw samples, a log spectrogram (flattened,
+  and averaged over time like the features) and the random-init net.
 * ``denoising_audio``: 32 channels, dilations 1..32, noise at 0-10 dB, Adam 1e-3. Figure: SNR
   of the test clips with white noise at 5 dB, and after denoising.
 
-    python benchmarks/bench_audio.py --method cpc --epochs 8 --seeds 0 1 2
+    python benchmarks/bench_audio.py --method cpc --epochs 16 --seeds 0 1 2
+    python benchmarks/bench_audio.py --method cpc --epochs 8 --seeds 0 1 2 --set norm=none
+    python benchmarks/bench_audio.py --method cpc --epochs 8 --data spoken_digits
     python benchmarks/bench_audio.py --method wavenet --epochs 2 --library minissl
 """
 import argparse
@@ -23,6 +29,8 @@ import json
 import numpy as np
 
 from minissl import data, evaluate, methods, optim, random
+from minissl.data.user import wav_clips
+from minissl.methods import cpc
 from minissl.methods.denoising_audio import add_noise, snr_db
 from minissl.methods.wavenet import marginal_nll
 
@@ -70,7 +78,8 @@ def minissl_figures(method, m, d):
 
 # ----------------------------------------------------------------------------- PyTorch
 
-def torch_model(method, seed):
+def torch_model(method, seed, settings=None):
+    """The PyTorch network of ``method`` (``settings``: its config, default the recipe's)."""
     import torch
     from torch import nn
     import torch.nn.functional as tF
@@ -99,13 +108,19 @@ def torch_model(method, seed):
             return tF.cross_entropy(logits, codes[:, 1:])
 
     class CPC(nn.Module):
-        def __init__(self, C=64, layers=4, K=6):
+        """minissl.methods.cpc.CPC written with torch.nn, from the same ``CPCConfig``."""
+
+        def __init__(self, cfg):
             super().__init__()
-            self.C, self.K = C, K
-            self.encoder = nn.Sequential(nn.Conv1d(1, C, 10, 5), nn.ReLU(), nn.Conv1d(C, C, 8, 4),
-                                         nn.ReLU(), nn.Conv1d(C, C, 4, 2), nn.ReLU())
-            self.context = nn.ModuleList([nn.Conv1d(C, C, 3) for _ in range(layers)])
-            self.predict = nn.Conv1d(C, K * C, 1)
+            C, self.K, self.cfg = cfg.channels, cfg.prediction_steps, cfg
+            enc = []
+            for i, (k, s) in enumerate(zip(cpc.KERNELS, cpc.STRIDES)):
+                enc += [nn.Conv1d(1 if i == 0 else C, C, k, s)]
+                enc += [ChannelNorm(C)] if cfg.norm == "channel" else []
+                enc += [nn.ReLU()]
+            self.encoder = nn.Sequential(*enc)
+            self.context = nn.ModuleList([nn.Conv1d(C, C, 3) for _ in range(cfg.context_layers)])
+            self.predict = nn.Conv1d(C, self.K * C, 1)
 
         def encode(self, x):
             z = self.encoder(x[:, None])
@@ -121,10 +136,23 @@ def torch_model(method, seed):
             zf = z.transpose(1, 2).reshape(B * T, C)
             total = 0
             for k in range(1, self.K + 1):
+                if self.cfg.negatives == "sequence":             # the clip's own T frames
+                    logits = p[:, k - 1, :, :T - k].transpose(1, 2) @ z   # (B, T - k, T)
+                    target = torch.arange(k, T).expand(B, T - k)
+                    total = total + tF.cross_entropy(logits.reshape(-1, T), target.reshape(-1))
+                    continue
                 pk = p[:, k - 1, :, :T - k].transpose(1, 2).reshape(-1, C)
                 target = (torch.arange(B)[:, None] * T + torch.arange(k, T)[None]).reshape(-1)
                 total = total + tF.cross_entropy(pk @ zf.T, target)
             return total / self.K
+
+    class ChannelNorm(nn.Module):                     # LayerNorm over the channels of a frame
+        def __init__(self, C):
+            super().__init__()
+            self.norm = nn.LayerNorm(C)
+
+        def forward(self, x):
+            return self.norm(x.transpose(1, 2)).transpose(1, 2)
 
     class Denoiser(nn.Module):
         def __init__(self, C=32, dilations=(1, 2, 4, 8, 16, 32)):
@@ -142,7 +170,9 @@ def torch_model(method, seed):
                 h = h + tF.relu(conv(h))
             return x - self.out(h)[:, 0]
 
-    return {"wavenet": WaveNet, "cpc": CPC, "denoising_audio": Denoiser}[method]()
+    if method == "cpc":
+        return CPC(cpc.CPCConfig(**(RECIPES["cpc"][0] if settings is None else settings)))
+    return {"wavenet": WaveNet, "denoising_audio": Denoiser}[method]()
 
 
 def torch_step_loss(method, net, x, rng):
@@ -203,7 +233,9 @@ def baselines(method, d):
     if method == "cpc":
         spec = [data.log_spectrogram(x).reshape(len(x), -1) for x in (d.train_x, d.test_x)]
         rand = minissl_model("cpc", d, 0)
+        spec_mean = [data.log_spectrogram(x).mean(1) for x in (d.train_x, d.test_x)]
         return {"raw_probe": probe(d.train_x, d.test_x, d), "spectrogram_probe": probe(*spec, d),
+                "time_averaged_spectrogram_probe": probe(*spec_mean, d),
                 "random_init_probe": probe(rand.features(d.train_x), rand.features(d.test_x), d)}
     noisy = add_noise(d.test_x, np.full(len(d.test_x), 5.0), np.random.default_rng(0))
     return {"snr_in": float(snr_db(d.test_x, noisy).mean())}
@@ -216,11 +248,20 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--library", choices=["both", "minissl", "torch"], default="both")
     ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--data", metavar="DIR", help="a folder of WAV files, one subfolder per "
+                    "class (benchmarks/make_spoken_digits.py writes one); default: the "
+                    "procedural sounds")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting of the method's config, in both libraries (cpc: "
+                         "norm=none, negatives=sequence)")
     args = ap.parse_args()
-    d = data.audio()
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        RECIPES[args.method][0][key] = int(value) if value.isdigit() else value
+    d = wav_clips(args.data) if args.data else data.audio()
     if not args.no_baselines:
-        print(json.dumps({"method": args.method, "baselines": baselines(args.method, d)}),
-              flush=True)
+        print(json.dumps({"method": args.method, "data": d.name,
+                          "baselines": baselines(args.method, d)}), flush=True)
     lr = RECIPES[args.method][1]
     for seed in args.seeds:
         if args.library in ("both", "minissl"):

@@ -515,17 +515,27 @@ def wavenet_loss(P, cfg, x, draws):
 
 
 def cpc_step_loss(P, cfg, x):
-    """wav2vec / CPC (fairseq wav2vec.py): strided conv encoder, causal residual context
-    convs, one affine map per step, InfoNCE over every frame of the batch."""
-    z = x[:, None]
+    """wav2vec / CPC (fairseq wav2vec.py): strided conv encoder (each conv followed by
+    CPC_audio's ChannelNorm, a layer norm over the channels of each frame, unless norm is
+    "none"), causal residual context convs, one affine map per step, InfoNCE over every frame
+    of the batch (or, negatives "sequence", of the anchor's own clip)."""
+    z, per = x[:, None], 3 if cfg.get("norm", "channel") == "channel" else 2
     for i, s in enumerate((5, 4, 2)):
-        z = torch.relu(conv(P, f"encoder.{2 * i}", z, stride=s))
+        z = conv(P, f"encoder.{per * i}", z, stride=s)
+        if per == 3:
+            n = f"encoder.{per * i + 1}.norm."
+            z = TF.layer_norm(z.transpose(1, 2), (z.shape[1],), P[n + "weight"],
+                              P[n + "bias"]).transpose(1, 2)
+        z = torch.relu(z)
     c = z
     for i in range(cfg["context_layers"]):
         c = c + torch.relu(conv(P, f"context.{i}", TF.pad(c, (2, 0))))
     (B, C, T), K = z.shape, cfg["prediction_steps"]
     p = conv(P, "predict", c).reshape(B, K, C, T).permute(0, 3, 1, 2)
-    return cpc_loss(p, z.transpose(1, 2))
+    z = z.transpose(1, 2)
+    if cfg.get("negatives", "batch") == "sequence":     # each clip against its own frames
+        return sum(cpc_loss(p[b:b + 1], z[b:b + 1]) for b in range(B)) / B
+    return cpc_loss(p, z)
 
 
 def denoising_audio_loss(P, cfg, x, draws):

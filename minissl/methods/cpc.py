@@ -6,9 +6,11 @@ arXiv:1807.03748, 2018 (section 2, audio in section 3.1); Schneider, Baevski, Co
 facebookresearch/fairseq ``fairseq/models/wav2vec/wav2vec.py`` (``ConvFeatureExtractionModel``,
 ``ConvAggegator``, ``Wav2VecPredictionsModel``), which this follows in its parts:
 
-    z = f(x)     (B, C, T)  feature encoder: strided Conv1d-ReLU layers on the raw waveform
-                            (B, 1, L); kernels (10, 8, 4), strides (5, 4, 2): one frame per
-                            40 samples (5 ms at 8 kHz; wav2vec: 5 layers, 10 ms at 16 kHz)
+    z = f(x)     (B, C, T)  feature encoder: strided Conv1d-ChannelNorm-ReLU layers on the raw
+                            waveform (B, 1, L); kernels (10, 8, 4), strides (5, 4, 2): one
+                            frame per 40 samples (5 ms at 8 kHz; wav2vec and CPC_audio: 5
+                            layers, 10 ms at 16 kHz). ChannelNorm normalises each frame over
+                            its channels (CPC_audio's default ``normMode="layerNorm"``)
     c = g(z)     (B, C, T)  context network: causal Conv1d(C, C, 3)-ReLU layers with residual
                             connections (wav2vec's aggregator); c_t sees z_1 .. z_t only
     p = W c      (B, T, K, C) one affine map W_k per step k = 1..K (wav2vec's
@@ -21,12 +23,16 @@ downstream models.
 
 Differences: wav2vec samples 10 negatives per anchor from the same sequence and scores them
 with a binary cross-entropy (logistic loss, its eq. 1); here every frame of the batch, same
-sequence and others, is a negative in a softmax (CPC's InfoNCE; fairseq's ``infonce`` option).
-CPC's context network is a GRU and its encoder has five layers of 512 channels; wav2vec's
-layers have group normalisation (one group, over channels and time) and dropout, and a
-``log_compression`` and ``skip_connections`` option of the aggregator; none of those here:
-three encoder layers and ``context_layers`` residual causal layers of ``channels`` channels,
-sized for 8 kHz clips of 0.25 s on one CPU core.
+sequence and others, is a negative in a softmax (CPC's InfoNCE; fairseq's ``infonce`` option;
+CPC_audio draws 128 of them from the batch). CPC's context network is a GRU and its encoder
+has five layers of 512 channels; wav2vec's layers have group normalisation (one group, over
+channels and time) and dropout, and a ``log_compression`` and ``skip_connections`` option of
+the aggregator; none of those here: three encoder layers with CPC_audio's ChannelNorm
+(facebookresearch/CPC_audio ``cpc/model.py``; biased variance here, ``torch.var``'s unbiased
+one there) and ``context_layers`` residual causal layers of ``channels`` channels, sized for
+8 kHz clips of 0.25 s on one CPU core. ``norm="none"`` is the plain Conv1d-ReLU encoder, whose
+scale is free; the probe varies with the seed as much with the norm as without it
+(docs/faithful.md has the measurements).
 """
 from dataclasses import dataclass
 
@@ -34,7 +40,7 @@ from .. import functional as F
 from .. import distributed as dist, losses, nn
 from .base import AudioMethod
 
-__all__ = ["CPCConfig", "CPC", "build"]
+__all__ = ["CPCConfig", "CPC", "ChannelNorm", "build"]
 
 KERNELS, STRIDES = (10, 8, 4), (5, 4, 2)       # the encoder: 40 samples per frame
 
@@ -44,6 +50,20 @@ class CPCConfig:
     channels: int = 64            # C, width of every layer (wav2vec: 512)
     context_layers: int = 4       # causal residual Conv1d(C, C, 3) layers (wav2vec: 9)
     prediction_steps: int = 6     # K, future frames predicted (wav2vec: 12; CPC audio: 12)
+    norm: str = "channel"         # after each encoder conv: "channel" (CPC_audio) or "none"
+    negatives: str = "batch"      # "batch": every frame of the batch; "sequence": the clip's own
+
+
+class ChannelNorm(nn.Module):
+    """Layer normalisation over the channels of each frame of (B, C, T), affine per channel:
+    CPC_audio's ``ChannelNorm`` (its encoder's default ``normMode="layerNorm"``)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x):
+        return self.norm(x.transpose(1, 2)).transpose(1, 2)
 
 
 class CPC(AudioMethod):
@@ -57,10 +77,17 @@ class CPC(AudioMethod):
         if min(c.channels, c.context_layers, c.prediction_steps) < 1:
             raise ValueError(f"CPC: channels, context_layers and prediction_steps must be >= 1, "
                              f"got {c}")
+        if c.norm not in ("channel", "none"):
+            raise ValueError(f"CPC: norm must be 'channel' or 'none', got {c.norm!r}")
+        if c.negatives not in ("batch", "sequence"):
+            raise ValueError(f"CPC: negatives must be 'batch' or 'sequence', got "
+                             f"{c.negatives!r}")
         C, K = c.channels, c.prediction_steps
         enc = []
         for i, (k, s) in enumerate(zip(KERNELS, STRIDES)):
-            enc += [nn.Conv1d(1 if i == 0 else C, C, k, stride=s), nn.ReLU()]
+            enc += [nn.Conv1d(1 if i == 0 else C, C, k, stride=s)]
+            enc += [ChannelNorm(C)] if c.norm == "channel" else []
+            enc += [nn.ReLU()]
         self.encoder = nn.Sequential(*enc)                         # (B, 1, L) -> (B, C, T)
         self.context = nn.ModuleList([nn.Conv1d(C, C, 3) for _ in range(c.context_layers)])
         self.predict = nn.Conv1d(C, K * C, 1)                      # W_1 .. W_K, stacked
@@ -98,6 +125,10 @@ class CPC(AudioMethod):
         c = self.aggregate(z)                                      # (B, C, T)
         B, _, T = z.shape
         p = self.predict(c).reshape(B, K, C, T).permute(0, 3, 1, 2)   # (B, T, K, C)
+        if self.config.negatives == "sequence":
+            # wav2vec's candidates: the T frames of the anchor's own clip, one clip at a time
+            own = z.transpose(1, 2)                                # (B, T, C)
+            return sum(losses.cpc_loss(p[b:b + 1], own[b:b + 1]) for b in range(B)) / B, {}
         # Data-parallel: every rank's frames are candidates, as in one process.
         everyone = dist.all_gather(z.transpose(1, 2))              # (B N, T, C)
         loss = losses.cpc_loss(p, everyone, offset=dist.rank() * B)

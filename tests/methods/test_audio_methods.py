@@ -8,7 +8,8 @@ import pytest
 import minissl as ms
 from minissl import data, methods
 from minissl.gradcheck import gradcheck
-from minissl.methods.cpc import CPC, CPCConfig
+from minissl import nn
+from minissl.methods.cpc import CPC, ChannelNorm, CPCConfig
 from minissl.methods.denoising_audio import add_noise, snr_db
 from minissl.methods.wavenet import WaveNet, WaveNetConfig, marginal_nll
 
@@ -123,11 +124,42 @@ def test_cpc_context_is_causal(rng):
     assert (reach[6:] == 0).all() and (reach[:6] > 0).all()
 
 
-def test_cpc_gradcheck(rng):
-    net = CPC(CPCConfig(channels=3, context_layers=1, prediction_steps=2)).double()
+@pytest.mark.parametrize("norm,negatives", [("channel", "batch"), ("none", "batch"),
+                                            ("channel", "sequence")])
+def test_cpc_gradcheck(rng, norm, negatives):
+    net = CPC(CPCConfig(channels=3, context_layers=1, prediction_steps=2, norm=norm,
+                        negatives=negatives)).double()
     x = ms.tensor(rng.standard_normal((2, net.min_length() + 40)) * 0.5)
     assert gradcheck(lambda x, *p: net.training_step(x.data)[0], [x] + list(net.parameters()),
                      mode="projection")
+
+
+def test_cpc_channel_norm_normalises_each_frame_over_its_channels(rng):
+    # CPC_audio's ChannelNorm: mean 0 and (biased) variance 1 over C, for every (b, t); the
+    # encoder's scale is then fixed whatever the clip's loudness
+    net = CPC(CPCConfig(channels=6, context_layers=1, prediction_steps=2)).double()
+    assert isinstance(net.encoder[1], ChannelNorm) and isinstance(net.encoder[2], nn.ReLU)
+    y = net.encoder[1](ms.tensor(rng.standard_normal((2, 6, 9)) * 5 + 3)).data
+    np.testing.assert_allclose(y.mean(axis=1), 0, atol=1e-12)
+    np.testing.assert_allclose(y.var(axis=1), 1, atol=1e-4)
+    assert len(CPC(CPCConfig(norm="none")).encoder) == 6
+    with pytest.raises(ValueError, match="CPC: norm must be 'channel' or 'none'"):
+        CPC(CPCConfig(norm="group"))
+
+
+def test_cpc_sequence_negatives_never_see_the_other_clips(rng):
+    # wav2vec's candidates: each clip is scored against its own frames only, so the loss of
+    # a batch is the mean of its clips' losses; with the batch's frames it is not
+    x = rng.standard_normal((3, 700)) * 0.5
+    for negatives, alone in (("sequence", True), ("batch", False)):
+        ms.random.manual_seed(0)
+        net = CPC(CPCConfig(channels=4, context_layers=1, prediction_steps=2,
+                            negatives=negatives)).double()
+        whole = float(net.training_step(x)[0].data)
+        each = np.mean([float(net.training_step(x[i:i + 1])[0].data) for i in range(3)])
+        assert (abs(whole - each) < 1e-12) == alone, (negatives, whole, each)
+    with pytest.raises(ValueError, match="CPC: negatives must be 'batch' or 'sequence'"):
+        CPC(CPCConfig(negatives="queue"))
 
 
 def test_cpc_training_lowers_loss(clips):
