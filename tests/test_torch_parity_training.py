@@ -79,10 +79,13 @@ def _assert_same(mine, theirs, what):
                                    err_msg=f"{what}: entry {i} of the state_dict")
 
 
-def _method(name, **config):
+def _method(name, fused=False, **config):
+    """The method in float64; ``fused``: its BatchNorm + ReLU pairs as one op (``nn.fuse``, as
+    the benchmarks train)."""
     random.manual_seed(0)
     enc = nn.MLPEncoder(64, (WIDTH, WIDTH))
-    return methods.build(name, _data(), encoder=enc, feature_dim=WIDTH, **config).double()
+    m = methods.build(name, _data(), encoder=enc, feature_dim=WIDTH, **config).double()
+    return nn.fuse(m) if fused else m
 
 
 def _batches():
@@ -127,9 +130,10 @@ def _train_side_by_side(m, theirs, torch_loss, before_update=None, check=None):
             check(step)
 
 
-def test_swav_training_matches_the_official_loop_across_the_prototype_freeze():
+@pytest.mark.parametrize("fused", [False, True])
+def test_swav_training_matches_the_official_loop_across_the_prototype_freeze(fused):
     freeze = 3
-    m = _method("swav", n_prototypes=8, proj_hidden=WIDTH, proj_dim=16, n_local=2,
+    m = _method("swav", fused, n_prototypes=8, proj_hidden=WIDTH, proj_dim=16, n_local=2,
                 freeze_prototypes_steps=freeze)
     c = m.config
     theirs = tnn.ModuleDict({"encoder": _encoder(), "projection_head": _mlp(WIDTH, WIDTH, 16),
@@ -155,8 +159,9 @@ def test_swav_training_matches_the_official_loop_across_the_prototype_freeze():
                            tF.normalize(protos, dim=1).detach().numpy()), "never trained"
 
 
-def test_nnclr_training_matches_solo_learn_across_the_support_set_wrap():
-    m = _method("nnclr", queue_size=24, proj_hidden=WIDTH, proj_dim=16, pred_hidden=WIDTH)
+@pytest.mark.parametrize("fused", [False, True])
+def test_nnclr_training_matches_solo_learn_across_the_support_set_wrap(fused):
+    m = _method("nnclr", fused, queue_size=24, proj_hidden=WIDTH, proj_dim=16, pred_hidden=WIDTH)
     t = m.config.temperature
     theirs = tnn.ModuleDict({"encoder": _encoder(),
                              "projector": _mlp(WIDTH, WIDTH, WIDTH, 16, last_bn=True),
