@@ -26,7 +26,10 @@ torch = pytest.importorskip("torch")
 tnn, tF = torch.nn, torch.nn.functional
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
-from torch_port import multicrop_forward, nnclr_loss, swav_loss  # noqa: E402
+try:
+    from torch_port import multicrop_forward, nnclr_loss, swav_loss
+finally:
+    sys.path.pop(0)
 
 B, STEPS, WIDTH = 16, 6, 32
 
@@ -72,8 +75,9 @@ def _copy_into(mine, theirs):
 
 def _assert_same(mine, theirs, what):
     # atol: the biases before a BatchNorm get a gradient of pure round-off (the BN removes
-    # them), which Adam divides by sqrt(v) + eps: they drift apart by ~1e-10. A real
-    # difference (a prototype step in the freeze, a missed renormalisation) is ~lr = 1e-2.
+    # them), which Adam divides by sqrt(v) + eps: they drift apart by ~1e-10 (more with
+    # PyTorch's threads), and the losses by ~1e-12. A real difference (a prototype step in
+    # the freeze, a missed renormalisation) is ~lr = 1e-2.
     for i, (va, vb) in enumerate(_pairs(mine, theirs)):
         np.testing.assert_allclose(va, vb.numpy(), rtol=1e-7, atol=1e-8,
                                    err_msg=f"{what}: entry {i} of the state_dict")
@@ -81,7 +85,7 @@ def _assert_same(mine, theirs, what):
 
 def _method(name, fused=False, **config):
     """The method in float64; ``fused``: its BatchNorm + ReLU pairs as one op (``nn.fuse``, as
-    the benchmarks train)."""
+    ``bench_digits`` trains)."""
     random.manual_seed(0)
     enc = nn.MLPEncoder(64, (WIDTH, WIDTH))
     m = methods.build(name, _data(), encoder=enc, feature_dim=WIDTH, **config).double()
@@ -124,7 +128,7 @@ def _train_side_by_side(m, theirs, torch_loss, before_update=None, check=None):
             before_update(step)
         opt_t.step()
 
-        assert loss_m.item() == pytest.approx(loss_t.item(), rel=1e-12), f"loss at step {step}"
+        assert loss_m.item() == pytest.approx(loss_t.item(), rel=1e-9), f"loss at step {step}"
         _assert_same(m, theirs, f"after step {step}")
         if check is not None:
             check(step)
