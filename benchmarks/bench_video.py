@@ -25,6 +25,7 @@ import math
 import numpy as np
 
 from minissl import data, evaluate, methods, optim, random
+from minissl.methods.videomae import VideoMAEConfig, mask_indices, sinusoid_table
 
 BATCH, LR, LABELS, DRAWS = 32, 1e-3, 100, 2
 POOL = "mean"     # PyTorch's features: "mean" of the tokens or "tokens" (all, concatenated)
@@ -95,7 +96,6 @@ def torch_model(torch, ref):
     tnn = torch.nn
     c, (C, T, H, W) = ref.config, ref.video_shape
     N, P = ref.num_tokens, c.tubelet_size * c.patch_size ** 2 * C
-    from minissl.methods.videomae import sinusoid_table
 
     def blocks(dim, heads, depth):
         return tnn.ModuleList([tnn.TransformerEncoderLayer(
@@ -144,7 +144,6 @@ def torch_model(torch, ref):
 
 def torch_run(d, variant, epochs, seed):
     import torch
-    from minissl.methods.videomae import mask_indices
     torch.manual_seed(seed)
     ref = methods.build("videomae", d, **VARIANTS[variant])   # masks, targets, baseline
     net = torch_model(torch, ref)
@@ -225,7 +224,9 @@ def diagnose(d):
         print(f"supervised 3-D CNN, {'all' if k is None else k} labels per class: {acc:.3f}",
               flush=True)
     for variant in VARIANTS:
+        random.manual_seed(0)
         ref = methods.build("videomae", d, **VARIANTS[variant])
+        probe(f"{variant}: the untrained encoder (mean of the tokens)", ref.features)
         mask = ref._eval_masks(len(d.test_x), None)
         x = d.test_x.astype(np.float64)
         tok = ref.targets(x)                                           # (B, N, P)
@@ -246,8 +247,14 @@ def main():
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--library", choices=("minissl", "pytorch", "both"), default="both")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a VideoMAEConfig field for every variant, e.g. mask_ratio=0.75")
     ap.add_argument("--diagnose", action="store_true", help="probes of the data (PyTorch)")
     args = ap.parse_args()
+    for item in args.set:
+        key, value = item.split("=", 1)
+        for over in VARIANTS.values():
+            over[key] = type(getattr(VideoMAEConfig, key))(value)
     d = load()
     if args.diagnose:
         return diagnose(d)
