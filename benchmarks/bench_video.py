@@ -28,7 +28,7 @@ from minissl import data, evaluate, methods, optim, random
 from minissl.methods.videomae import VideoMAEConfig, mask_indices, sinusoid_table
 
 BATCH, LR, LABELS, DRAWS = 32, 1e-3, 100, 2
-POOL = "mean"     # PyTorch's features: "mean" of the tokens or "tokens" (all, concatenated)
+POOL = "mean"     # the features: "mean" of the tokens or "tokens" (all, concatenated)
 VARIANTS = {                                   # VideoMAEConfig overrides
     "tube": {},                                # the defaults: tube masking, tubelets of 2
     "frame": {"mask_type": "random", "tubelet_size": 1, "mask_ratio": 0.75},
@@ -88,7 +88,10 @@ def minissl_run(d, variant, epochs, seed):
     def predict(x, mask):
         return np.concatenate([m._predict(x[i:i + 250].astype(np.float64), mask[i:i + 250])
                                for i in range(0, len(x), 250)])
-    return scores(m, d, predict, lambda x: batched(m.features, x))
+    def tokens(x):
+        return m.encode(m.as_input(x)).reshape(len(x), -1)
+    return scores(m, d, predict, m.features if POOL == "mean" else
+                  lambda x: m.map_batches(tokens, x, 250))
 
 
 def torch_model(torch, ref):
@@ -249,8 +252,12 @@ def main():
     ap.add_argument("--library", choices=("minissl", "pytorch", "both"), default="both")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a VideoMAEConfig field for every variant, e.g. mask_ratio=0.75")
+    ap.add_argument("--pool", choices=("mean", "tokens"), default="mean",
+                    help="probe the mean of the encoder's tokens (VideoMAE's) or all of them")
     ap.add_argument("--diagnose", action="store_true", help="probes of the data (PyTorch)")
     args = ap.parse_args()
+    global POOL
+    POOL = args.pool
     for item in args.set:
         key, value = item.split("=", 1)
         for over in VARIANTS.values():
