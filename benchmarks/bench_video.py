@@ -230,6 +230,8 @@ def diagnose(d):
         random.manual_seed(0)
         ref = methods.build("videomae", d, **VARIANTS[variant])
         probe(f"{variant}: the untrained encoder (mean of the tokens)", ref.features)
+        probe(f"{variant}: the untrained encoder (all tokens)", lambda x: ref.map_batches(
+            lambda b: ref.encode(ref.as_input(b)).reshape(len(b), -1), x, 250))
         mask = ref._eval_masks(len(d.test_x), None)
         x = d.test_x.astype(np.float64)
         tok = ref.targets(x)                                           # (B, N, P)
