@@ -32,7 +32,6 @@ import sys
 import numpy as np
 
 from minissl import augment, data, methods
-from minissl.methods import simmim
 from minissl.methods.base import build_encoder, cosine_tau
 from minissl.methods.masked import sincos_pos_embed_2d
 
@@ -56,19 +55,22 @@ def build(method, d):
     return methods.build(method, d, encoder=build_encoder("mlp", d.image_shape)[0])
 
 
-def minissl_run(d, epochs, method, seed):
-    _, loss, features = bench_digits.minissl_run(d, epochs, method, seed, build)
+def minissl_run(d, epochs, method, seed, batch=BATCH, build=build):
+    _, loss, features = bench_digits.minissl_run(d, epochs, method, seed, build, batch)
     return loss, features
 
 
 # ----------------------------------------------------------------------------- PyTorch
 
-def torch_run(d, epochs, method, seed):
+def torch_run(d, epochs, method, seed, batch=BATCH, build=build, recipes=None):
+    """The PyTorch recipe ``recipes[method]`` (by default this file's), given the minissl
+    method built for ``d``: its augmentation, masks and sizes are the recipe's."""
     import torch
     torch.manual_seed(seed)
-    ours = build(method, d)      # its augmentation (and SimMIM's patch size) are the recipe's
-    run = {"nnclr": _torch_nnclr, "mocov3": _torch_mocov3, "simmim": _torch_simmim}[method]
-    return run(torch, d, epochs, seed, ours)
+    ours = build(method, d)
+    run = (recipes or {"nnclr": _torch_nnclr, "mocov3": _torch_mocov3,
+                       "simmim": _torch_simmim})[method]
+    return run(torch, d, epochs, seed, ours, batch)
 
 
 def _mlp(tnn, dims, bias=True, last_bn=None):
@@ -82,10 +84,10 @@ def _mlp(tnn, dims, bias=True, last_bn=None):
     return tnn.Sequential(*layers)
 
 
-def _train(torch, params, d, epochs, seed, step_fn, end_fn=None):
+def _train(torch, params, d, epochs, seed, step_fn, end_fn=None, batch=BATCH):
     opt = torch.optim.Adam(params, 1e-3)
-    total = epochs * (len(d.train_x) // BATCH)
-    for step, rng, x in batches(d, epochs, seed):
+    total = epochs * (len(d.train_x) // batch)
+    for step, rng, x in batches(d, epochs, seed, batch):
         opt.zero_grad()
         loss = step_fn(x, rng)
         loss.backward()
@@ -108,7 +110,7 @@ def _views(torch, x, transform, rng):
     return [torch.from_numpy(v.reshape(len(v), -1)) for v in augment.two_views(x, transform, rng)]
 
 
-def _torch_nnclr(torch, d, epochs, seed, ours):
+def _torch_nnclr(torch, d, epochs, seed, ours, batch):
     # solo-learn solo/methods/nnclr.py and solo/losses/nnclr.py, one process.
     tnn, F = torch.nn, torch.nn.functional
     enc = _mlp(tnn, (int(np.prod(d.image_shape)), 256, 256), last_bn="affine")
@@ -135,10 +137,10 @@ def _torch_nnclr(torch, d, epochs, seed, ours):
         return loss_of(nn1, p2) / 2 + loss_of(nn2, p1) / 2
 
     params = [p for net in (enc, proj, pred) for p in net.parameters()]
-    return _train(torch, params, d, epochs, seed, step), _features(torch, enc)
+    return _train(torch, params, d, epochs, seed, step, batch=batch), _features(torch, enc)
 
 
-def _torch_mocov3(torch, d, epochs, seed, ours):
+def _torch_mocov3(torch, d, epochs, seed, ours, batch):
     # facebookresearch/moco-v3 moco/builder.py (MoCo_ResNet heads) and main_moco.py.
     tnn, F = torch.nn, torch.nn.functional
     enc = _mlp(tnn, (int(np.prod(d.image_shape)), 256, 256), last_bn="affine")
@@ -166,15 +168,16 @@ def _torch_mocov3(torch, d, epochs, seed, ours):
         state["m"] = cosine_tau(0.99, step + 1, total)
 
     params = list(base.parameters()) + list(pred.parameters())
-    return _train(torch, params, d, epochs, seed, step, end), _features(torch, enc)
+    return _train(torch, params, d, epochs, seed, step, end, batch), _features(torch, enc)
 
 
-def _torch_simmim(torch, d, epochs, seed, ours):
-    # microsoft/SimMIM models/simmim.py with a pre-LN ViT (fixed sin-cos positions, no [CLS]).
-    tnn, F = torch.nn, torch.nn.functional
-    C, H, _ = d.image_shape
-    p = ours.patch_size
-    g, dim = H // p, VIT["embed_dim"]
+def torch_vit(torch, C, H, p, dim, depth, num_heads, mask_token=True):
+    """The PyTorch twin of ``masked.ViTEncoder`` (+ SimMIM's mask token): a pre-LN ViT with
+    fixed 2-D sin-cos positions and no [CLS] token, shared by the SimMIM and MAE recipes.
+    ``tokens(x, mask, ids_keep)``: SimMIM's mask (B, g, g) swaps patch embeddings for the
+    mask token before the positions; MAE's ``ids_keep`` (B, K) keeps those patches only."""
+    tnn = torch.nn
+    g = H // p
 
     class ViT(tnn.Module):
         def __init__(self):
@@ -182,59 +185,87 @@ def _torch_simmim(torch, d, epochs, seed, ours):
             self.patch_embed = tnn.Conv2d(C, dim, p, stride=p)
             self.register_buffer("pos", torch.tensor(
                 sincos_pos_embed_2d(dim, g), dtype=torch.float32)[None])
-            self.mask_token = tnn.Parameter(torch.randn(1, 1, dim) * 0.02)
+            if mask_token:                                              # SimMIM's
+                self.mask_token = tnn.Parameter(torch.randn(1, 1, dim) * 0.02)
             self.blocks = tnn.ModuleList(tnn.TransformerEncoderLayer(
-                dim, VIT["num_heads"], 4 * dim, dropout=0.0, activation="gelu",
-                batch_first=True, norm_first=True) for _ in range(VIT["depth"]))
+                dim, num_heads, 4 * dim, dropout=0.0, activation="gelu",
+                batch_first=True, norm_first=True) for _ in range(depth))
             self.norm = tnn.LayerNorm(dim)
 
-        def tokens(self, x, mask=None):
+        def tokens(self, x, mask=None, ids_keep=None):
             t = self.patch_embed(x).flatten(2).transpose(1, 2)          # (B, L, D)
             if mask is not None:
                 w = mask.flatten(1).unsqueeze(-1).to(t.dtype)
                 t = t * (1 - w) + self.mask_token * w
             t = t + self.pos
+            if ids_keep is not None:                                    # (B, K, D)
+                t = torch.gather(t, 1, ids_keep.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
+            return self.encode(t)
+
+        def encode(self, t):
             for blk in self.blocks:
                 t = blk(t)
             return self.norm(t)
 
         def forward(self, x):
-            return self.tokens(x).mean(dim=1)
+            return self.tokens(x).mean(dim=1)                          # (B, D)
 
-    vit = ViT()
+    return ViT()
+
+
+def torch_simmim(torch, ours):
+    """The PyTorch SimMIM of the minissl ``SimMIM`` ``ours`` (its sizes, augmentation and
+    masks): ``(vit, decoder, step)``, ``step(x, rng)`` -> the loss of one batch, drawing from
+    ``rng`` as ``SimMIM.training_step``. microsoft/SimMIM ``models/simmim.py`` with a pre-LN
+    ViT (fixed sin-cos positions, no [CLS])."""
+    tnn, F = torch.nn, torch.nn.functional
+    C, H, _ = ours.image_shape
+    p, c = ours.patch_size, ours.config
+    g, dim = H // p, c.embed_dim
+    vit = torch_vit(torch, C, H, p, dim, c.depth, c.num_heads)
     decoder = tnn.Sequential(tnn.Conv2d(dim, p * p * C, 1), tnn.PixelShuffle(p))
 
     def step(x, rng):
         x = torch.from_numpy(ours.transform(x, rng))
-        mask = torch.from_numpy(simmim.mask_generator(rng, len(x), H, p, p, 0.6))   # (B, g, g)
+        mask = torch.from_numpy(ours.masks(len(x), rng))                 # (B, g, g)
         z = vit.tokens(x, mask).transpose(1, 2).reshape(len(x), dim, g, g)
         x_rec = decoder(z)
         m = mask.repeat_interleave(p, 1).repeat_interleave(p, 2).unsqueeze(1).to(x.dtype)
         return (F.l1_loss(x, x_rec, reduction="none") * m).sum() / (m.sum() + 1e-5) / C
 
+    return vit, decoder, step
+
+
+def _torch_simmim(torch, d, epochs, seed, ours, batch):
+    vit, decoder, step = torch_simmim(torch, ours)
     params = list(vit.parameters()) + list(decoder.parameters())
-    return _train(torch, params, d, epochs, seed, step), _features(torch, vit, flatten=False)
+    return (_train(torch, params, d, epochs, seed, step, batch=batch),
+            _features(torch, vit, flatten=False))
 
 
 # ----------------------------------------------------------------------------- main
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--method", choices=RECIPES, required=True)
+def main(recipes=RECIPES, build=build, torch_recipes=None, doc=__doc__):
+    """Trains each library on the recipe named by ``--method`` over ``--seeds`` and prints
+    the probes; another benchmark passes its own ``build`` and PyTorch ``torch_recipes``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--method", choices=recipes, required=len(recipes) > 1, default=recipes[0])
     ap.add_argument("--data", choices=("digits", "shapes"), default="digits")
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=BATCH)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--libraries", nargs="+", default=["minissl", "pytorch"],
                     choices=["minissl", "pytorch"])
     args = ap.parse_args()
     d = load(args.data)
-    runs = {"minissl": minissl_run, "pytorch": torch_run}
+    runs = {"minissl": lambda *a: minissl_run(*a, build=build),
+            "pytorch": lambda *a: torch_run(*a, build=build, recipes=torch_recipes)}
     print(f"raw pixels {args.data} probe 1/5/10: " + " ".join(
         f"{a:.3f}" for a in probe(lambda x: x.reshape(len(x), -1), d, LABELS)), flush=True)
     accs = {lib: [] for lib in args.libraries}
     for seed in args.seeds:
         for lib in args.libraries:
-            loss, features = runs[lib](d, args.epochs, args.method, seed)
+            loss, features = runs[lib](d, args.epochs, args.method, seed, args.batch_size)
             accs[lib].append(probe(features, d, LABELS))
             print(f"{lib:8s} {args.method} {args.data} seed {seed}: final loss {loss:.4f}"
                   f"   probe 1/5/10: " + " ".join(f"{a:.3f}" for a in accs[lib][-1]),
