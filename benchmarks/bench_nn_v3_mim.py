@@ -243,6 +243,48 @@ def _torch_simmim(torch, d, epochs, seed, ours, batch):
             _features(torch, vit, flatten=False))
 
 
+# ----------------------------------------------------------------------------- diagnosis
+
+def diagnose(m, d, labels=LABELS):
+    """Why a trained minissl SimMIM or MAE ``m`` probes as it does: its error on held-out
+    masked pixels next to pasting in the mean training image (a fill that needs no model),
+    and the probe of the tokens at each depth (mean-pooled) and of the final token map kept
+    whole (position by position, L x D features)."""
+    x, rng = d.test_x, np.random.default_rng(0)
+    mean_image = d.train_x.mean(0, keepdims=True)                       # (1, C, H, W)
+    if hasattr(m, "masks"):                                             # SimMIM: L1
+        p, mask = m.patch_size, m.masks(len(x), rng)                    # (N, g, g)
+        weight = mask.repeat(p, 1).repeat(p, 2)[:, None]                # (N, 1, H, W)
+        prediction = m.map_batches(lambda b: m.reconstruct(b, mask[:len(b)]), x, len(x))
+        prediction = prediction.reshape(x.shape)
+
+        def error(pred):
+            return float((np.abs(pred - x) * weight).sum() / (weight.sum() * x.shape[1]))
+    else:                                                               # MAE: MSE
+        prediction, weight, _ = m.reconstruct(x, rng)
+
+        def error(pred):
+            return float((((pred - x) ** 2) * weight).sum() / (weight.sum() * x.shape[1]))
+    kind = "L1" if hasattr(m, "masks") else "MSE"
+    print(f"held-out masked pixels, {kind}: model {error(prediction):.4f}, mean training "
+          f"image {error(mean_image):.4f}", flush=True)
+    enc = m.encoder
+
+    def tokens(b, depth):                                               # (B, L, D)
+        t = enc.patch_embed(m.as_input(b)) + enc.pos_embed
+        for block in enc.blocks[:depth]:
+            t = block(t)
+        return t
+    rows = [(f"mean of the tokens after {k} block(s)", lambda b, k=k: tokens(b, k).mean(dim=1))
+            for k in range(len(enc.blocks) + 1)]
+    rows += [("mean of the final normed tokens (features)", lambda b: m.feature_batch(b)),
+             ("final normed token map, whole", lambda b: enc.norm(
+                 tokens(b, len(enc.blocks))).reshape(len(b), -1))]
+    for name, fn in rows:
+        accs = probe(lambda a: m.map_batches(fn, a, 1024), d, labels)
+        print(f"  {name:44s} probe 1/5/10: " + " ".join(f"{a:.3f}" for a in accs), flush=True)
+
+
 # ----------------------------------------------------------------------------- main
 
 def main(recipes=RECIPES, build=build, torch_recipes=None, doc=__doc__):
@@ -256,6 +298,8 @@ def main(recipes=RECIPES, build=build, torch_recipes=None, doc=__doc__):
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--libraries", nargs="+", default=["minissl", "pytorch"],
                     choices=["minissl", "pytorch"])
+    ap.add_argument("--diagnose", action="store_true",
+                    help="after each minissl run, its reconstruction and per-depth probes")
     args = ap.parse_args()
     d = load(args.data)
     runs = {"minissl": lambda *a: minissl_run(*a, build=build),
@@ -270,6 +314,8 @@ def main(recipes=RECIPES, build=build, torch_recipes=None, doc=__doc__):
             print(f"{lib:8s} {args.method} {args.data} seed {seed}: final loss {loss:.4f}"
                   f"   probe 1/5/10: " + " ".join(f"{a:.3f}" for a in accs[lib][-1]),
                   flush=True)
+            if args.diagnose and lib == "minissl":
+                diagnose(features.__self__, d)      # the trained method of ``features``
     for lib in args.libraries:
         a = np.array(accs[lib])
         print(f"{lib:8s} {args.method} {args.data} over {len(a)} seed(s): probe 1/5/10 "
