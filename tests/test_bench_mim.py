@@ -1,9 +1,11 @@
-"""The PyTorch recipes that the README's SimMIM and MAE figures compare against
-(``benchmarks/bench_nn_v3_mim.py``, ``benchmarks/bench_mae.py``) are minissl's methods step
-for step: with minissl's weights copied in, one training step on the same batch and the same
-random draws (crop, flip, masks) gives the same loss and the same gradient for every
-parameter, in float64. A recipe that drifted from the method (another mask, another loss
-normalisation, a missing position embedding) would make the comparison meaningless."""
+"""The masked-image benchmarks (``benchmarks/bench_nn_v3_mim.py``, ``benchmarks/bench_mae.py``).
+
+Their PyTorch recipes, which the README's SimMIM and MAE figures compare against, are minissl's
+methods step for step: with minissl's weights copied in, one training step on the same batch
+and the same random draws (crop, flip, masks) gives the same loss and the same gradient for
+every parameter, in float64. A recipe that drifted from the method (another mask, another loss
+normalisation, a missing position embedding) would make the comparison meaningless. And
+``--diagnose`` probes the tokens it says it probes and scores the fill it names."""
 import os
 import sys
 
@@ -12,7 +14,11 @@ import pytest
 
 from minissl import data, methods
 
-torch = pytest.importorskip("torch")
+try:
+    import torch
+except ImportError:
+    torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,6 +88,7 @@ def digits64():
     return d, d.train_x[:24].astype(np.float64)
 
 
+@needs_torch
 @pytest.mark.parametrize("mask_patch_size", [2, 4])
 def test_simmim_recipe_is_minissls_simmim(bench, digits64, mask_patch_size):
     mim, _ = bench
@@ -96,6 +103,7 @@ def test_simmim_recipe_is_minissls_simmim(bench, digits64, mask_patch_size):
     same_step(ours, pairs, step, x, seed=3)
 
 
+@needs_torch
 def test_mae_recipe_is_minissls_mae(bench, digits64):
     _, mae_bench = bench
     d, x = digits64
@@ -111,3 +119,29 @@ def test_mae_recipe_is_minissls_mae(bench, digits64):
               (r.decoder_pred.weight, "decoder_pred.weight"),
               (r.decoder_pred.bias, "decoder_pred.bias")]
     same_step(ours, pairs, r.step, x, seed=5)
+
+
+@pytest.mark.parametrize("name", ["simmim", "mae"])
+def test_diagnose_probes_each_depth_and_scores_the_mean_image_fill(bench, name, monkeypatch,
+                                                                   capsys):
+    mim, _ = bench
+    d = data.digits()
+    m = methods.build(name, d, embed_dim=8, depth=2, num_heads=2)
+    seen = []
+    monkeypatch.setattr(mim, "probe", lambda features, d, labels: seen.append(
+        features(d.test_x[:3])) or [0.0] * len(labels))
+    mim.diagnose(m, d)
+    L, D = 16, 8
+    assert [f.shape for f in seen] == [(3, D)] * 4 + [(3, L * D)]   # depths 0, 1, 2, features
+    np.testing.assert_array_equal(seen[3], m.features(d.test_x[:3]))
+    np.testing.assert_allclose(seen[4].reshape(3, L, D).mean(1), seen[3], atol=1e-6)  # whole map
+    line = capsys.readouterr().out.splitlines()[0]
+    fill = float(line.rsplit(" ", 1)[1])
+    x, mean_image = d.test_x.astype(np.float64), d.train_x.mean(0, keepdims=True)
+    if name == "simmim":    # the same masks as the diagnosis: drawn first from seed 0
+        mask = m.masks(len(x), np.random.default_rng(0)).repeat(2, 1).repeat(2, 2)[:, None]
+        want = (np.abs(mean_image - x) * mask).sum() / mask.sum()
+    else:
+        _, mask, _ = m.reconstruct(x, np.random.default_rng(0))
+        want = (((mean_image - x) ** 2) * mask).sum() / mask.sum()
+    assert fill == pytest.approx(want, abs=1e-4)
