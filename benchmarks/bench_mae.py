@@ -86,8 +86,18 @@ def torch_mae(torch, ours):
     return r
 
 
-def _torch_mae(torch, d, epochs, seed, ours, batch):
+def mae_pairs(r):
+    """Every parameter of ``torch_mae``'s namespace with its name in minissl's ``MAE``."""
+    return (mim.vit_pairs(r.enc, "encoder.patch_embed.proj", "encoder.blocks", "encoder.norm")
+            + mim.vit_pairs(r.dec, None, "decoder_blocks", "decoder_norm", "mask_token")
+            + [(getattr(r, m).weight, f"{m}.weight") for m in ("decoder_embed", "decoder_pred")]
+            + [(getattr(r, m).bias, f"{m}.bias") for m in ("decoder_embed", "decoder_pred")])
+
+
+def _torch_mae(torch, d, epochs, seed, ours, batch, same_init=False):
     r = torch_mae(torch, ours)
+    if same_init:
+        mim.copy_weights(torch, ours, mae_pairs(r))
     return (mim._train(torch, r.params, d, epochs, seed, r.step, batch=batch),
             mim._features(torch, r.enc, flatten=False))
 

@@ -31,7 +31,7 @@ import sys
 
 import numpy as np
 
-from minissl import augment, data, methods
+from minissl import augment, data, methods, random
 from minissl.methods.base import build_encoder, cosine_tau
 from minissl.methods.masked import sincos_pos_embed_2d
 
@@ -62,15 +62,20 @@ def minissl_run(d, epochs, method, seed, batch=BATCH, build=build):
 
 # ----------------------------------------------------------------------------- PyTorch
 
-def torch_run(d, epochs, method, seed, batch=BATCH, build=build, recipes=None):
+def torch_run(d, epochs, method, seed, batch=BATCH, build=build, recipes=None,
+              same_init=False):
     """The PyTorch recipe ``recipes[method]`` (by default this file's), given the minissl
-    method built for ``d``: its augmentation, masks and sizes are the recipe's."""
+    method built for ``d``: its augmentation, masks and sizes are the recipe's. With
+    ``same_init`` (SimMIM, MAE) that method is the minissl run's own initialisation (the same
+    seed) and PyTorch starts from a copy of its weights: what differs is then only float
+    rounding, not the draw of the initial weights."""
     import torch
     torch.manual_seed(seed)
+    random.manual_seed(seed)                 # as bench_digits.minissl_run, before its build
     ours = build(method, d)
     run = (recipes or {"nnclr": _torch_nnclr, "mocov3": _torch_mocov3,
                        "simmim": _torch_simmim})[method]
-    return run(torch, d, epochs, seed, ours, batch)
+    return run(torch, d, epochs, seed, ours, batch, **({"same_init": True} if same_init else {}))
 
 
 def _mlp(tnn, dims, bias=True, last_bn=None):
@@ -236,11 +241,56 @@ def torch_simmim(torch, ours):
     return vit, decoder, step
 
 
-def _torch_simmim(torch, d, epochs, seed, ours, batch):
+def _torch_simmim(torch, d, epochs, seed, ours, batch, same_init=False):
     vit, decoder, step = torch_simmim(torch, ours)
+    if same_init:
+        copy_weights(torch, ours, simmim_pairs(vit, decoder))
     params = list(vit.parameters()) + list(decoder.parameters())
     return (_train(torch, params, d, epochs, seed, step, batch=batch),
             _features(torch, vit, flatten=False))
+
+
+# PyTorch parameter names of a ``torch_vit`` block -> minissl's (``nn.TransformerBlock``).
+BLOCK = {"norm1.weight": "ln1.weight", "norm1.bias": "ln1.bias",
+         "norm2.weight": "ln2.weight", "norm2.bias": "ln2.bias",
+         "self_attn.in_proj_weight": "attn.qkv.weight",
+         "self_attn.in_proj_bias": "attn.qkv.bias",
+         "self_attn.out_proj.weight": "attn.proj.weight",
+         "self_attn.out_proj.bias": "attn.proj.bias",
+         "linear1.weight": "mlp.0.weight", "linear1.bias": "mlp.0.bias",
+         "linear2.weight": "mlp.2.weight", "linear2.bias": "mlp.2.bias"}
+
+
+def vit_pairs(vit, patch, blocks, norm, mask_token=None):
+    """(torch parameter, minissl name) of a ``torch_vit``; ``patch`` None: no patch embed."""
+    out = [(vit.norm.weight, f"{norm}.weight"), (vit.norm.bias, f"{norm}.bias")]
+    if patch:
+        out += [(vit.patch_embed.weight, f"{patch}.weight"),
+                (vit.patch_embed.bias, f"{patch}.bias")]
+    if mask_token:
+        out.append((vit.mask_token, mask_token))
+    for i, block in enumerate(vit.blocks):
+        params = dict(block.named_parameters())
+        out += [(params[t], f"{blocks}.{i}.{m}") for t, m in BLOCK.items()]
+    return out
+
+
+def simmim_pairs(vit, decoder):
+    """Every parameter of ``torch_simmim``'s modules with its name in minissl's ``SimMIM``."""
+    return vit_pairs(vit, "encoder.patch_embed.proj", "encoder.blocks", "encoder.norm",
+                     "encoder.mask_token") + [(decoder[0].weight, "decoder.0.weight"),
+                                              (decoder[0].bias, "decoder.0.bias")]
+
+
+def copy_weights(torch, method, pairs):
+    """Copies the minissl ``method``'s parameters into the PyTorch ones of ``pairs``, which
+    must name each of them once."""
+    named = dict(method.named_parameters())
+    if sorted(name for _, name in pairs) != sorted(named):
+        raise ValueError("copy_weights: the pairs do not name each minissl parameter once")
+    with torch.no_grad():
+        for tp, name in pairs:
+            tp.copy_(torch.from_numpy(np.asarray(named[name].data)))
 
 
 # ----------------------------------------------------------------------------- diagnosis
@@ -298,12 +348,15 @@ def main(recipes=RECIPES, build=build, torch_recipes=None, doc=__doc__):
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--libraries", nargs="+", default=["minissl", "pytorch"],
                     choices=["minissl", "pytorch"])
+    ap.add_argument("--same-init", action="store_true",
+                    help="SimMIM, MAE: PyTorch starts from minissl's initial weights")
     ap.add_argument("--diagnose", action="store_true",
                     help="after each minissl run, its reconstruction and per-depth probes")
     args = ap.parse_args()
     d = load(args.data)
     runs = {"minissl": lambda *a: minissl_run(*a, build=build),
-            "pytorch": lambda *a: torch_run(*a, build=build, recipes=torch_recipes)}
+            "pytorch": lambda *a: torch_run(*a, build=build, recipes=torch_recipes,
+                                            same_init=args.same_init)}
     print(f"raw pixels {args.data} probe 1/5/10: " + " ".join(
         f"{a:.3f}" for a in probe(lambda x: x.reshape(len(x), -1), d, LABELS)), flush=True)
     accs = {lib: [] for lib in args.libraries}

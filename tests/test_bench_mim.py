@@ -22,18 +22,9 @@ needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-BLOCK = {"norm1.weight": "ln1.weight", "norm1.bias": "ln1.bias",
-         "norm2.weight": "ln2.weight", "norm2.bias": "ln2.bias",
-         "self_attn.in_proj_weight": "attn.qkv.weight",
-         "self_attn.in_proj_bias": "attn.qkv.bias",
-         "self_attn.out_proj.weight": "attn.proj.weight",
-         "self_attn.out_proj.bias": "attn.proj.bias",
-         "linear1.weight": "mlp.0.weight", "linear1.bias": "mlp.0.bias",
-         "linear2.weight": "mlp.2.weight", "linear2.bias": "mlp.2.bias"}
-
 
 @pytest.fixture(scope="module")
-def bench(request):
+def bench():
     """The two benchmark modules, imported without the process tuning of their first line."""
     old = os.environ.get("MINISSL_RUNTIME")
     os.environ["MINISSL_RUNTIME"] = "default"
@@ -50,28 +41,11 @@ def bench(request):
     return bench_nn_v3_mim, bench_mae
 
 
-def vit_pairs(vit, patch, blocks, norm, mask_token=None):
-    """(torch parameter, minissl name) of a ``torch_vit``; ``patch`` None: no patch embed."""
-    out = [(vit.norm.weight, f"{norm}.weight"), (vit.norm.bias, f"{norm}.bias")]
-    if patch:
-        out += [(vit.patch_embed.weight, f"{patch}.weight"),
-                (vit.patch_embed.bias, f"{patch}.bias")]
-    if mask_token:
-        out.append((vit.mask_token, mask_token))
-    for i, block in enumerate(vit.blocks):
-        params = dict(block.named_parameters())
-        out += [(params[t], f"{blocks}.{i}.{m}") for t, m in BLOCK.items()]
-    return out
-
-
-def same_step(method, pairs, torch_step, x, seed):
-    """Copies minissl's weights into ``pairs``, runs both steps on ``x`` with generators of
-    the same ``seed``; asserts equal losses and gradients."""
+def same_step(mim, method, pairs, torch_step, x, seed):
+    """Copies minissl's weights into ``pairs`` (each parameter once), runs both steps on ``x``
+    with generators of the same ``seed``; asserts equal losses and gradients."""
+    mim.copy_weights(torch, method, pairs)
     named = dict(method.named_parameters())
-    assert len(pairs) == len(named)                       # every parameter is compared
-    with torch.no_grad():
-        for tp, name in pairs:
-            tp.copy_(torch.from_numpy(np.asarray(named[name].data)))
     loss, _ = method.training_step(x, np.random.default_rng(seed))
     loss.backward()
     theirs = torch_step(x, np.random.default_rng(seed))
@@ -97,28 +71,19 @@ def test_simmim_recipe_is_minissls_simmim(bench, digits64, mask_patch_size):
                          embed_dim=16, depth=2, num_heads=2).double()
     vit, decoder, step = mim.torch_simmim(torch, ours)
     vit.double(), decoder.double()
-    pairs = vit_pairs(vit, "encoder.patch_embed.proj", "encoder.blocks", "encoder.norm",
-                      "encoder.mask_token")
-    pairs += [(decoder[0].weight, "decoder.0.weight"), (decoder[0].bias, "decoder.0.bias")]
-    same_step(ours, pairs, step, x, seed=3)
+    same_step(mim, ours, mim.simmim_pairs(vit, decoder), step, x, seed=3)
 
 
 @needs_torch
 def test_mae_recipe_is_minissls_mae(bench, digits64):
-    _, mae_bench = bench
+    mim, mae_bench = bench
     d, x = digits64
     ours = methods.build("mae", d, embed_dim=16, depth=2, num_heads=2, decoder_embed_dim=8,
                          decoder_depth=1, decoder_num_heads=2).double()
     r = mae_bench.torch_mae(torch, ours)
     for m in (r.enc, r.dec, r.decoder_embed, r.decoder_pred):
         m.double()
-    pairs = vit_pairs(r.enc, "encoder.patch_embed.proj", "encoder.blocks", "encoder.norm")
-    pairs += vit_pairs(r.dec, None, "decoder_blocks", "decoder_norm", "mask_token")
-    pairs += [(r.decoder_embed.weight, "decoder_embed.weight"),
-              (r.decoder_embed.bias, "decoder_embed.bias"),
-              (r.decoder_pred.weight, "decoder_pred.weight"),
-              (r.decoder_pred.bias, "decoder_pred.bias")]
-    same_step(ours, pairs, r.step, x, seed=5)
+    same_step(mim, ours, mae_bench.mae_pairs(r), r.step, x, seed=5)
 
 
 @pytest.mark.parametrize("name", ["simmim", "mae"])
