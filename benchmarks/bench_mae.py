@@ -31,20 +31,6 @@ def build(method, d):
     return methods.build(method, d)
 
 
-def _xavier_(torch, module):
-    """The official ``initialize_weights``: xavier-uniform Linear weights (the attention's
-    fused in-projection too, as timm's qkv Linear) with zero biases, and the patch projection
-    xavier-uniform as a Linear (its bias keeps Conv2d's default)."""
-    for name, w in module.named_parameters():
-        if name.startswith("patch_embed"):
-            if name.endswith("weight"):
-                torch.nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        elif name.endswith("bias"):
-            torch.nn.init.zeros_(w)
-        elif w.ndim == 2:
-            torch.nn.init.xavier_uniform_(w)
-
-
 def torch_mae(torch, ours):
     """The PyTorch MAE of the minissl ``MAE`` ``ours`` (its sizes, augmentation and masking
     draws): a namespace of its modules (``enc``, ``dec`` whose blocks, norm, positions and
@@ -62,7 +48,7 @@ def torch_mae(torch, ours):
         decoder_embed=tnn.Linear(c.embed_dim, c.decoder_embed_dim),
         decoder_pred=tnn.Linear(c.decoder_embed_dim, c.patch_size ** 2 * C))
     for m in (r.enc, r.dec, r.decoder_embed, r.decoder_pred):
-        _xavier_(torch, m)
+        mim.xavier_(torch, m)
 
     def step(x, rng):
         x = ours.transform(x, rng)                                    # (B, C, H, W)

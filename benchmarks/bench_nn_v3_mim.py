@@ -16,7 +16,8 @@ few minutes on one core):
 * SimMIM: ViT of width 64, 2 blocks, 4 heads, 16 patches (2 px on the digits, 4 px on the
   16 px shapes), masks of squares of one patch at ratio 0.6, 1x1 conv + pixel shuffle, L1 on the masked pixels.
   PyTorch's blocks are ``nn.TransformerEncoderLayer(norm_first=True, activation="gelu")``,
-  the same pre-LN block; initialisations are each library's defaults.
+  the same pre-LN block, initialised as minissl's ViT (MAE's xavier-uniform, ``xavier_``);
+  the decoder's 1x1 convolution keeps each library's default.
 
     python benchmarks/bench_nn_v3_mim.py --method nnclr --data digits --seeds 0 1 2
 """
@@ -218,6 +219,21 @@ def torch_vit(torch, C, H, p, dim, depth, num_heads, mask_token=True):
     return ViT()
 
 
+def xavier_(torch, module):
+    """MAE's official ``initialize_weights``, which minissl's ViT (MAE, SimMIM) uses:
+    xavier-uniform Linear weights (the attention's
+    fused in-projection too, as timm's qkv Linear) with zero biases, and the patch projection
+    xavier-uniform as a Linear (its bias keeps Conv2d's default)."""
+    for name, w in module.named_parameters():
+        if name.startswith("patch_embed"):
+            if name.endswith("weight"):
+                torch.nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        elif name.endswith("bias"):
+            torch.nn.init.zeros_(w)
+        elif w.ndim == 2:
+            torch.nn.init.xavier_uniform_(w)
+
+
 def torch_simmim(torch, ours):
     """The PyTorch SimMIM of the minissl ``SimMIM`` ``ours`` (its sizes, augmentation and
     masks): ``(vit, decoder, step)``, ``step(x, rng)`` -> the loss of one batch, drawing from
@@ -229,6 +245,7 @@ def torch_simmim(torch, ours):
     g, dim = H // p, c.embed_dim
     vit = torch_vit(torch, C, H, p, dim, c.depth, c.num_heads)
     decoder = tnn.Sequential(tnn.Conv2d(dim, p * p * C, 1), tnn.PixelShuffle(p))
+    xavier_(torch, vit)                                  # as minissl's ViT (docs/faithful.md)
 
     def step(x, rng):
         x = torch.from_numpy(ours.transform(x, rng))
