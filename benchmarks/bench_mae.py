@@ -10,6 +10,8 @@ final tokens over all patches of the unmasked image. PyTorch's ViT is ``bench_nn
 (``nn.TransformerEncoderLayer(norm_first=True)``, the same pre-LN block), initialised as the
 official ``models_mae.py``: xavier-uniform Linear weights and patch projection, zero biases.
 
+The options are ``bench_nn_v3_mim.py``'s (``--diagnose``, ``--same-init``, ``--batch-size``).
+
     python benchmarks/bench_mae.py --epochs 100 --seeds 0 1 2
 """
 import minissl

@@ -4,7 +4,8 @@ identically (the few-label linear probe of ``bench_digits.py``), on the digits a
 
 Both libraries get the same batches, the same augmented views and the same SimMIM masks, made by
 ``minissl.augment`` / ``simmim.mask_generator`` in NumPy from the same seeded generator
-(``bench_digits.batches``); each trains with Adam 1e-3, batch 256. The recipes (scaled to a
+(``bench_digits.batches``); each trains with Adam 1e-3, batch 256 (``--batch-size``: SimMIM
+on the digits takes 32, since 120 steps of 256 leave it untrained). The recipes (scaled to a
 few minutes on one core):
 
 * encoder (NNCLR, MoCo v3): MLP in-256-256, Linear-BN-ReLU twice (the digits' quality-bar
@@ -14,12 +15,17 @@ few minutes on one core):
 * MoCo v3: projector 256-256-64 (bias-free, BN, last BN without affine), predictor 64-256-64,
   T 0.2, momentum 0.99 -> 1 by a cosine (``MoCoV3Config`` defaults);
 * SimMIM: ViT of width 64, 2 blocks, 4 heads, 16 patches (2 px on the digits, 4 px on the
-  16 px shapes), masks of squares of one patch at ratio 0.6, 1x1 conv + pixel shuffle, L1 on the masked pixels.
+  16 px shapes), masks of squares of one patch at ratio 0.6, 1x1 conv + pixel shuffle, L1
+  on the masked pixels.
   PyTorch's blocks are ``nn.TransformerEncoderLayer(norm_first=True, activation="gelu")``,
   the same pre-LN block, initialised as minissl's ViT (MAE's xavier-uniform, ``xavier_``);
   the decoder's 1x1 convolution keeps each library's default.
 
+``--diagnose`` adds, after each minissl SimMIM run, why it probes as it does (``diagnose``);
+``--same-init`` starts PyTorch from minissl's initial weights.
+
     python benchmarks/bench_nn_v3_mim.py --method nnclr --data digits --seeds 0 1 2
+    python benchmarks/bench_nn_v3_mim.py --method simmim --batch-size 32 --seeds 0 1 2
 """
 import minissl
 
