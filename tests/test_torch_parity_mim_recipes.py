@@ -5,7 +5,8 @@ methods step for step: with minissl's weights copied in, one training step on th
 and the same random draws (crop, flip, masks) gives the same loss and the same gradient for
 every parameter, in float64. A recipe that drifted from the method (another mask, another loss
 normalisation, a missing position embedding) would make the comparison meaningless. And
-``--diagnose`` probes the tokens it says it probes and scores the fill it names."""
+``--diagnose`` probes the tokens it says it probes and scores the fill it names (no PyTorch
+needed; named ``test_torch_parity_*`` so that CI's PyTorch stage runs the parity tests)."""
 import os
 import sys
 
