@@ -50,26 +50,26 @@ BATCH = 256
 RECIPES = ("simclr", "byol", "rotation")
 
 
-def batches(d, epochs, seed):
+def batches(d, epochs, seed, batch=BATCH):
     """(step, epoch-seeded augmentation rng, batch of images) in the order both runs use."""
-    steps_per_epoch = len(d.train_x) // BATCH
+    steps_per_epoch = len(d.train_x) // batch
     for epoch in range(epochs):
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(len(d.train_x))
         for i in range(steps_per_epoch):
             yield (epoch * steps_per_epoch + i, rng,
-                   d.train_x[order[i * BATCH:(i + 1) * BATCH]])
+                   d.train_x[order[i * batch:(i + 1) * batch]])
 
 
-def minissl_run(d, epochs, method="simclr", seed=0, build=methods.build):
+def minissl_run(d, epochs, method="simclr", seed=0, build=methods.build, batch=BATCH):
     """``build(method, d)`` makes the method (after the seed); returns ((seconds, median ms
     per step), final loss, the trained method's ``features``)."""
     random.manual_seed(seed)
     m = nn.fuse(build(method, d))               # BatchNorm + ReLU as one op
     opt = optim.Adam(m.trainable_parameters(), lr=1e-3)
-    total = epochs * (len(d.train_x) // BATCH)
+    total = epochs * (len(d.train_x) // batch)
     clock = [time.perf_counter()]
-    for step, rng, x in batches(d, epochs, seed):
+    for step, rng, x in batches(d, epochs, seed, batch):
         opt.zero_grad()
         loss, _ = m.training_step(x, rng)
         loss.backward()

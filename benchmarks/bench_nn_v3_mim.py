@@ -4,7 +4,8 @@ identically (the few-label linear probe of ``bench_digits.py``), on the digits a
 
 Both libraries get the same batches, the same augmented views and the same SimMIM masks, made by
 ``minissl.augment`` / ``simmim.mask_generator`` in NumPy from the same seeded generator
-(``bench_digits.batches``); each trains with Adam 1e-3, batch 256. The recipes (scaled to a
+(``bench_digits.batches``); each trains with Adam 1e-3, batch 256 (``--batch-size``: SimMIM
+on the digits takes 32, since 120 steps of 256 leave it untrained). The recipes (scaled to a
 few minutes on one core):
 
 * encoder (NNCLR, MoCo v3): MLP in-256-256, Linear-BN-ReLU twice (the digits' quality-bar
@@ -14,11 +15,17 @@ few minutes on one core):
 * MoCo v3: projector 256-256-64 (bias-free, BN, last BN without affine), predictor 64-256-64,
   T 0.2, momentum 0.99 -> 1 by a cosine (``MoCoV3Config`` defaults);
 * SimMIM: ViT of width 64, 2 blocks, 4 heads, 16 patches (2 px on the digits, 4 px on the
-  16 px shapes), masks of squares of one patch at ratio 0.6, 1x1 conv + pixel shuffle, L1 on the masked pixels.
+  16 px shapes), masks of squares of one patch at ratio 0.6, 1x1 conv + pixel shuffle, L1
+  on the masked pixels.
   PyTorch's blocks are ``nn.TransformerEncoderLayer(norm_first=True, activation="gelu")``,
-  the same pre-LN block; initialisations are each library's defaults.
+  the same pre-LN block, initialised as minissl's ViT (MAE's xavier-uniform, ``xavier_``);
+  the decoder's 1x1 convolution keeps each library's default.
+
+``--diagnose`` adds, after each minissl SimMIM run, why it probes as it does (``diagnose``);
+``--same-init`` starts PyTorch from minissl's initial weights.
 
     python benchmarks/bench_nn_v3_mim.py --method nnclr --data digits --seeds 0 1 2
+    python benchmarks/bench_nn_v3_mim.py --method simmim --batch-size 32 --seeds 0 1 2
 """
 import minissl
 
@@ -31,8 +38,7 @@ import sys
 
 import numpy as np
 
-from minissl import augment, data, methods
-from minissl.methods import simmim
+from minissl import augment, data, methods, random
 from minissl.methods.base import build_encoder, cosine_tau
 from minissl.methods.masked import sincos_pos_embed_2d
 
@@ -56,19 +62,27 @@ def build(method, d):
     return methods.build(method, d, encoder=build_encoder("mlp", d.image_shape)[0])
 
 
-def minissl_run(d, epochs, method, seed):
-    _, loss, features = bench_digits.minissl_run(d, epochs, method, seed, build)
+def minissl_run(d, epochs, method, seed, batch=BATCH, build=build):
+    _, loss, features = bench_digits.minissl_run(d, epochs, method, seed, build, batch)
     return loss, features
 
 
 # ----------------------------------------------------------------------------- PyTorch
 
-def torch_run(d, epochs, method, seed):
+def torch_run(d, epochs, method, seed, batch=BATCH, build=build, recipes=None,
+              same_init=False):
+    """The PyTorch recipe ``recipes[method]`` (by default this file's), given the minissl
+    method built for ``d``: its augmentation, masks and sizes are the recipe's. With
+    ``same_init`` (SimMIM, MAE) that method is the minissl run's own initialisation (the same
+    seed) and PyTorch starts from a copy of its weights: what differs is then only float
+    rounding, not the draw of the initial weights."""
     import torch
     torch.manual_seed(seed)
-    ours = build(method, d)      # its augmentation (and SimMIM's patch size) are the recipe's
-    run = {"nnclr": _torch_nnclr, "mocov3": _torch_mocov3, "simmim": _torch_simmim}[method]
-    return run(torch, d, epochs, seed, ours)
+    random.manual_seed(seed)                 # as bench_digits.minissl_run, before its build
+    ours = build(method, d)
+    run = (recipes or {"nnclr": _torch_nnclr, "mocov3": _torch_mocov3,
+                       "simmim": _torch_simmim})[method]
+    return run(torch, d, epochs, seed, ours, batch, **({"same_init": True} if same_init else {}))
 
 
 def _mlp(tnn, dims, bias=True, last_bn=None):
@@ -82,10 +96,10 @@ def _mlp(tnn, dims, bias=True, last_bn=None):
     return tnn.Sequential(*layers)
 
 
-def _train(torch, params, d, epochs, seed, step_fn, end_fn=None):
+def _train(torch, params, d, epochs, seed, step_fn, end_fn=None, batch=BATCH):
     opt = torch.optim.Adam(params, 1e-3)
-    total = epochs * (len(d.train_x) // BATCH)
-    for step, rng, x in batches(d, epochs, seed):
+    total = epochs * (len(d.train_x) // batch)
+    for step, rng, x in batches(d, epochs, seed, batch):
         opt.zero_grad()
         loss = step_fn(x, rng)
         loss.backward()
@@ -108,7 +122,7 @@ def _views(torch, x, transform, rng):
     return [torch.from_numpy(v.reshape(len(v), -1)) for v in augment.two_views(x, transform, rng)]
 
 
-def _torch_nnclr(torch, d, epochs, seed, ours):
+def _torch_nnclr(torch, d, epochs, seed, ours, batch):
     # solo-learn solo/methods/nnclr.py and solo/losses/nnclr.py, one process.
     tnn, F = torch.nn, torch.nn.functional
     enc = _mlp(tnn, (int(np.prod(d.image_shape)), 256, 256), last_bn="affine")
@@ -135,10 +149,10 @@ def _torch_nnclr(torch, d, epochs, seed, ours):
         return loss_of(nn1, p2) / 2 + loss_of(nn2, p1) / 2
 
     params = [p for net in (enc, proj, pred) for p in net.parameters()]
-    return _train(torch, params, d, epochs, seed, step), _features(torch, enc)
+    return _train(torch, params, d, epochs, seed, step, batch=batch), _features(torch, enc)
 
 
-def _torch_mocov3(torch, d, epochs, seed, ours):
+def _torch_mocov3(torch, d, epochs, seed, ours, batch):
     # facebookresearch/moco-v3 moco/builder.py (MoCo_ResNet heads) and main_moco.py.
     tnn, F = torch.nn, torch.nn.functional
     enc = _mlp(tnn, (int(np.prod(d.image_shape)), 256, 256), last_bn="affine")
@@ -166,15 +180,16 @@ def _torch_mocov3(torch, d, epochs, seed, ours):
         state["m"] = cosine_tau(0.99, step + 1, total)
 
     params = list(base.parameters()) + list(pred.parameters())
-    return _train(torch, params, d, epochs, seed, step, end), _features(torch, enc)
+    return _train(torch, params, d, epochs, seed, step, end, batch), _features(torch, enc)
 
 
-def _torch_simmim(torch, d, epochs, seed, ours):
-    # microsoft/SimMIM models/simmim.py with a pre-LN ViT (fixed sin-cos positions, no [CLS]).
-    tnn, F = torch.nn, torch.nn.functional
-    C, H, _ = d.image_shape
-    p = ours.patch_size
-    g, dim = H // p, VIT["embed_dim"]
+def torch_vit(torch, C, H, p, dim, depth, num_heads, mask_token=True):
+    """The PyTorch twin of ``masked.ViTEncoder`` (+ SimMIM's mask token): a pre-LN ViT with
+    fixed 2-D sin-cos positions and no [CLS] token, shared by the SimMIM and MAE recipes.
+    ``tokens(x, mask, ids_keep)``: SimMIM's mask (B, g, g) swaps patch embeddings for the
+    mask token before the positions; MAE's ``ids_keep`` (B, K) keeps those patches only."""
+    tnn = torch.nn
+    g = H // p
 
     class ViT(tnn.Module):
         def __init__(self):
@@ -182,63 +197,201 @@ def _torch_simmim(torch, d, epochs, seed, ours):
             self.patch_embed = tnn.Conv2d(C, dim, p, stride=p)
             self.register_buffer("pos", torch.tensor(
                 sincos_pos_embed_2d(dim, g), dtype=torch.float32)[None])
-            self.mask_token = tnn.Parameter(torch.randn(1, 1, dim) * 0.02)
+            if mask_token:                                              # SimMIM's
+                self.mask_token = tnn.Parameter(torch.randn(1, 1, dim) * 0.02)
             self.blocks = tnn.ModuleList(tnn.TransformerEncoderLayer(
-                dim, VIT["num_heads"], 4 * dim, dropout=0.0, activation="gelu",
-                batch_first=True, norm_first=True) for _ in range(VIT["depth"]))
+                dim, num_heads, 4 * dim, dropout=0.0, activation="gelu",
+                batch_first=True, norm_first=True) for _ in range(depth))
             self.norm = tnn.LayerNorm(dim)
 
-        def tokens(self, x, mask=None):
+        def tokens(self, x, mask=None, ids_keep=None):
             t = self.patch_embed(x).flatten(2).transpose(1, 2)          # (B, L, D)
             if mask is not None:
                 w = mask.flatten(1).unsqueeze(-1).to(t.dtype)
                 t = t * (1 - w) + self.mask_token * w
             t = t + self.pos
+            if ids_keep is not None:                                    # (B, K, D)
+                t = torch.gather(t, 1, ids_keep.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
+            return self.encode(t)
+
+        def encode(self, t):
             for blk in self.blocks:
                 t = blk(t)
             return self.norm(t)
 
         def forward(self, x):
-            return self.tokens(x).mean(dim=1)
+            return self.tokens(x).mean(dim=1)                          # (B, D)
 
-    vit = ViT()
+    return ViT()
+
+
+def xavier_(torch, module):
+    """MAE's official ``initialize_weights``, which minissl's ViT (MAE, SimMIM) uses:
+    xavier-uniform Linear weights (the attention's
+    fused in-projection too, as timm's qkv Linear) with zero biases, and the patch projection
+    xavier-uniform as a Linear (its bias keeps Conv2d's default)."""
+    for name, w in module.named_parameters():
+        if name.startswith("patch_embed"):
+            if name.endswith("weight"):
+                torch.nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        elif name.endswith("bias"):
+            torch.nn.init.zeros_(w)
+        elif w.ndim == 2:
+            torch.nn.init.xavier_uniform_(w)
+
+
+def torch_simmim(torch, ours):
+    """The PyTorch SimMIM of the minissl ``SimMIM`` ``ours`` (its sizes, augmentation and
+    masks): ``(vit, decoder, step)``, ``step(x, rng)`` -> the loss of one batch, drawing from
+    ``rng`` as ``SimMIM.training_step``. microsoft/SimMIM ``models/simmim.py`` with a pre-LN
+    ViT (fixed sin-cos positions, no [CLS])."""
+    tnn, F = torch.nn, torch.nn.functional
+    C, H, _ = ours.image_shape
+    p, c = ours.patch_size, ours.config
+    g, dim = H // p, c.embed_dim
+    vit = torch_vit(torch, C, H, p, dim, c.depth, c.num_heads)
     decoder = tnn.Sequential(tnn.Conv2d(dim, p * p * C, 1), tnn.PixelShuffle(p))
+    xavier_(torch, vit)                                  # as minissl's ViT (docs/faithful.md)
 
     def step(x, rng):
         x = torch.from_numpy(ours.transform(x, rng))
-        mask = torch.from_numpy(simmim.mask_generator(rng, len(x), H, p, p, 0.6))   # (B, g, g)
+        mask = torch.from_numpy(ours.masks(len(x), rng))                 # (B, g, g)
         z = vit.tokens(x, mask).transpose(1, 2).reshape(len(x), dim, g, g)
         x_rec = decoder(z)
         m = mask.repeat_interleave(p, 1).repeat_interleave(p, 2).unsqueeze(1).to(x.dtype)
         return (F.l1_loss(x, x_rec, reduction="none") * m).sum() / (m.sum() + 1e-5) / C
 
+    return vit, decoder, step
+
+
+def _torch_simmim(torch, d, epochs, seed, ours, batch, same_init=False):
+    vit, decoder, step = torch_simmim(torch, ours)
+    if same_init:
+        copy_weights(torch, ours, simmim_pairs(vit, decoder))
     params = list(vit.parameters()) + list(decoder.parameters())
-    return _train(torch, params, d, epochs, seed, step), _features(torch, vit, flatten=False)
+    return (_train(torch, params, d, epochs, seed, step, batch=batch),
+            _features(torch, vit, flatten=False))
+
+
+# PyTorch parameter names of a ``torch_vit`` block -> minissl's (``nn.TransformerBlock``).
+BLOCK = {"norm1.weight": "ln1.weight", "norm1.bias": "ln1.bias",
+         "norm2.weight": "ln2.weight", "norm2.bias": "ln2.bias",
+         "self_attn.in_proj_weight": "attn.qkv.weight",
+         "self_attn.in_proj_bias": "attn.qkv.bias",
+         "self_attn.out_proj.weight": "attn.proj.weight",
+         "self_attn.out_proj.bias": "attn.proj.bias",
+         "linear1.weight": "mlp.0.weight", "linear1.bias": "mlp.0.bias",
+         "linear2.weight": "mlp.2.weight", "linear2.bias": "mlp.2.bias"}
+
+
+def vit_pairs(vit, patch, blocks, norm, mask_token=None):
+    """(torch parameter, minissl name) of a ``torch_vit``; ``patch`` None: no patch embed."""
+    out = [(vit.norm.weight, f"{norm}.weight"), (vit.norm.bias, f"{norm}.bias")]
+    if patch:
+        out += [(vit.patch_embed.weight, f"{patch}.weight"),
+                (vit.patch_embed.bias, f"{patch}.bias")]
+    if mask_token:
+        out.append((vit.mask_token, mask_token))
+    for i, block in enumerate(vit.blocks):
+        params = dict(block.named_parameters())
+        out += [(params[t], f"{blocks}.{i}.{m}") for t, m in BLOCK.items()]
+    return out
+
+
+def simmim_pairs(vit, decoder):
+    """Every parameter of ``torch_simmim``'s modules with its name in minissl's ``SimMIM``."""
+    return vit_pairs(vit, "encoder.patch_embed.proj", "encoder.blocks", "encoder.norm",
+                     "encoder.mask_token") + [(decoder[0].weight, "decoder.0.weight"),
+                                              (decoder[0].bias, "decoder.0.bias")]
+
+
+def copy_weights(torch, method, pairs):
+    """Copies the minissl ``method``'s parameters into the PyTorch ones of ``pairs``, which
+    must name each of them once."""
+    named = dict(method.named_parameters())
+    if sorted(name for _, name in pairs) != sorted(named):
+        raise ValueError("copy_weights: the pairs do not name each minissl parameter once")
+    with torch.no_grad():
+        for tp, name in pairs:
+            tp.copy_(torch.from_numpy(np.asarray(named[name].data)))
+
+
+# ----------------------------------------------------------------------------- diagnosis
+
+def diagnose(m, d, labels=LABELS):
+    """Why a trained minissl SimMIM or MAE ``m`` probes as it does: its error on held-out
+    masked pixels next to pasting in the mean training image (a fill that needs no model),
+    and the probe of the tokens at each depth (mean-pooled) and of the final token map kept
+    whole (position by position, L x D features)."""
+    x, rng = d.test_x, np.random.default_rng(0)
+    mean_image = d.train_x.mean(0, keepdims=True)                       # (1, C, H, W)
+    if hasattr(m, "masks"):                                             # SimMIM: L1
+        p, mask = m.patch_size, m.masks(len(x), rng)                    # (N, g, g)
+        weight = mask.repeat(p, 1).repeat(p, 2)[:, None]                # (N, 1, H, W)
+        prediction = m.map_batches(lambda b: m.reconstruct(b, mask[:len(b)]), x, len(x))
+        prediction = prediction.reshape(x.shape)
+
+        def error(pred):
+            return float((np.abs(pred - x) * weight).sum() / (weight.sum() * x.shape[1]))
+    else:                                                               # MAE: MSE
+        prediction, weight, _ = m.reconstruct(x, rng)
+
+        def error(pred):
+            return float((((pred - x) ** 2) * weight).sum() / (weight.sum() * x.shape[1]))
+    kind = "L1" if hasattr(m, "masks") else "MSE"
+    print(f"held-out masked pixels, {kind}: model {error(prediction):.4f}, mean training "
+          f"image {error(mean_image):.4f}", flush=True)
+    enc = m.encoder
+
+    def tokens(b, depth):                                               # (B, L, D)
+        t = enc.patch_embed(m.as_input(b)) + enc.pos_embed
+        for block in enc.blocks[:depth]:
+            t = block(t)
+        return t
+    rows = [(f"mean of the tokens after {k} block(s)", lambda b, k=k: tokens(b, k).mean(dim=1))
+            for k in range(len(enc.blocks) + 1)]
+    rows += [("mean of the final normed tokens (features)", lambda b: m.feature_batch(b)),
+             ("final normed token map, whole", lambda b: enc.norm(
+                 tokens(b, len(enc.blocks))).reshape(len(b), -1))]
+    for name, fn in rows:
+        accs = probe(lambda a: m.map_batches(fn, a, 1024), d, labels)
+        print(f"  {name:44s} probe 1/5/10: " + " ".join(f"{a:.3f}" for a in accs), flush=True)
 
 
 # ----------------------------------------------------------------------------- main
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--method", choices=RECIPES, required=True)
+def main(recipes=RECIPES, build=build, torch_recipes=None, doc=__doc__):
+    """Trains each library on the recipe named by ``--method`` over ``--seeds`` and prints
+    the probes; another benchmark passes its own ``build`` and PyTorch ``torch_recipes``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--method", choices=recipes, required=len(recipes) > 1, default=recipes[0])
     ap.add_argument("--data", choices=("digits", "shapes"), default="digits")
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=BATCH)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--libraries", nargs="+", default=["minissl", "pytorch"],
                     choices=["minissl", "pytorch"])
+    ap.add_argument("--same-init", action="store_true",
+                    help="SimMIM, MAE: PyTorch starts from minissl's initial weights")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="after each minissl run, its reconstruction and per-depth probes")
     args = ap.parse_args()
     d = load(args.data)
-    runs = {"minissl": minissl_run, "pytorch": torch_run}
+    runs = {"minissl": lambda *a: minissl_run(*a, build=build),
+            "pytorch": lambda *a: torch_run(*a, build=build, recipes=torch_recipes,
+                                            same_init=args.same_init)}
     print(f"raw pixels {args.data} probe 1/5/10: " + " ".join(
         f"{a:.3f}" for a in probe(lambda x: x.reshape(len(x), -1), d, LABELS)), flush=True)
     accs = {lib: [] for lib in args.libraries}
     for seed in args.seeds:
         for lib in args.libraries:
-            loss, features = runs[lib](d, args.epochs, args.method, seed)
+            loss, features = runs[lib](d, args.epochs, args.method, seed, args.batch_size)
             accs[lib].append(probe(features, d, LABELS))
             print(f"{lib:8s} {args.method} {args.data} seed {seed}: final loss {loss:.4f}"
                   f"   probe 1/5/10: " + " ".join(f"{a:.3f}" for a in accs[lib][-1]),
                   flush=True)
+            if args.diagnose and lib == "minissl":
+                diagnose(features.__self__, d)      # the trained method of ``features``
     for lib in args.libraries:
         a = np.array(accs[lib])
         print(f"{lib:8s} {args.method} {args.data} over {len(a)} seed(s): probe 1/5/10 "

@@ -26,8 +26,9 @@ positions, no [CLS] token; the official ViT has a [CLS] token and learned or rel
 positions), features = mean of the patch tokens of the unmasked image (the official
 fine-tuning pools likewise); mask token drawn N(0, 0.02) (official: truncated normal); the
 sizes; the augmentation's crop is bilinear (official bicubic) and has no Normalize; mask
-square 2 px and patch 2 px on the 8x8 digits (official 32 px squares of 4 px patches at 192 px);
-Adam instead of AdamW with layer-wise schedules.
+square 2 px and patch 2 px on the 8x8 digits (official 32 px squares of 4 px patches for Swin,
+of 16 px patches for ViT, at 192 or 224 px: squares of 2x2 ViT patches would be the quadrants of a
+digit, measured worse); Adam instead of AdamW with layer-wise schedules.
 """
 import math
 from dataclasses import dataclass

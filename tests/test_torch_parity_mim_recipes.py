@@ -1,0 +1,113 @@
+"""The masked-image benchmarks (``benchmarks/bench_nn_v3_mim.py``, ``benchmarks/bench_mae.py``).
+
+Their PyTorch recipes, which the README's SimMIM and MAE figures compare against, are minissl's
+methods step for step: with minissl's weights copied in, one training step on the same batch
+and the same random draws (crop, flip, masks) gives the same loss and the same gradient for
+every parameter, in float64. A recipe that drifted from the method (another mask, another loss
+normalisation, a missing position embedding) would make the comparison meaningless. And
+``--diagnose`` probes the tokens it says it probes and scores the fill it names (no PyTorch
+needed; named ``test_torch_parity_*`` so that CI's PyTorch stage runs the parity tests)."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from minissl import data, methods
+
+try:
+    import torch
+except ImportError:
+    torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The two benchmark modules, imported without the process tuning of their first line."""
+    old = os.environ.get("MINISSL_RUNTIME")
+    os.environ["MINISSL_RUNTIME"] = "default"
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import bench_mae
+        import bench_nn_v3_mim
+    finally:
+        sys.path.pop(0)
+        if old is None:
+            del os.environ["MINISSL_RUNTIME"]
+        else:
+            os.environ["MINISSL_RUNTIME"] = old
+    return bench_nn_v3_mim, bench_mae
+
+
+def same_step(mim, method, pairs, torch_step, x, seed):
+    """Copies minissl's weights into ``pairs`` (each parameter once), runs both steps on ``x``
+    with generators of the same ``seed``; asserts equal losses and gradients."""
+    mim.copy_weights(torch, method, pairs)
+    named = dict(method.named_parameters())
+    loss, _ = method.training_step(x, np.random.default_rng(seed))
+    loss.backward()
+    theirs = torch_step(x, np.random.default_rng(seed))
+    theirs.backward()
+    assert loss.item() == pytest.approx(theirs.item(), rel=1e-10)
+    for tp, name in pairs:
+        np.testing.assert_allclose(named[name].grad, tp.grad.numpy(), rtol=1e-7, atol=1e-10,
+                                   err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def digits64():
+    d = data.digits()
+    return d, d.train_x[:24].astype(np.float64)
+
+
+@needs_torch
+@pytest.mark.parametrize("mask_patch_size", [2, 4])
+def test_simmim_recipe_is_minissls_simmim(bench, digits64, mask_patch_size):
+    mim, _ = bench
+    d, x = digits64
+    ours = methods.build("simmim", d, patch_size=2, mask_patch_size=mask_patch_size,
+                         embed_dim=16, depth=2, num_heads=2).double()
+    vit, decoder, step = mim.torch_simmim(torch, ours)
+    vit.double(), decoder.double()
+    same_step(mim, ours, mim.simmim_pairs(vit, decoder), step, x, seed=3)
+
+
+@needs_torch
+def test_mae_recipe_is_minissls_mae(bench, digits64):
+    mim, mae_bench = bench
+    d, x = digits64
+    ours = methods.build("mae", d, embed_dim=16, depth=2, num_heads=2, decoder_embed_dim=8,
+                         decoder_depth=1, decoder_num_heads=2).double()
+    r = mae_bench.torch_mae(torch, ours)
+    for m in (r.enc, r.dec, r.decoder_embed, r.decoder_pred):
+        m.double()
+    same_step(mim, ours, mae_bench.mae_pairs(r), r.step, x, seed=5)
+
+
+@pytest.mark.parametrize("name", ["simmim", "mae"])
+def test_diagnose_probes_each_depth_and_scores_the_mean_image_fill(bench, name, monkeypatch,
+                                                                   capsys):
+    mim, _ = bench
+    d = data.digits()
+    m = methods.build(name, d, embed_dim=8, depth=2, num_heads=2)
+    seen = []
+    monkeypatch.setattr(mim, "probe", lambda features, d, labels: seen.append(
+        features(d.test_x[:3])) or [0.0] * len(labels))
+    mim.diagnose(m, d)
+    L, D = 16, 8
+    assert [f.shape for f in seen] == [(3, D)] * 4 + [(3, L * D)]   # depths 0, 1, 2, features
+    np.testing.assert_array_equal(seen[3], m.features(d.test_x[:3]))
+    np.testing.assert_allclose(seen[4].reshape(3, L, D).mean(1), seen[3], atol=1e-6)  # whole map
+    line = capsys.readouterr().out.splitlines()[0]
+    fill = float(line.rsplit(" ", 1)[1])
+    x, mean_image = d.test_x.astype(np.float64), d.train_x.mean(0, keepdims=True)
+    if name == "simmim":    # the same masks as the diagnosis: drawn first from seed 0
+        mask = m.masks(len(x), np.random.default_rng(0)).repeat(2, 1).repeat(2, 2)[:, None]
+        want = (np.abs(mean_image - x) * mask).sum() / mask.sum()
+    else:
+        _, mask, _ = m.reconstruct(x, np.random.default_rng(0))
+        want = (((mean_image - x) ** 2) * mask).sum() / mask.sum()
+    assert fill == pytest.approx(want, abs=1e-4)
