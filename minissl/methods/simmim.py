@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import augment, distributed as dist, losses, nn
-from ..autograd import Tensor
-from ..backend import get_array_module
+from ..autograd import Tensor, no_grad
+from ..backend import get_array_module, to_device
 from ..random import get_generator
 from .base import SSLMethod
 from .masked import ViTEncoder, choose_patch_size
@@ -157,6 +157,20 @@ class SimMIM(SSLMethod):
         h = self.encoder.forward_masked(x, mask)                # (B, L, D)
         h = h.permute(0, 2, 1).reshape(B, -1, self.grid, self.grid)   # (B, D, g, g)
         return self.decoder(h)                                  # (B, C, H, W)
+
+    def picture_rows(self, x, rng=0):
+        """Rows of a picture of images x (B, C, H, W): the masked input (hidden squares at 0),
+        the reconstruction pasted into the hidden squares, the target; masks from ``rng``."""
+        x = np.asarray(to_device(x, "cpu"), np.float32)
+        mask = self.masks(len(x), get_generator(rng))                  # (B, g, g)
+        hidden = mask.repeat(self.patch_size, 1).repeat(self.patch_size, 2)[:, None]
+        was_training = self.training
+        self.eval()
+        with no_grad():
+            rec = to_device(self.reconstruct(x, mask).data, "cpu")     # (B, C, H, W)
+        self.train(was_training)
+        return [x * (1 - hidden), x * (1 - hidden) + rec * hidden, x], \
+            ["input", "output", "target"]
 
     def training_step(self, x, rng):
         """Draws from ``rng``: the augmentation (crop and flip), then one
