@@ -9,8 +9,8 @@ positions, ``nn.TransformerEncoderLayer(norm_first=True, activation="gelu")`` bl
 MAE init of the Linear layers). Test error and probe are computed the same way for both:
 ``VideoMAE.eval_seed``'s masks, the squared error on the hidden pixels; features = mean of
 the encoder's tokens on the whole clip, probed by ``evaluate.few_label_probe`` (100 labels per
-class, 2 draws). The recipe is ``RECIPE`` below: Adam, batch 32, a linear warm-up of one
-epoch and a cosine decay, one CPU thread, a few minutes a run.
+class, 2 draws). The recipe is ``BATCH``, ``LR`` and ``VARIANTS`` below: Adam, batch 32, a
+linear warm-up of one epoch and a cosine decay over ``--epochs`` (10), one CPU thread.
 
     python benchmarks/bench_video.py --variant tube frame --seeds 0 1 2 [--library minissl]
     python benchmarks/bench_video.py --diagnose      # is the data learnable? (PyTorch)
