@@ -50,15 +50,31 @@ BATCH = 256
 RECIPES = ("simclr", "byol", "rotation")
 
 
-def batches(d, epochs, seed, batch=BATCH):
-    """(step, epoch-seeded augmentation rng, batch of images) in the order both runs use."""
+def batch_rows(d, epochs, seed, batch=BATCH):
+    """(step, epoch-seeded augmentation rng, training rows of the batch) in the order both
+    runs use."""
     steps_per_epoch = len(d.train_x) // batch
     for epoch in range(epochs):
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(len(d.train_x))
         for i in range(steps_per_epoch):
-            yield (epoch * steps_per_epoch + i, rng,
-                   d.train_x[order[i * batch:(i + 1) * batch]])
+            yield epoch * steps_per_epoch + i, rng, order[i * batch:(i + 1) * batch]
+
+
+def batches(d, epochs, seed, batch=BATCH):
+    """(step, epoch-seeded augmentation rng, batch of images) in the order both runs use."""
+    for step, rng, rows in batch_rows(d, epochs, seed, batch):
+        yield step, rng, d.train_x[rows]
+
+
+def torch_nt_xent(torch, z1, z2, t=0.5):
+    """SimCLR's NT-Xent in PyTorch: each view's positive is the other view of its image."""
+    z = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    sim = z @ z.T / t
+    sim.fill_diagonal_(float("-inf"))
+    labels = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    return torch.nn.functional.cross_entropy(sim, labels)
 
 
 def minissl_run(d, epochs, method="simclr", seed=0, build=methods.build, batch=BATCH):
@@ -115,14 +131,6 @@ def torch_run(d, epochs, method="simclr", seed=0):
     opt = torch.optim.Adam([p for net in online for p in net.parameters()], 1e-3)
     total = epochs * (len(d.train_x) // BATCH)
 
-    def nt_xent(z1, z2, t=0.5):
-        z = TF.normalize(torch.cat([z1, z2]), dim=1)
-        n = z1.shape[0]
-        sim = z @ z.T / t
-        sim.fill_diagonal_(float("-inf"))
-        labels = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
-        return TF.cross_entropy(sim, labels)
-
     def byol(p, z):
         return (2 - 2 * TF.cosine_similarity(p, z.detach(), dim=1)).mean()
 
@@ -141,7 +149,7 @@ def torch_run(d, epochs, method="simclr", seed=0):
                   for v in augment.two_views(x, transform, rng))
         z1, z2 = proj(enc(v1)), proj(enc(v2))
         if method == "simclr":
-            loss = nt_xent(z1, z2)
+            loss = torch_nt_xent(torch, z1, z2)
         else:
             with torch.no_grad():
                 t1, t2 = target(v1), target(v2)

@@ -7,8 +7,9 @@ made by the minissl method's multi-crop augmentation from the same seeded genera
 (``bench_digits.batches``), so the comparison is of the training steps. Data:
 
 * ``digits``: the quality-bar MLP encoder 64-256-256 (local views resized back to 8x8);
-* ``shapes``: 1000 training images of 16x16 (``data.shapes(n_train=1000, size=16)``), a
-  small ResNet (``nn.ConvEncoder`` widths 16,32,64), global views 16x16 and local 7x7.
+* ``shapes``: the recipe of ``bench_shapes.py`` (2000 training images of 16x16, its CNN of
+  widths 32-64-64), its views as multi-crop (``bench_shapes.shapes_multicrop``: global views
+  16x16 of area 0.4 to 1, local 7x7 of area 0.05 to 0.4).
 
     python benchmarks/bench_multicrop.py --method dino --data digits --epochs 40 --seeds 0 1 2
     python benchmarks/bench_multicrop.py --method swav --data shapes --epochs 20 --seeds 0 1 2
@@ -25,26 +26,24 @@ import sys
 import numpy as np
 
 from minissl import data, methods, optim, random
-from minissl.methods.base import build_encoder, cosine_tau
+from minissl.methods.base import cosine_tau
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_shapes  # noqa: E402
 from bench_digits import batches, probe  # noqa: E402
+from bench_shapes import WIDTHS, shapes_multicrop, torch_conv_encoder  # noqa: E402
 
 LABELS = (1, 5, 10)
-SHAPES_WIDTHS = (16, 32, 64)
 
 
 def load(name):
-    if name == "digits":
-        return data.digits()
-    return data.shapes(n_train=1000, n_test=500, size=16, seed=0)
+    return data.digits() if name == "digits" else bench_shapes.load()
 
 
 def build(method, d):
     """The minissl method of the recipe (the encoder by data set, as the module says)."""
     if d.name == "shapes":
-        enc, dim = build_encoder("resnet", d.image_shape, SHAPES_WIDTHS)
-        return methods.build(method, d, encoder=enc, feature_dim=dim)
+        return bench_shapes.build(method, d, shapes_multicrop())
     return methods.build(method, d)
 
 
@@ -76,27 +75,8 @@ def torch_nets(method, d, cfg):
                 layers += ([tnn.BatchNorm1d(dims[i + 1])] if bn else []) + [act()]
         return tnn.Sequential(*layers)
 
-    def block(i, o, s):          # nn.BasicBlock
-        class Block(tnn.Module):
-            def __init__(self):
-                super().__init__()
-                self.body = tnn.Sequential(tnn.Conv2d(i, o, 3, s, 1, bias=False),
-                                           tnn.BatchNorm2d(o), tnn.ReLU(),
-                                           tnn.Conv2d(o, o, 3, 1, 1, bias=False),
-                                           tnn.BatchNorm2d(o))
-                self.skip = (tnn.Sequential(tnn.Conv2d(i, o, 1, s, bias=False),
-                                            tnn.BatchNorm2d(o)) if s != 1 or i != o else None)
-
-            def forward(self, x):
-                return (self.body(x) + (x if self.skip is None else self.skip(x))).relu()
-        return Block()
-
-    if d.name == "shapes":       # nn.ConvEncoder
-        w = SHAPES_WIDTHS
-        enc = tnn.Sequential(tnn.Conv2d(3, w[0], 3, 1, 1, bias=False), tnn.BatchNorm2d(w[0]),
-                             tnn.ReLU(), block(w[0], w[0], 1), block(w[0], w[1], 2),
-                             block(w[1], w[2], 2), tnn.AdaptiveAvgPool2d(1), tnn.Flatten())
-        dim = w[-1]
+    if d.name == "shapes":
+        enc, dim = torch_conv_encoder(), WIDTHS[-1]
     else:
         enc, dim = tnn.Sequential(tnn.Flatten(), mlp(64, 256, 256, last_plain=False)), 256
     if method == "dino":

@@ -9,7 +9,8 @@ on the digits takes 32, since 120 steps of 256 leave it untrained). The recipes 
 few minutes on one core):
 
 * encoder (NNCLR, MoCo v3): MLP in-256-256, Linear-BN-ReLU twice (the digits' quality-bar
-  encoder; for MoCo v3 the ``--encoder mlp`` option, the official ResNet recipe's heads);
+  encoder; for MoCo v3 the ``--encoder mlp`` option, the official ResNet recipe's heads), or
+  with ``--encoder conv`` the CNN and the views of ``bench_shapes.py`` (the shapes recipe);
 * NNCLR: projector 256-256-256-64 (Linear-BN-ReLU x2, Linear-BN), predictor 64-256-64,
   support set 1024, T 0.2 (``NNCLRConfig`` defaults);
 * MoCo v3: projector 256-256-64 (bias-free, BN, last BN without affine), predictor 64-256-64,
@@ -26,6 +27,7 @@ few minutes on one core):
 
     python benchmarks/bench_nn_v3_mim.py --method nnclr --data digits --seeds 0 1 2
     python benchmarks/bench_nn_v3_mim.py --method simmim --batch-size 32 --seeds 0 1 2
+    python benchmarks/bench_nn_v3_mim.py --method mocov3 --data shapes --encoder conv --epochs 20
 """
 import minissl
 
@@ -44,7 +46,9 @@ from minissl.methods.masked import sincos_pos_embed_2d
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_digits  # noqa: E402
+import bench_shapes  # noqa: E402
 from bench_digits import BATCH, batches, probe  # noqa: E402
+from bench_shapes import WIDTHS, torch_conv_encoder, torch_features  # noqa: E402
 
 RECIPES = ("nnclr", "mocov3", "simmim")
 LABELS = (1, 5, 10)
@@ -52,17 +56,20 @@ VIT = {"embed_dim": 64, "depth": 2, "num_heads": 4}
 
 
 def load(name):
-    return data.digits() if name == "digits" else data.shapes(size=16)
+    return data.digits() if name == "digits" else bench_shapes.load()
 
 
-def build(method, d):
+def build(method, d, encoder="mlp"):
     if method == "simmim":   # patch 2 on the 8x8 digits, 4 on the 16 px shapes: 16 tokens
         return methods.build("simmim", d, patch_size=d.image_shape[1] // 4, **VIT)
-    # The MLP encoder on both data sets (the default on the RGB shapes would be a ConvEncoder).
+    if encoder == "conv":    # bench_shapes.py's recipe: its CNN and its views
+        return bench_shapes.build(method, d)
     return methods.build(method, d, encoder=build_encoder("mlp", d.image_shape)[0])
 
 
-def minissl_run(d, epochs, method, seed, batch=BATCH, build=build):
+def minissl_run(d, epochs, method, seed, batch=BATCH, build=build, encoder="mlp"):
+    if encoder != "mlp":
+        build = (lambda b: lambda m, d_: b(m, d_, encoder))(build)
     _, loss, features = bench_digits.minissl_run(d, epochs, method, seed, build, batch)
     return loss, features
 
@@ -70,19 +77,32 @@ def minissl_run(d, epochs, method, seed, batch=BATCH, build=build):
 # ----------------------------------------------------------------------------- PyTorch
 
 def torch_run(d, epochs, method, seed, batch=BATCH, build=build, recipes=None,
-              same_init=False):
+              same_init=False, encoder="mlp"):
     """The PyTorch recipe ``recipes[method]`` (by default this file's), given the minissl
     method built for ``d``: its augmentation, masks and sizes are the recipe's. With
     ``same_init`` (SimMIM, MAE) that method is the minissl run's own initialisation (the same
     seed) and PyTorch starts from a copy of its weights: what differs is then only float
-    rounding, not the draw of the initial weights."""
+    rounding, not the draw of the initial weights. ``encoder`` (NNCLR, MoCo v3): "mlp" or
+    bench_shapes.py's "conv"."""
     import torch
     torch.manual_seed(seed)
     random.manual_seed(seed)                 # as bench_digits.minissl_run, before its build
-    ours = build(method, d)
+    options = {"same_init": True} if same_init else {}
+    if encoder != "mlp":
+        options["encoder"] = encoder
+    ours = build(method, d, encoder) if encoder != "mlp" else build(method, d)
     run = (recipes or {"nnclr": _torch_nnclr, "mocov3": _torch_mocov3,
                        "simmim": _torch_simmim})[method]
-    return run(torch, d, epochs, seed, ours, batch, **({"same_init": True} if same_init else {}))
+    return run(torch, d, epochs, seed, ours, batch, **options)
+
+
+def _encoder(tnn, d, kind):
+    """The PyTorch twin of ``build``'s encoder: (module, feature width)."""
+    if kind == "conv":
+        return torch_conv_encoder(), WIDTHS[-1]
+    enc = _mlp(tnn, (int(np.prod(d.image_shape)), 256, 256), last_bn="affine")
+    enc.append(tnn.ReLU())
+    return enc, 256
 
 
 def _mlp(tnn, dims, bias=True, last_bn=None):
@@ -111,23 +131,20 @@ def _train(torch, params, d, epochs, seed, step_fn, end_fn=None, batch=BATCH):
 
 def _features(torch, net, flatten=True):
     def features(x):
-        net.eval()
-        with torch.no_grad():
-            t = torch.from_numpy(x.astype(np.float32))
-            return net(t.reshape(len(t), -1) if flatten else t).numpy()
+        return torch_features(torch, net)(x.reshape(len(x), -1) if flatten else x)
     return features
 
 
-def _views(torch, x, transform, rng):
-    return [torch.from_numpy(v.reshape(len(v), -1)) for v in augment.two_views(x, transform, rng)]
+def _views(torch, x, transform, rng, flatten=True):
+    return [torch.from_numpy(v.reshape(len(v), -1) if flatten else v)
+            for v in augment.two_views(x, transform, rng)]
 
 
-def _torch_nnclr(torch, d, epochs, seed, ours, batch):
+def _torch_nnclr(torch, d, epochs, seed, ours, batch, encoder="mlp"):
     # solo-learn solo/methods/nnclr.py and solo/losses/nnclr.py, one process.
     tnn, F = torch.nn, torch.nn.functional
-    enc = _mlp(tnn, (int(np.prod(d.image_shape)), 256, 256), last_bn="affine")
-    enc.append(tnn.ReLU())
-    proj = _mlp(tnn, (256, 256, 256, 64), last_bn="affine")
+    enc, dim = _encoder(tnn, d, encoder)
+    proj = _mlp(tnn, (dim, 256, 256, 64), last_bn="affine")
     pred = _mlp(tnn, (64, 256, 64))
     queue = F.normalize(torch.randn(1024, 64), dim=1)
     ptr = [0]
@@ -137,7 +154,7 @@ def _torch_nnclr(torch, d, epochs, seed, ours, batch):
         return F.cross_entropy(nn_ @ p.T / t, torch.arange(len(p)))
 
     def step(x, rng):
-        v1, v2 = _views(torch, x, ours.transform, rng)
+        v1, v2 = _views(torch, x, ours.transform, rng, encoder == "mlp")
         z1, z2 = proj(enc(v1)), proj(enc(v2))
         p1, p2 = pred(z1), pred(z2)
         z1, z2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
@@ -149,15 +166,15 @@ def _torch_nnclr(torch, d, epochs, seed, ours, batch):
         return loss_of(nn1, p2) / 2 + loss_of(nn2, p1) / 2
 
     params = [p for net in (enc, proj, pred) for p in net.parameters()]
-    return _train(torch, params, d, epochs, seed, step, batch=batch), _features(torch, enc)
+    return (_train(torch, params, d, epochs, seed, step, batch=batch),
+            _features(torch, enc, encoder == "mlp"))
 
 
-def _torch_mocov3(torch, d, epochs, seed, ours, batch):
+def _torch_mocov3(torch, d, epochs, seed, ours, batch, encoder="mlp"):
     # facebookresearch/moco-v3 moco/builder.py (MoCo_ResNet heads) and main_moco.py.
     tnn, F = torch.nn, torch.nn.functional
-    enc = _mlp(tnn, (int(np.prod(d.image_shape)), 256, 256), last_bn="affine")
-    enc.append(tnn.ReLU())
-    proj = _mlp(tnn, (256, 256, 64), bias=False, last_bn="plain")
+    enc, dim = _encoder(tnn, d, encoder)
+    proj = _mlp(tnn, (dim, 256, 64), bias=False, last_bn="plain")
     pred = _mlp(tnn, (64, 256, 64), bias=False)
     base = tnn.Sequential(enc, proj)
     momentum = copy.deepcopy(base).requires_grad_(False)
@@ -168,7 +185,7 @@ def _torch_mocov3(torch, d, epochs, seed, ours, batch):
         return F.cross_entropy(q @ k.T / t, torch.arange(len(q))) * (2 * t)
 
     def step(x, rng):
-        v1, v2 = _views(torch, x, ours.transform, rng)
+        v1, v2 = _views(torch, x, ours.transform, rng, encoder == "mlp")
         q1, q2 = pred(base(v1)), pred(base(v2))
         with torch.no_grad():
             for pm, pb in zip(momentum.parameters(), base.parameters()):
@@ -180,7 +197,8 @@ def _torch_mocov3(torch, d, epochs, seed, ours, batch):
         state["m"] = cosine_tau(0.99, step + 1, total)
 
     params = list(base.parameters()) + list(pred.parameters())
-    return _train(torch, params, d, epochs, seed, step, end, batch), _features(torch, enc)
+    return (_train(torch, params, d, epochs, seed, step, end, batch),
+            _features(torch, enc, encoder == "mlp"))
 
 
 def torch_vit(torch, C, H, p, dim, depth, num_heads, mask_token=True):
@@ -369,6 +387,9 @@ def main(recipes=RECIPES, build=build, torch_recipes=None, doc=__doc__):
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=BATCH)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--encoder", choices=("mlp", "conv"), default="mlp",
+                    help="NNCLR's and MoCo v3's encoder: the MLP, or bench_shapes.py's CNN "
+                         "with its views")
     ap.add_argument("--libraries", nargs="+", default=["minissl", "pytorch"],
                     choices=["minissl", "pytorch"])
     ap.add_argument("--same-init", action="store_true",
@@ -377,9 +398,11 @@ def main(recipes=RECIPES, build=build, torch_recipes=None, doc=__doc__):
                     help="after each minissl run, its reconstruction and per-depth probes")
     args = ap.parse_args()
     d = load(args.data)
-    runs = {"minissl": lambda *a: minissl_run(*a, build=build),
+    if args.encoder != "mlp" and args.method not in ("nnclr", "mocov3"):
+        ap.error("--encoder conv: NNCLR and MoCo v3 only")
+    runs = {"minissl": lambda *a: minissl_run(*a, build=build, encoder=args.encoder),
             "pytorch": lambda *a: torch_run(*a, build=build, recipes=torch_recipes,
-                                            same_init=args.same_init)}
+                                            same_init=args.same_init, encoder=args.encoder)}
     print(f"raw pixels {args.data} probe 1/5/10: " + " ".join(
         f"{a:.3f}" for a in probe(lambda x: x.reshape(len(x), -1), d, LABELS)), flush=True)
     accs = {lib: [] for lib in args.libraries}
