@@ -25,7 +25,8 @@ the views.
 """
 import sys
 
-if "--worker" in sys.argv:   # a measured process: its first imports are part of the setting
+if "--worker" in sys.argv and "--no-torch" not in sys.argv:
+    # A measured process: its first imports are part of the setting.
     if sys.argv[sys.argv.index("--worker") + 1].split("+")[0] in ("torch", "one-process"):
         import torch  # noqa: F401  (PyTorch first, then NumPy, then minissl)
 
