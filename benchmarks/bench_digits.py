@@ -181,6 +181,12 @@ def probe(features, d, labels=(1, 5, 10, 50)):
     return [evaluate.few_label_probe(tr, d.train_y, te, d.test_y, k)[0] for k in labels]
 
 
+def seeds_summary(accs):
+    """One line of ``probe`` rows over seeds: "mean+-sd" per number of labels."""
+    a = np.array(accs)
+    return " ".join(f"{m:.3f}+-{s:.3f}" for m, s in zip(a.mean(0), a.std(0)))
+
+
 def worker(kind, method, epochs, seed, rounds, with_torch=True):
     """Run in a child process (``--mode``): the recipe's median step ms for one configuration
     of ``bench_cpu.FRESH`` (one round) or ``one-process`` (``rounds`` rounds, PyTorch

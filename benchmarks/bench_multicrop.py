@@ -30,7 +30,7 @@ from minissl.methods.base import cosine_tau
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_shapes  # noqa: E402
-from bench_digits import batches, probe  # noqa: E402
+from bench_digits import batches, probe, seeds_summary  # noqa: E402
 from bench_shapes import WIDTHS, shapes_multicrop, torch_conv_encoder  # noqa: E402
 
 LABELS = (1, 5, 10)
@@ -187,9 +187,8 @@ def main():
             print(f"{lib:8s} {args.method} {args.data} seed {seed}: probe 1/5/10 "
                   + " ".join(f"{a:.3f}" for a in accs[lib][-1]) + f"   {diag}", flush=True)
     for lib in args.libs:
-        a = np.array(accs[lib])
-        print(f"{lib:8s} {args.method} {args.data} over {len(a)} seed(s): probe 1/5/10 "
-              + " ".join(f"{m:.3f}±{s:.3f}" for m, s in zip(a.mean(0), a.std(0))))
+        print(f"{lib:8s} {args.method} {args.data} over {len(accs[lib])} seed(s): probe "
+              "1/5/10 " + seeds_summary(accs[lib]))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ minissl.runtime.tune()   # the process settings of a training loop (minissl/runt
 
 import argparse
 import copy
+import functools
 import os
 import sys
 
@@ -69,7 +70,7 @@ def build(method, d, encoder="mlp"):
 
 def minissl_run(d, epochs, method, seed, batch=BATCH, build=build, encoder="mlp"):
     if encoder != "mlp":
-        build = (lambda b: lambda m, d_: b(m, d_, encoder))(build)
+        build = functools.partial(build, encoder=encoder)
     _, loss, features = bench_digits.minissl_run(d, epochs, method, seed, build, batch)
     return loss, features
 
@@ -416,9 +417,8 @@ def main(recipes=RECIPES, build=build, torch_recipes=None, doc=__doc__):
             if args.diagnose and lib == "minissl":
                 diagnose(features.__self__, d)      # the trained method of ``features``
     for lib in args.libraries:
-        a = np.array(accs[lib])
-        print(f"{lib:8s} {args.method} {args.data} over {len(a)} seed(s): probe 1/5/10 "
-              + " ".join(f"{m:.3f}+-{s:.3f}" for m, s in zip(a.mean(0), a.std(0))))
+        print(f"{lib:8s} {args.method} {args.data} over {len(accs[lib])} seed(s): probe "
+              "1/5/10 " + bench_digits.seeds_summary(accs[lib]))
 
 
 if __name__ == "__main__":

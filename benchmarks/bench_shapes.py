@@ -162,9 +162,8 @@ RUNS = {("random", "minissl"): random_minissl, ("random", "pytorch"): random_tor
 
 
 def report(name, lib, accs):
-    a = np.array(accs)
-    print(f"{lib:8s} {name} shapes over {len(a)} seed(s): probe 1/5/10 "
-          + " ".join(f"{m:.3f}+-{s:.3f}" for m, s in zip(a.mean(0), a.std(0))), flush=True)
+    print(f"{lib:8s} {name} shapes over {len(accs)} seed(s): probe 1/5/10 "
+          + bench_digits.seeds_summary(accs), flush=True)
 
 
 def main():
