@@ -14,7 +14,15 @@ rows = []
 def row(name, ext, ref, tor):
     rows.append((name, ext, ref, tor)); print(f"{name:32s} ext {ext:8.3f}  ref {ref:8.3f} ({ref/ext:5.1f}x)  torch {tor:8.3f} ({tor/ext:4.2f}x)", flush=True)
 F = torch.nn.functional
-which = sys.argv[1:] or ["ce", "ln", "bn", "gelu", "adam", "emb"]
+which = sys.argv[1:] or ["ce", "attn", "ln", "bn", "gelu", "adam", "emb"]
+if "attn" in which:   # causal attention scores of gpt_char: (32, 4, 128, 128) as rows
+    B, H, T = 32, 4, 128
+    x = rng.standard_normal((B * H * T, T)).astype(np.float32); g = rng.standard_normal((B * H * T, T)).astype(np.float32)
+    tx = torch.from_numpy(x).view(B * H, T, T); tmask = torch.ones(T, T, dtype=torch.bool).triu(1); sc = T ** -0.5
+    y = S.softmax_forward(x, sc, T)
+    row("causal softmax fwd (16384,128)", bench(lambda: S.softmax_forward(x, sc, T)), bench(lambda: S.softmax_forward_ref(x, sc, T)), bench(lambda: torch.softmax((tx * sc).masked_fill(tmask, float("-inf")), -1)))
+    ty = torch.from_numpy(y).view(B * H, T, T); tgr = torch.from_numpy(g).view(B * H, T, T)
+    row("causal softmax bwd (16384,128)", bench(lambda: S.softmax_backward(g, y, sc, T)), bench(lambda: S.softmax_backward_ref(g, y, sc, T)), bench(lambda: torch.ops.aten._softmax_backward_data(tgr, ty, -1, torch.float32) * sc))
 if "ce" in which:
   for N, C in [(1024, 1024), (4096, 96)]:
     x = rng.standard_normal((N, C)).astype(np.float32); t = rng.integers(0, C, N); g = np.ones(N, np.float32)

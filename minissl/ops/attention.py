@@ -31,21 +31,22 @@ def _attend(q, k, v, scale, causal, mask):
     """y = softmax(q k^T scale [+ mask]) v and the probabilities P, for (..., L, E) operands."""
     xp = get_array_module(q)
     s = q @ _mT(k)                                       # (..., L, S), a fresh array
-    s *= q.dtype.type(scale)
     L, S = s.shape[-2:]
-    if causal:   # position i attends to j <= i; in place, no second score array
-        xp.copyto(s, q.dtype.type(-xp.inf), where=~xp.tri(L, S, dtype=bool))
     if mask is not None:
+        s *= q.dtype.type(scale)
         if mask.dtype == bool:   # True = may attend, as PyTorch
             s = xp.where(mask, s, q.dtype.type(-xp.inf))
         else:
             s = s + mask
-    # No query or no key: P is empty and y = P v is (..., L, Ev) of zeros, as in PyTorch.
-    p = _k.softmax_forward(_rows(s)).reshape(s.shape) if s.size else s
+        scale = 1.0
+    # The scale and the causal mask (position i attends to j <= i) are applied by the softmax
+    # kernel in its one pass over the scores. No query or no key: P is empty and y = P v is
+    # (..., L, Ev) of zeros, as in PyTorch.
+    p = _k.softmax_forward(_rows(s), scale, L if causal else 0).reshape(s.shape) if s.size else s
     return p @ v, p
 
 
-def _attend_backward(g, p, q, k, v, scale, needs, out=(None, None, None)):
+def _attend_backward(g, p, q, k, v, scale, causal, needs, out=(None, None, None)):
     """(dq, dk, dv) of ``_attend`` (None where ``needs`` is False); ``out`` may give arrays
     (views) to write each into."""
     def product(a, b, o):
@@ -57,8 +58,11 @@ def _attend_backward(g, p, q, k, v, scale, needs, out=(None, None, None)):
         return o
     dv = product(_mT(p), g, out[2]) if needs[2] else None
     dp = g @ _mT(v)
-    ds = _k.softmax_backward(_rows(dp), _rows(p)).reshape(p.shape) if p.size else dp
-    ds *= q.dtype.type(scale)
+    # dS = scale P (dP - rowsum(dP P)): the scale in the kernel's pass; the causal mask only
+    # lets it skip the entries where P is 0.
+    L = p.shape[-2]
+    ds = (_k.softmax_backward(_rows(dp), _rows(p), scale, L if causal else 0).reshape(p.shape)
+          if p.size else dp)
     dq = product(ds, k, out[0]) if needs[0] else None
     dk = product(_mT(ds), q, out[1]) if needs[1] else None
     return dq, dk, dv
@@ -76,7 +80,8 @@ class Attention(Function):
         return y
 
     def backward(self, g):
-        return _attend_backward(g, self.p, self.q, self.k, self.v, self.scale, self.needs_grad)
+        return _attend_backward(g, self.p, self.q, self.k, self.v, self.scale,
+                                self.causal, self.needs_grad)
 
 
 class PackedSelfAttention(Function):
@@ -111,7 +116,8 @@ class PackedSelfAttention(Function):
         dqkv = xp.empty((B, T, 3, H, C // H), dtype=g.dtype)
         views = dqkv.transpose(2, 0, 3, 1, 4)                           # (3, B, H, T, D)
         g4 = g.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)           # (B, H, T, D) view
-        _attend_backward(g4, self.p, self.q, self.k, self.v, self.scale, (True,) * 3,
+        _attend_backward(g4, self.p, self.q, self.k, self.v, self.scale,
+                         self.causal, (True,) * 3,
                          out=(views[0], views[1], views[2]))
         return dqkv.reshape(B, T, 3 * C)
 

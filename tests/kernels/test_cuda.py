@@ -57,13 +57,14 @@ def test_emulator_catches_launch_mistakes(emulator):
     coop = emulator.kernel("softmax", "softmax_fwd_kernel", np.float32)
     y = np.zeros((2, 3), np.float32)
     with pytest.raises(AssertionError, match="power of two"):
-        coop((2,), (24,), [y, y, i(3), np.float32(-np.inf)])
+        coop((2,), (24,), [y, y, i(3), np.float32(-np.inf), np.float32(1), i(0)])
     with pytest.raises(AssertionError, match="power of two <= 256"):
-        coop((2,), (512,), [y, y, i(3), np.float32(-np.inf)])
+        coop((2,), (512,), [y, y, i(3), np.float32(-np.inf), np.float32(1), i(0)])
     # Past that guard (called raw), 512 threads overrun the 256-entry shared buffer.
     lib, _ = emulator._lib(np.float32)
     ptr = (ctypes.c_void_p(y.ctypes.data), ctypes.c_longlong(y.size))
-    assert lib.emu_softmax_fwd_kernel(1, 1, 512, 1, *ptr, *ptr, 3, ctypes.c_float(-np.inf))
+    assert lib.emu_softmax_fwd_kernel(1, 1, 512, 1, *ptr, *ptr, 3, ctypes.c_float(-np.inf),
+                                      ctypes.c_float(1), 0)
     # One OS thread per CUDA thread: whichever of threads 256..511 gets there first reports.
     err = lib.emu_error().decode()
     assert re.search(r"index (\d+) outside \[0, 256\)", err), err

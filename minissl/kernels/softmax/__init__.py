@@ -10,6 +10,11 @@ Math (one row x of C logits; all functions work row by row):
 Adjoints (g is the gradient of the output, y the saved output):
 
     softmax:      dx = y * (g - sum_j g_j y_j)
+
+``softmax_forward`` / ``softmax_backward`` also take the scale and the causal mask of
+attention scores: softmax(scale x) with row r over columns j <= r mod L only (the rest 0),
+and its gradient scale * y * (g - sum_j g_j y_j). Fused, they save attention two passes over
+its (..., L, S) scores and skip the masked half of each causal row.
     log_softmax:  dx = g - exp(y) * sum_j g_j
 
 Cross-entropy of a row with target class t (Bridle 1990; the fused form is what
@@ -81,25 +86,43 @@ def _check_rows(fn, names, arrays):
     _check_same(fn, names, arrays)
 
 
-def _rowwise(name, names, reference, *arrays):
+def _rowwise(name, names, reference, *arrays, options=()):
     """Check and dispatch one of the four row-wise kernels below: the CUDA kernel for device
     arrays, the compiled one (on C-contiguous copies, into a new output of the last array's
-    shape) for non-empty host arrays it takes, else the NumPy reference."""
+    shape) for non-empty host arrays it takes, else the NumPy reference. ``options`` follow
+    the arrays in every version's call."""
     _check_rows(name, names, arrays)
     if on_device(arrays[0]):
-        return gpu("softmax", name)(*arrays)
+        return gpu("softmax", name)(*arrays, *options)
     ext = compiled("softmax", *arrays)
     if ext is None or arrays[-1].size == 0:
-        return reference(*arrays)
+        return reference(*arrays, *options)
     arrays = [np.ascontiguousarray(a) for a in arrays]
     out = np.empty_like(arrays[-1])
-    getattr(ext, name)(*arrays, out)
+    getattr(ext, name)(*arrays, out, *options)
     return out
 
 
-def softmax_forward(x):
-    """Softmax over the last axis of a 2-D array (M, C); see the module docstring."""
-    return _rowwise("softmax_forward", ("x",), softmax_forward_ref, x)
+def _options(fn, scale, causal):
+    """(scale, causal) checked: a finite scale > 0 (the row maximum of scale x is then scale
+    times that of x) and a whole number of query rows L >= 0 (0: no mask)."""
+    scale = float(scale)
+    if not (0.0 < scale < np.inf):
+        raise ValueError(f"{fn}: scale must be finite and > 0, got {scale}")
+    if isinstance(causal, bool) or not isinstance(causal, (int, np.integer)) or causal < 0:
+        raise ValueError(f"{fn}: causal must be an int >= 0 (the rows per causal block), "
+                         f"got {causal!r}")
+    return scale, int(causal)
+
+
+def softmax_forward(x, scale=1.0, causal=0):
+    """Softmax over the last axis of scale * x, x (M, C); see the module docstring.
+
+    ``causal = L > 0`` masks row r beyond column r mod L (probability 0 there): the scores of
+    causal self-attention (..., L, S) as rows, masked and scaled in the one pass over them
+    (the masked entries are never exponentiated)."""
+    options = _options("softmax_forward", scale, causal)
+    return _rowwise("softmax_forward", ("x",), softmax_forward_ref, x, options=options)
 
 
 def log_softmax_forward(x):
@@ -107,9 +130,12 @@ def log_softmax_forward(x):
     return _rowwise("log_softmax_forward", ("x",), log_softmax_forward_ref, x)
 
 
-def softmax_backward(grad_y, y):
-    """Gradient of softmax: y * (grad_y - sum(grad_y * y, -1)); arrays (M, C)."""
-    return _rowwise("softmax_backward", ("grad_y", "y"), softmax_backward_ref, grad_y, y)
+def softmax_backward(grad_y, y, scale=1.0, causal=0):
+    """Gradient of softmax(scale x) with respect to x: scale y (grad_y - sum(grad_y y, -1));
+    arrays (M, C); 0 at the entries ``causal`` masks (see ``softmax_forward``)."""
+    options = _options("softmax_backward", scale, causal)
+    return _rowwise("softmax_backward", ("grad_y", "y"), softmax_backward_ref, grad_y, y,
+                    options=options)
 
 
 def log_softmax_backward(grad_y, y_log):

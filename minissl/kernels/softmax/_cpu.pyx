@@ -56,6 +56,16 @@ cdef extern from "softmax.h":
                                  Py_ssize_t n) noexcept nogil
     void mssl_scaled_softmax_f64(const double* x, double lse, double c, double* y,
                                  Py_ssize_t n) noexcept nogil
+    void mssl_exp_scaled_f32(const float* x, float m, float c, float* y,
+                             Py_ssize_t n) noexcept nogil
+    void mssl_exp_scaled_f64(const double* x, double m, double c, double* y,
+                             Py_ssize_t n) noexcept nogil
+    void mssl_scale_f32(float* y, float c, Py_ssize_t n) noexcept nogil
+    void mssl_scale_f64(double* y, double c, Py_ssize_t n) noexcept nogil
+    void mssl_softmax_bwd_f32(const float* g, const float* y, float d, float c, float* dx,
+                              Py_ssize_t n) noexcept nogil
+    void mssl_softmax_bwd_f64(const double* g, const double* y, double d, double c, double* dx,
+                              Py_ssize_t n) noexcept nogil
     double mssl_sum_f32(const float* x, Py_ssize_t n) noexcept nogil
     double mssl_sum_f64(const double* x, Py_ssize_t n) noexcept nogil
     double mssl_dot_f32(const float* x, const float* y, Py_ssize_t n) noexcept nogil
@@ -91,6 +101,29 @@ cdef inline void _exp(const floating* x, floating a, floating b, floating* y,
         mssl_exp_f64(x, a, b, y, n)
 
 
+cdef inline void _exp_scaled(const floating* x, floating m, floating c, floating* y,
+                             Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        mssl_exp_scaled_f32(x, m, c, y, n)
+    else:
+        mssl_exp_scaled_f64(x, m, c, y, n)
+
+
+cdef inline void _scale(floating* y, floating c, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        mssl_scale_f32(y, c, n)
+    else:
+        mssl_scale_f64(y, c, n)
+
+
+cdef inline void _softmax_bwd(const floating* g, const floating* y, floating d, floating c,
+                              floating* dx, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        mssl_softmax_bwd_f32(g, y, d, c, dx, n)
+    else:
+        mssl_softmax_bwd_f64(g, y, d, c, dx, n)
+
+
 cdef inline double _sum(const floating* x, Py_ssize_t n) noexcept nogil:
     if floating is float:
         return mssl_sum_f32(x, n)
@@ -107,13 +140,21 @@ cdef inline double _dot(const floating* x, const floating* y, Py_ssize_t n) noex
 
 # ---- one row --------------------------------------------------------------------------------
 
-cdef inline void _softmax_row(const floating* x, floating* y, Py_ssize_t n) noexcept nogil:
-    cdef floating m = _max(x, n)
-    _exp(x, m, 0, y, n)                                   # y = exp(x - m), every entry <= 1
-    cdef floating inv = <floating>(1.0 / _sum(y, n))
-    cdef Py_ssize_t j
-    for j in range(n):
-        y[j] = y[j] * inv
+cdef inline Py_ssize_t _kept(Py_ssize_t i, Py_ssize_t n, Py_ssize_t causal) noexcept nogil:
+    """Columns row i keeps: all, or j <= i mod L under a causal mask of L rows (the masked
+    ones are skipped, not exponentiated: half of a causal attention row)."""
+    if causal == 0:
+        return n
+    return min(n, i % causal + 1)
+
+
+cdef inline void _softmax_row(const floating* x, floating* y, Py_ssize_t n, Py_ssize_t keep,
+                              floating scale) noexcept nogil:
+    cdef floating m = _max(x, keep)
+    _exp_scaled(x, m, scale, y, keep)             # y = exp(scale (x - m)), every entry <= 1
+    _scale(y, <floating>(1.0 / _sum(y, keep)), keep)
+    if keep < n:
+        memset(y + keep, 0, (n - keep) * sizeof(floating))
 
 
 cdef inline void _log_softmax_row(const floating* x, floating* y, Py_ssize_t n) noexcept nogil:
@@ -126,11 +167,11 @@ cdef inline void _log_softmax_row(const floating* x, floating* y, Py_ssize_t n) 
 
 
 cdef inline void _softmax_backward_row(const floating* g, const floating* y, floating* dx,
-                                       Py_ssize_t n) noexcept nogil:
-    cdef floating d = <floating>_dot(g, y, n)
-    cdef Py_ssize_t j
-    for j in range(n):
-        dx[j] = y[j] * (g[j] - d)
+                                       Py_ssize_t n, Py_ssize_t keep,
+                                       floating scale) noexcept nogil:
+    _softmax_bwd(g, y, <floating>_dot(g, y, keep), scale, dx, keep)
+    if keep < n:
+        memset(dx + keep, 0, (n - keep) * sizeof(floating))
 
 
 cdef inline void _log_softmax_backward_row(const floating* g, const floating* y_log,
@@ -164,11 +205,12 @@ cdef inline void _cross_entropy_backward_row(floating g, const floating* x, int6
 
 # ---- rows in parallel -----------------------------------------------------------------------
 
-cdef void _softmax_rows(const floating* x, floating* y, Py_ssize_t M, Py_ssize_t C) noexcept nogil:
+cdef void _softmax_rows(const floating* x, floating* y, Py_ssize_t M, Py_ssize_t C,
+                        floating scale, Py_ssize_t causal) noexcept nogil:
     cdef Py_ssize_t i
     for i in prange(M, schedule="static", use_threads_if=THREADS > 1 and M * C >= PARALLEL_MIN,
                     num_threads=THREADS):
-        _softmax_row(x + i * C, y + i * C, C)
+        _softmax_row(x + i * C, y + i * C, C, _kept(i, C, causal), scale)
 
 
 cdef void _log_softmax_rows(const floating* x, floating* y, Py_ssize_t M,
@@ -180,11 +222,12 @@ cdef void _log_softmax_rows(const floating* x, floating* y, Py_ssize_t M,
 
 
 cdef void _softmax_backward_rows(const floating* g, const floating* y, floating* dx,
-                                 Py_ssize_t M, Py_ssize_t C) noexcept nogil:
+                                 Py_ssize_t M, Py_ssize_t C, floating scale,
+                                 Py_ssize_t causal) noexcept nogil:
     cdef Py_ssize_t i
     for i in prange(M, schedule="static", use_threads_if=THREADS > 1 and M * C >= PARALLEL_MIN,
                     num_threads=THREADS):
-        _softmax_backward_row(g + i * C, y + i * C, dx + i * C, C)
+        _softmax_backward_row(g + i * C, y + i * C, dx + i * C, C, _kept(i, C, causal), scale)
 
 
 cdef void _log_softmax_backward_rows(const floating* g, const floating* y_log, floating* dx,
@@ -230,17 +273,25 @@ cdef int _check_targets(const int64_t* t, Py_ssize_t N, Py_ssize_t C,
 # ---- entry points (called by __init__.py) -------------------------------------------------------
 # Arrays are C-contiguous, of one float dtype (lse float64, target int64), with M * C > 0.
 
-def softmax_forward(x, y):
-    """y = softmax(x) over the rows of x (M, C)."""
+def _check_options(double scale, Py_ssize_t causal):
+    if not (scale > 0 and scale < float("inf")) or causal < 0:
+        raise ValueError(f"{__name__}: scale must be finite and > 0 and causal >= 0, got "
+                         f"{scale} and {causal}")
+
+
+def softmax_forward(x, y, double scale=1.0, Py_ssize_t causal=0):
+    """y = softmax(scale x) over the rows of x (M, C), row i over columns j <= i mod causal
+    only (0 beyond) when causal > 0."""
     cdef int t = float_type(NAME, x)
     cdef Py_ssize_t M = x.shape[0], C = x.shape[1]
     cdef void* px = array_data(NAME, x, t, 2, M, C, 0, False)
     cdef void* py = array_data(NAME, y, t, 2, M, C, 0, True)
+    _check_options(scale, causal)
     with nogil:
         if t == cnp.NPY_FLOAT32:
-            _softmax_rows(<const float*>px, <float*>py, M, C)
+            _softmax_rows(<const float*>px, <float*>py, M, C, <float>scale, causal)
         else:
-            _softmax_rows(<const double*>px, <double*>py, M, C)
+            _softmax_rows(<const double*>px, <double*>py, M, C, scale, causal)
 
 
 def log_softmax_forward(x, y):
@@ -256,18 +307,21 @@ def log_softmax_forward(x, y):
             _log_softmax_rows(<const double*>px, <double*>py, M, C)
 
 
-def softmax_backward(grad_y, y, dx):
-    """dx = y * (g - sum(g * y)) row by row."""
+def softmax_backward(grad_y, y, dx, double scale=1.0, Py_ssize_t causal=0):
+    """dx = scale y (g - sum(g y)) row by row (0 at the masked entries when causal > 0)."""
     cdef int t = float_type(NAME, y)
     cdef Py_ssize_t M = y.shape[0], C = y.shape[1]
     cdef void* pg = array_data(NAME, grad_y, t, 2, M, C, 0, False)
     cdef void* py = array_data(NAME, y, t, 2, M, C, 0, False)
     cdef void* pd = array_data(NAME, dx, t, 2, M, C, 0, True)
+    _check_options(scale, causal)
     with nogil:
         if t == cnp.NPY_FLOAT32:
-            _softmax_backward_rows(<const float*>pg, <const float*>py, <float*>pd, M, C)
+            _softmax_backward_rows(<const float*>pg, <const float*>py, <float*>pd, M, C,
+                                   <float>scale, causal)
         else:
-            _softmax_backward_rows(<const double*>pg, <const double*>py, <double*>pd, M, C)
+            _softmax_backward_rows(<const double*>pg, <const double*>py, <double*>pd, M, C,
+                                   scale, causal)
 
 
 def log_softmax_backward(grad_y, y_log, dx):

@@ -32,9 +32,17 @@ def _backward_args(xp, dx, g, y):
     return (cu.contig(xp, g), cu.contig(xp, y), dx, cu.i32(g.shape[1]))
 
 
-def softmax_forward(x):
-    return _rows("softmax_forward", "softmax_fwd_kernel", ("x",), _forward_args,
-                 R.softmax_forward_ref, x)
+def _scaled(make_args, scale, causal):
+    """The argument list of ``make_args`` followed by the scale (as T) and the causal rows."""
+    def args(xp, out, *arrays):
+        return make_args(xp, out, *arrays) + (out.dtype.type(scale), cu.i32(causal))
+    return args
+
+
+def softmax_forward(x, scale=1.0, causal=0):
+    return _rows("softmax_forward", "softmax_fwd_kernel", ("x",),
+                 _scaled(_forward_args, scale, causal),
+                 lambda x: R.softmax_forward_ref(x, scale, causal), x)
 
 
 def log_softmax_forward(x):
@@ -42,9 +50,10 @@ def log_softmax_forward(x):
                  R.log_softmax_forward_ref, x)
 
 
-def softmax_backward(grad_y, y):
-    return _rows("softmax_backward", "softmax_bwd_kernel", ("grad_y", "y"), _backward_args,
-                 R.softmax_backward_ref, grad_y, y)
+def softmax_backward(grad_y, y, scale=1.0, causal=0):
+    return _rows("softmax_backward", "softmax_bwd_kernel", ("grad_y", "y"),
+                 _scaled(_backward_args, scale, causal),
+                 lambda g, y: R.softmax_backward_ref(g, y, scale, causal), grad_y, y)
 
 
 def log_softmax_backward(grad_y, y_log):

@@ -24,9 +24,21 @@ def _lse_ref(x):
         return m.astype(np.float64) + xp.log(s)
 
 
-def softmax_forward_ref(x):
-    """softmax(x)_ij = exp(x_ij - m_i) / sum_k exp(x_ik - m_i), m_i = max_k x_ik."""
-    e = get_array_module(x).exp(x - _row_max(x))
+def causal_keep(shape, causal, xp=np):
+    """(M, C) bool, True where row r keeps column j: j <= r mod L with L = ``causal`` (the rows
+    of causal attention scores (..., L, S) flattened: query i = r mod L sees keys j <= i)."""
+    m, c = shape
+    return xp.arange(c)[None, :] <= (xp.arange(m) % causal)[:, None]
+
+
+def softmax_forward_ref(x, scale=1.0, causal=0):
+    """softmax(s)_ij = exp(s_ij - m_i) / sum_k exp(s_ik - m_i), s = scale x, m_i = max_k s_ik;
+    with causal = L > 0 the entries j > r mod L of row r are masked (-inf, probability 0)."""
+    xp = get_array_module(x)
+    s = x * x.dtype.type(scale) if scale != 1.0 else x
+    if causal:
+        s = xp.where(causal_keep(x.shape, causal, xp), s, x.dtype.type(-np.inf))
+    e = xp.exp(s - _row_max(s))
     return e / e.sum(axis=-1, keepdims=True)
 
 
@@ -43,9 +55,16 @@ def log_softmax_forward_ref(x):
         return (shifted - xp.log(s)).astype(x.dtype, copy=False)
 
 
-def softmax_backward_ref(grad_y, y):
-    """dx_ij = y_ij * (g_ij - sum_k g_ik y_ik)."""
-    return y * (grad_y - (grad_y * y).sum(axis=-1, keepdims=True))
+def softmax_backward_ref(grad_y, y, scale=1.0, causal=0):
+    """dx_ij = scale y_ij (g_ij - sum_k g_ik y_ik), the gradient with respect to x of
+    softmax(scale x); with causal = L > 0, 0 at the masked entries (where y is 0)."""
+    xp = get_array_module(grad_y)
+    dx = y * (grad_y - (grad_y * y).sum(axis=-1, keepdims=True))
+    if scale != 1.0:
+        dx = dx * y.dtype.type(scale)
+    if causal:
+        dx = xp.where(causal_keep(y.shape, causal, xp), dx, y.dtype.type(0))
+    return dx
 
 
 def log_softmax_backward_ref(grad_y, y_log):

@@ -2,18 +2,27 @@
    double). Compiled at run time by NVRTC through CuPy: minissl/kernels/cuda.py prepends
    the typedef of T and common.cuh. The launchers are in cuda.py beside this file. */
 /* Softmax family over the rows of (M, C): one block per row, threads striding over columns. */
+
+/* Columns row r keeps: all, or j <= r mod L under a causal mask of L rows (L > 0). */
+__device__ inline int kept_columns(int C, int L) {
+    return L > 0 ? min(C, (int)(blockIdx.x % (unsigned)L) + 1) : C;
+}
+
+/* y = softmax(scale x) over columns k < keep; 0 beyond. */
 extern "C" __global__ void softmax_fwd_kernel(
-        const T* __restrict__ x, T* __restrict__ y, int C, T neg_inf) {
+        const T* __restrict__ x, T* __restrict__ y, int C, T neg_inf, T scale, int L) {
     __shared__ T buf[MAX_BLOCK];
     const T* row = x + blockIdx.x * C;
     T* out = y + blockIdx.x * C;
+    const int keep = kept_columns(C, L);
     T m = neg_inf;
-    for (int k = threadIdx.x; k < C; k += blockDim.x) m = nan_max(m, row[k]);
+    for (int k = threadIdx.x; k < keep; k += blockDim.x) m = nan_max(m, row[k]);
     m = block_max(m, buf);
     T s = (T)0;                                 /* summed in T, as the reference */
-    for (int k = threadIdx.x; k < C; k += blockDim.x) s += exp(row[k] - m);
+    for (int k = threadIdx.x; k < keep; k += blockDim.x) s += exp(scale * (row[k] - m));
     s = block_sum_t(s, buf);
-    for (int k = threadIdx.x; k < C; k += blockDim.x) out[k] = exp(row[k] - m) / s;
+    for (int k = threadIdx.x; k < C; k += blockDim.x)
+        out[k] = k < keep ? exp(scale * (row[k] - m)) / s : (T)0;
 }
 
 extern "C" __global__ void log_softmax_fwd_kernel(
@@ -32,15 +41,18 @@ extern "C" __global__ void log_softmax_fwd_kernel(
     for (int k = threadIdx.x; k < C; k += blockDim.x) out[k] = (T)((double)(row[k] - m) - ls);
 }
 
+/* dx = scale y (g - sum g y) over columns k < keep; 0 beyond. */
 extern "C" __global__ void softmax_bwd_kernel(
-        const T* __restrict__ g, const T* __restrict__ y, T* __restrict__ dx, int C) {
+        const T* __restrict__ g, const T* __restrict__ y, T* __restrict__ dx, int C, T scale,
+        int L) {
     __shared__ T buf[MAX_BLOCK];
     const int base = blockIdx.x * C;
+    const int keep = kept_columns(C, L);
     T dot = (T)0;
-    for (int k = threadIdx.x; k < C; k += blockDim.x) dot += g[base + k] * y[base + k];
+    for (int k = threadIdx.x; k < keep; k += blockDim.x) dot += g[base + k] * y[base + k];
     dot = block_sum_t(dot, buf);
     for (int k = threadIdx.x; k < C; k += blockDim.x)
-        dx[base + k] = y[base + k] * (g[base + k] - dot);
+        dx[base + k] = k < keep ? scale * (y[base + k] * (g[base + k] - dot)) : (T)0;
 }
 
 extern "C" __global__ void log_softmax_bwd_kernel(

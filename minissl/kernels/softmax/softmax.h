@@ -43,6 +43,40 @@ MSSL_CLONES static void mssl_exp_f64(const double* x, double a, double b, double
     for (Py_ssize_t j = 0; j < n; j++) y[j] = mssl_exp((x[j] - a) - b);
 }
 
+/* y_j = exp(c (x_j - m)): the numerators of softmax(c x) for m = max_j x_j and c > 0 */
+MSSL_CLONES static void mssl_exp_scaled_f32(const float* x, float m, float c, float* y,
+                                            Py_ssize_t n) {
+    #pragma omp simd
+    for (Py_ssize_t j = 0; j < n; j++) y[j] = mssl_expf(c * (x[j] - m));
+}
+MSSL_CLONES static void mssl_exp_scaled_f64(const double* x, double m, double c, double* y,
+                                            Py_ssize_t n) {
+    #pragma omp simd
+    for (Py_ssize_t j = 0; j < n; j++) y[j] = mssl_exp(c * (x[j] - m));
+}
+
+/* y_j = c y_j */
+MSSL_CLONES static void mssl_scale_f32(float* y, float c, Py_ssize_t n) {
+    #pragma omp simd
+    for (Py_ssize_t j = 0; j < n; j++) y[j] *= c;
+}
+MSSL_CLONES static void mssl_scale_f64(double* y, double c, Py_ssize_t n) {
+    #pragma omp simd
+    for (Py_ssize_t j = 0; j < n; j++) y[j] *= c;
+}
+
+/* dx_j = c y_j (g_j - d): softmax's backward for d = sum_j g_j y_j */
+MSSL_CLONES static void mssl_softmax_bwd_f32(const float* g, const float* y, float d, float c,
+                                             float* dx, Py_ssize_t n) {
+    #pragma omp simd
+    for (Py_ssize_t j = 0; j < n; j++) dx[j] = c * (y[j] * (g[j] - d));
+}
+MSSL_CLONES static void mssl_softmax_bwd_f64(const double* g, const double* y, double d,
+                                             double c, double* dx, Py_ssize_t n) {
+    #pragma omp simd
+    for (Py_ssize_t j = 0; j < n; j++) dx[j] = c * (y[j] * (g[j] - d));
+}
+
 /* y_j = c exp(x_j - lse), the exponent formed in double: lse is a double, and x_j - lse
    is small for the entries that matter, so rounding it to float first loses nothing even
    for float32 logits near 1e4 (exp(x_j - lse) with lse rounded to float32 would be off
