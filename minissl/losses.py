@@ -82,7 +82,7 @@ def nt_xent(z1, z2, temperature=0.5):
     n = z1.shape[0]
     xp = get_array_module(z1.data)
     z = F.normalize(cat([z1, z2], dim=0), dim=1)             # (2N, D), unit rows
-    logits = (z @ z.T) / temperature                         # (2N, 2N), cos / T
+    logits = z @ (z.T / temperature)                         # (2N, 2N), cos / T
     logits = logits.masked_fill(xp.eye(2 * n, dtype=bool), -math.inf)  # no self-similarity
     # The positive of row i is row i + N, and of row i + N is row i.
     target = _indices((xp.arange(2 * n) + n) % (2 * n))            # (2N,) the other view
