@@ -14,6 +14,9 @@ made by the minissl method's multi-crop augmentation from the same seeded genera
     python benchmarks/bench_multicrop.py --method dino --data digits --epochs 40 --seeds 0 1 2
     python benchmarks/bench_multicrop.py --method swav --data shapes --epochs 20 --seeds 0 1 2
     python benchmarks/bench_multicrop.py --raw --data shapes        # raw-pixel probe only
+    python benchmarks/bench_multicrop.py --method dino --data shapes --set teacher_temp=0.02
+
+``--set KEY=VALUE`` sets a field of the method's config in both libraries.
 """
 import minissl
 
@@ -40,16 +43,17 @@ def load(name):
     return data.digits() if name == "digits" else bench_shapes.load()
 
 
-def build(method, d):
-    """The minissl method of the recipe (the encoder by data set, as the module says)."""
+def build(method, d, **overrides):
+    """The minissl method of the recipe (the encoder by data set, as the module says);
+    ``overrides`` set fields of its config (``--set``)."""
     if d.name == "shapes":
-        return bench_shapes.build(method, d, shapes_multicrop())
-    return methods.build(method, d)
+        return bench_shapes.build(method, d, shapes_multicrop(), **overrides)
+    return methods.build(method, d, **overrides)
 
 
-def minissl_run(method, d, epochs, seed):
+def minissl_run(method, d, epochs, seed, **overrides):
     random.manual_seed(seed)
-    m = build(method, d)
+    m = build(method, d, **overrides)
     opt = optim.Adam(m.trainable_parameters(), lr=1e-3)
     total = epochs * (len(d.train_x) // 256)
     for step, rng, x in batches(d, epochs, seed):
@@ -95,15 +99,15 @@ def torch_nets(method, d, cfg):
                                                      bias=False)})
 
 
-def torch_run(method, d, epochs, seed):
+def torch_run(method, d, epochs, seed, **overrides):
     import torch
     import torch.nn.functional as TF
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                                     "examples"))
     from torch_port import dino_loss, multicrop_forward, sinkhorn, swav_loss
     torch.manual_seed(seed)
-    transform = build(method, d).transform        # the same multi-crop views as minissl's
-    cfg = methods.config_class(method)()
+    transform = build(method, d, **overrides).transform   # the same multi-crop views as minissl's
+    cfg = methods.config_class(method)(**overrides)
     enc, head = torch_nets(method, d, cfg)
     params = [p for p in list(enc.parameters()) + list(head.parameters()) if p.requires_grad]
     opt = torch.optim.Adam(params, 1e-3)
@@ -171,7 +175,14 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--libs", nargs="+", default=["minissl", "pytorch"])
     ap.add_argument("--raw", action="store_true", help="probe the raw pixels only")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="config fields of the method, in both libraries (floats)")
     args = ap.parse_args()
+    try:
+        overrides = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+        methods.config_class(args.method)(**overrides)
+    except (ValueError, TypeError) as e:
+        ap.error(f"--set: {e}")
     d = load(args.data)
     if args.raw:
         flat = lambda x: x.reshape(len(x), -1)   # noqa: E731
@@ -181,7 +192,7 @@ def main():
     accs = {lib: [] for lib in args.libs}
     for seed in args.seeds:
         for lib in args.libs:
-            features, metrics = runs[lib](args.method, d, args.epochs, seed)
+            features, metrics = runs[lib](args.method, d, args.epochs, seed, **overrides)
             accs[lib].append(probe(features, d, LABELS))
             diag = " ".join(f"{k}={v:.3f}" for k, v in metrics.items())
             print(f"{lib:8s} {args.method} {args.data} seed {seed}: probe 1/5/10 "

@@ -14,9 +14,14 @@ per class), the references a self-supervised run must be read against:
 The recipe (``conv_encoder``, ``augmentation``, ``load``): 2000 training and 500 test images
 of 16x16; a plain CNN of three conv3x3-BN-ReLU layers of widths 32, 64, 64 (strides 1, 2, 2)
 and a global average pool (64 features); SimCLR's crop of area 0.25 to 1, flip, colour jitter
-0.8/0.8/0.8/0.2 with p 0.8, then greyscale with p 0.8 (``augmentation``); batch 256, Adam 1e-3. ``bench_multicrop.py`` and ``bench_nn_v3_mim.py`` use it with ``--encoder conv``.
+0.8/0.8/0.8/0.2 with p 0.8, then greyscale with p 0.8 (``augmentation``); batch 256, Adam 1e-3. ``bench_multicrop.py`` and ``bench_nn_v3_mim.py``
+use it (``--encoder conv`` in the latter).
+
+``--epochs`` takes several budgets: SimCLR (no schedule over the run) trains once to the
+largest and is probed as it passes each (``run_budgets``), the other runs once per budget.
 
     python benchmarks/bench_shapes.py --what raw random supervised simclr --epochs 20 --seeds 0
+    python benchmarks/bench_shapes.py --what simclr --epochs 20 60 120 --seeds 0
 """
 import minissl
 
@@ -28,7 +33,7 @@ import sys
 
 import numpy as np
 
-from minissl import augment, data, methods, multicrop, nn
+from minissl import augment, data, methods, multicrop, nn, optim, random
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_digits  # noqa: E402
@@ -131,11 +136,24 @@ def supervised_torch(d, epochs, seed):
     return torch_features(torch, enc)
 
 
-def simclr_minissl(d, epochs, seed):
-    return bench_digits.minissl_run(d, epochs, "simclr", seed, build)[2]
+def simclr_minissl(d, epochs, seed, at=None):
+    """``at(steps, features)``, if given, after every step: a probe of shorter budgets on the
+    way (SimCLR has no schedule over the run, so its first n steps are those of an n-step run)."""
+    if at is None:
+        return bench_digits.minissl_run(d, epochs, "simclr", seed, build)[2]
+    random.manual_seed(seed)
+    m = nn.fuse(build("simclr", d))              # as bench_digits.minissl_run
+    opt = optim.Adam(m.trainable_parameters(), lr=1e-3)
+    for step, rng, x in batches(d, epochs, seed):
+        opt.zero_grad()
+        loss, _ = m.training_step(x, rng)
+        loss.backward()
+        opt.step()
+        at(step + 1, m.features)
+    return m.features
 
 
-def simclr_torch(d, epochs, seed):
+def simclr_torch(d, epochs, seed, at=None):
     import torch
     import torch.nn as tnn
     torch.manual_seed(seed)
@@ -146,13 +164,16 @@ def simclr_torch(d, epochs, seed):
     params = [p for p in list(enc.parameters()) + list(proj.parameters()) if p.requires_grad]
     opt = torch.optim.Adam(params, 1e-3)
     transform = augmentation()
-    for _, rng, x in batches(d, epochs, seed):
+    for step, rng, x in batches(d, epochs, seed):
         v = torch.from_numpy(np.concatenate(augment.two_views(x, transform, rng)))
         z1, z2 = proj(enc(v)).split(len(x))          # joint batch, as SimCLR's default
         loss = bench_digits.torch_nt_xent(torch, z1, z2, 0.5)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if at is not None:
+            at(step + 1, torch_features(torch, enc))
+            enc.train()                              # torch_features leaves it in eval mode
     return torch_features(torch, enc)
 
 
@@ -166,20 +187,46 @@ def report(name, lib, accs):
           + bench_digits.seeds_summary(accs), flush=True)
 
 
+def run_budgets(run, d, budgets, seed, show=lambda epochs, acc: None):
+    """{epochs: probe} of ``run`` at each budget of ``budgets`` (epochs): SimCLR in one run to
+    the largest, probed on the way; any other run once per budget. ``show(epochs, probe)`` as
+    each budget is reached."""
+    accs = {}
+
+    def done(epochs, features):
+        accs[epochs] = probe(features, d, LABELS)
+        show(epochs, accs[epochs])
+    if run not in (simclr_minissl, simclr_torch):
+        for e in budgets:
+            done(e, run(d, e, seed))
+        return accs
+    steps = {e * (len(d.train_x) // BATCH): e for e in budgets}
+
+    def at(step, features):
+        if step in steps:
+            done(steps[step], features)
+    run(d, max(budgets), seed, at)
+    return accs
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--what", nargs="+", default=["raw", "random", "simclr"],
                     choices=["raw", "random", "supervised", "simclr"])
     ap.add_argument("--libraries", nargs="+", default=["minissl", "pytorch"],
                     choices=["minissl", "pytorch"])
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--epochs", type=int, nargs="+", default=[20],
+                    help="one budget, or several: SimCLR is probed at each in one run")
     ap.add_argument("--n-train", type=int, default=N_TRAIN)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = ap.parse_args()
+    if min(args.epochs) < 1:
+        ap.error("--epochs must be at least 1")
     d = load(args.n_train)
-    steps = args.epochs * (len(d.train_x) // BATCH)
-    print(f"shapes 16 px, {len(d.train_x)} train / {len(d.test_x)} test, {args.epochs} "
-          f"epochs = {steps} steps of batch {BATCH}", flush=True)
+    budgets = sorted(set(args.epochs))
+    print(f"shapes 16 px, {len(d.train_x)} train / {len(d.test_x)} test, epochs "
+          + ", ".join(f"{e} = {e * (len(d.train_x) // BATCH)} steps" for e in budgets)
+          + f" of batch {BATCH}", flush=True)
     for name in args.what:
         if name == "raw":
             accs = probe(lambda x: x.reshape(len(x), -1), d, LABELS)
@@ -188,12 +235,16 @@ def main():
         for lib in args.libraries:
             if (name, lib) not in RUNS:
                 continue
-            accs = []
+            runs = budgets[-1:] if name == "random" else budgets   # untrained: no budget
+            accs = {e: [] for e in runs}
             for seed in args.seeds:
-                accs.append(probe(RUNS[name, lib](d, args.epochs, seed), d, LABELS))
-                print(f"{lib:8s} {name} seed {seed}: probe 1/5/10 "
-                      + " ".join(f"{a:.3f}" for a in accs[-1]), flush=True)
-            report(name, lib, accs)
+                def show(e, acc, seed=seed):
+                    accs[e].append(acc)
+                    print(f"{lib:8s} {name} {e} epochs seed {seed}: probe 1/5/10 "
+                          + " ".join(f"{a:.3f}" for a in acc), flush=True)
+                run_budgets(RUNS[name, lib], d, runs, seed, show)
+            for e in runs:
+                report(f"{name} {e} epochs", lib, accs[e])
 
 
 if __name__ == "__main__":

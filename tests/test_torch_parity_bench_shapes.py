@@ -53,3 +53,16 @@ def test_the_views_have_the_recipes_sizes(bench):
     assert bench.augmentation()(x, rng).shape == (4, 3, 16, 16)
     views = bench.shapes_multicrop()(x, rng)
     assert [v.shape[-1] for v in views] == [16, 16] + [7] * 6
+
+
+@pytest.mark.parametrize("lib", ["minissl", "pytorch"])
+def test_simclr_probed_on_the_way_is_the_shorter_run(bench, monkeypatch, lib):
+    # The budgets of one SimCLR run (``--epochs 1 2``) must be what separate runs give; the
+    # probe is replaced by the features it would read (the same iff the encoders are).
+    monkeypatch.setattr(bench, "probe", lambda features, d, labels: features(d.test_x[:16]))
+    d = bench.load(n_train=bench.BATCH)                              # 1 step per epoch
+    run = bench.RUNS["simclr", lib]
+    got = bench.run_budgets(run, d, [1, 2], seed=0)
+    assert sorted(got) == [1, 2]       # 2: the run's end; 1: probed on the way, as a 1-epoch run
+    np.testing.assert_allclose(got[1], run(d, 1, 0)(d.test_x[:16]), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(got[1], got[2])

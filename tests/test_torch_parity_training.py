@@ -1,4 +1,5 @@
-"""PyTorch parity of whole training runs (several steps, float64) of SwAV and NNCLR.
+"""PyTorch parity of whole training runs (several steps, float64) of SwAV, NNCLR, DINO and
+MoCo v3.
 
 The conformance vectors pin ONE step. What happens between steps is not in them: SwAV's
 prototypes renormalised before every step and frozen (no gradient, no Adam state) for the first
@@ -11,7 +12,11 @@ The references: SwAV, facebookresearch/swav ``main_swav.py`` ``train`` (normalis
 prototypes under no_grad, forward, Sinkhorn codes of the crops for assignment, swapped loss,
 ``p.grad = None`` for the prototypes while ``iteration < freeze_prototypes_niters``, step);
 NNCLR, solo-learn ``solo/methods/nnclr.py`` (``training_step``, ``dequeue_and_enqueue`` of the
-normalised z1 after the neighbours are found).
+normalised z1 after the neighbours are found); DINO, facebookresearch/dino ``main_dino.py``
+``train_one_epoch`` (teacher on the global views, ``DINOLoss`` then its centre update, the EMA
+with the cosine ``momentum_schedule[it]``; minissl's documented differences kept: the last layer
+trained from step 0, the BN buffers copied); MoCo v3, facebookresearch/moco-v3 ``MoCo.forward``
+(the momentum update with this step's m before the keys, ``adjust_moco_momentum`` per step).
 """
 import os
 import sys
@@ -21,13 +26,15 @@ import pytest
 
 from minissl import augment, methods, nn, optim, random
 from minissl.data import Dataset
+from minissl.methods.base import cosine_tau
 
 torch = pytest.importorskip("torch")
 tnn, tF = torch.nn, torch.nn.functional
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 try:
-    from torch_port import multicrop_forward, nnclr_loss, swav_loss
+    from torch_port import (DINOHead, dino_loss, ema, mlp_from_state, mocov3_loss,
+                            multicrop_forward, nnclr_loss, swav_loss)
 finally:
     sys.path.pop(0)
 
@@ -67,19 +74,28 @@ def _pairs(mine, theirs):
     return [(np.asarray(va), vb) for (_, va), (_, vb) in zip(a, b)]
 
 
-def _copy_into(mine, theirs):
+def _named_pairs(mine, theirs):
+    """As ``_pairs``, by state_dict key: ``theirs`` rebuilt from minissl's keys
+    (``torch_port.mlp_from_state``), weight_norm's weight_g / weight_v in PyTorch's order."""
+    b = theirs.state_dict()
+    a = [(k, v) for k, v in mine.state_dict().items() if "." in k and "num_batches" not in k]
+    assert sorted(k for k, _ in a) == sorted(k for k in b if "num_batches" not in k)
+    return [(np.asarray(v), b[k]) for k, v in a]
+
+
+def _copy_into(mine, theirs, pairs=_pairs):
     with torch.no_grad():
-        for va, vb in _pairs(mine, theirs):
+        for va, vb in pairs(mine, theirs):
             vb.copy_(torch.from_numpy(np.array(va, dtype=np.float64)))
 
 
-def _assert_same(mine, theirs, what):
+def _assert_same(mine, theirs, what, pairs=_pairs, atol=1e-8):
     # atol: the biases before a BatchNorm get a gradient of pure round-off (the BN removes
     # them), which Adam divides by sqrt(v) + eps: they drift apart by ~1e-10 (more with
     # PyTorch's threads), and the losses by ~1e-12. A real difference (a prototype step in
     # the freeze, a missed renormalisation) is ~lr = 1e-2.
-    for i, (va, vb) in enumerate(_pairs(mine, theirs)):
-        np.testing.assert_allclose(va, vb.numpy(), rtol=1e-7, atol=1e-8,
+    for i, (va, vb) in enumerate(pairs(mine, theirs)):
+        np.testing.assert_allclose(va, vb.numpy(), rtol=1e-7, atol=atol,
                                    err_msg=f"{what}: entry {i} of the state_dict")
 
 
@@ -106,11 +122,12 @@ def _twin(rng):
     return twin
 
 
-def _train_side_by_side(m, theirs, torch_loss, before_update=None, check=None):
+def _train_side_by_side(m, theirs, torch_loss, before_update=None, check=None, after=None,
+                        pairs=_pairs, atol=1e-8):
     """STEPS Adam steps of minissl's method ``m`` and of ``theirs``, whose loss
     ``torch_loss(x, rng, step)`` draws the views from a twin of minissl's generator;
-    ``before_update(step)`` runs between torch's backward and step. Losses and networks must
-    agree after every step (and ``check(step)``)."""
+    ``before_update(step)`` runs between torch's backward and step, ``after(step)`` after its
+    step. Losses and networks must agree after every step (and ``check(step)``)."""
     opt_m = optim.Adam(m.trainable_parameters(), lr=1e-2)
     opt_t = torch.optim.Adam(theirs.parameters(), lr=1e-2)
     for step, rng, x in _batches():
@@ -127,9 +144,11 @@ def _train_side_by_side(m, theirs, torch_loss, before_update=None, check=None):
         if before_update is not None:
             before_update(step)
         opt_t.step()
+        if after is not None:
+            after(step)
 
         assert loss_m.item() == pytest.approx(loss_t.item(), rel=1e-9), f"loss at step {step}"
-        _assert_same(m, theirs, f"after step {step}")
+        _assert_same(m, theirs, f"after step {step}", pairs, atol)
         if check is not None:
             check(step)
 
@@ -191,3 +210,75 @@ def test_nnclr_training_matches_solo_learn_across_the_support_set_wrap(fused):
                                    err_msg=f"support set after step {step}")
 
     _train_side_by_side(m, theirs, loss, check=same_support_set)
+
+
+def _twin_of(m, *names, **modules):
+    """The PyTorch network of minissl's ``m`` rebuilt from its state_dict (same keys), in
+    float64, its weights copied; ``names`` are MLPs, ``modules`` name -> builder(state, name)."""
+    state = m.state_dict()
+    parts = {n: mlp_from_state(state, n, trailing_relu=n.endswith("encoder")) for n in names}
+    parts.update({n: build(state, n) for n, build in modules.items()})
+    theirs = tnn.ModuleDict(parts).double()
+    _copy_into(m, theirs, _named_pairs)
+    for n, p in theirs.named_parameters():
+        p.requires_grad = dict(m.named_parameters())[n].requires_grad
+    return theirs
+
+
+def test_dino_training_matches_the_official_loop_teacher_and_centre():
+    m = _method("dino", out_dim=16, head_hidden=WIDTH, bottleneck_dim=8, n_local=2)
+    c = m.config
+    theirs = _twin_of(m, "encoder", "teacher_encoder", head=DINOHead, teacher_head=DINOHead)
+    center = torch.zeros(1, c.out_dim, dtype=torch.float64)
+    flat = lambda net: lambda x: theirs[net](x.flatten(1))      # noqa: E731  (MLPEncoder's)
+
+    def loss(x, rng, step):
+        views = [torch.from_numpy(v).double() for v in m.transform(x, rng)]
+        student = theirs["head"](multicrop_forward(flat("encoder"), views)).split(B)
+        with torch.no_grad():
+            teacher = theirs["teacher_head"](multicrop_forward(flat("teacher_encoder"),
+                                                               views[:2])).split(B)
+        out = dino_loss(student, teacher, center, c.student_temp, c.teacher_temp)
+        with torch.no_grad():                                      # DINOLoss.update_center
+            center.mul_(c.center_momentum).add_(torch.cat(teacher).mean(0, keepdim=True)
+                                                * (1 - c.center_momentum))
+        return out
+
+    def teacher_ema(step):                                         # momentum_schedule[it]
+        tau = cosine_tau(c.momentum_teacher, step, STEPS)
+        ema(theirs["teacher_encoder"], theirs["encoder"], tau)
+        ema(theirs["teacher_head"], theirs["head"], tau)
+
+    def same_centre(step):
+        np.testing.assert_allclose(m.center.data, center.numpy(), rtol=1e-7, atol=1e-10,
+                                   err_msg=f"centre after step {step}")
+
+    # atol: the head's biases before its BatchNorms start at 0 (DINOHead._init_weights) and
+    # get round-off gradients only, so they are round-off themselves, ~1e-9 after a few steps.
+    _train_side_by_side(m, theirs, loss, check=same_centre, after=teacher_ema,
+                        pairs=_named_pairs, atol=1e-7)
+    assert not np.allclose(m.teacher_head.mlp[0].weight.data, m.head.mlp[0].weight.data)
+
+
+def test_mocov3_training_matches_the_official_loop_and_momentum_schedule():
+    m = _method("mocov3", proj_hidden=WIDTH, proj_dim=16)
+    c = m.config
+    theirs = _twin_of(m, "encoder", "projector", "predictor", "momentum_encoder",
+                      "momentum_projector")
+    momentum = [c.base_momentum]
+    flat = lambda net: lambda x: theirs[net](x.flatten(1))      # noqa: E731
+
+    def loss(x, rng, step):
+        v1, v2 = (torch.from_numpy(v).double() for v in augment.two_views(x, m.transform, rng))
+        q1, q2 = (theirs["predictor"](theirs["projector"](flat("encoder")(v))) for v in (v1, v2))
+        with torch.no_grad():                     # MoCo.forward: update first, then the keys
+            ema(theirs["momentum_encoder"], theirs["encoder"], momentum[0])
+            ema(theirs["momentum_projector"], theirs["projector"], momentum[0])
+            k1, k2 = (theirs["momentum_projector"](flat("momentum_encoder")(v))
+                      for v in (v1, v2))
+        return mocov3_loss(q1, k2, c.temperature) + mocov3_loss(q2, k1, c.temperature)
+
+    def next_momentum(step):                      # adjust_moco_momentum before the next step
+        momentum[0] = cosine_tau(c.base_momentum, step + 1, STEPS)
+
+    _train_side_by_side(m, theirs, loss, after=next_momentum, pairs=_named_pairs)
