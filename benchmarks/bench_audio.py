@@ -146,7 +146,8 @@ def torch_model(method, seed, settings=None):
         def loss(self, x):
             z, c = self.encode(x)
             B, C, T = z.shape
-            p = self.predict(c).reshape(B, self.K, C, T) / C     # scores: means over C
+            p = self.predict(c).reshape(B, self.K, C, T)
+            p = p / C if self.cfg.score == "mean" else p
             zf = z.transpose(1, 2).reshape(B * T, C)
             total = 0
             for k in range(1, self.K + 1):

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import bench_audio  # noqa: E402
 
 
-@pytest.mark.parametrize("settings", [{}, {"norm": "none", "context_layers": 2},
+@pytest.mark.parametrize("settings", [{}, {"norm": "none", "context_layers": 2, "score": "sum"},
                                       {"negatives": "sequence", "features": "context"}])
 def test_torch_cpc_is_minissl_cpc(settings):
     settings = dict(dict(channels=8, prediction_steps=3), **settings)

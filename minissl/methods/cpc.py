@@ -62,6 +62,7 @@ class CPCConfig:
     norm: str = "channel"         # after each encoder conv: "channel" (CPC_audio) or "none"
     negatives: str = "batch"      # "batch": every frame of the batch; "sequence": the clip's own
     features: str = "encoder"     # what the probe reads, averaged over time: z or "context" c
+    score: str = "mean"           # p . z / C (CPC_audio) or "sum", p . z (wav2vec)
 
 
 class ChannelNorm(nn.Module):
@@ -92,6 +93,8 @@ class CPC(AudioMethod):
         if c.negatives not in ("batch", "sequence"):
             raise ValueError(f"CPC: negatives must be 'batch' or 'sequence', got "
                              f"{c.negatives!r}")
+        if c.score not in ("mean", "sum"):
+            raise ValueError(f"CPC: score must be 'mean' or 'sum', got {c.score!r}")
         if c.features not in ("encoder", "context"):
             raise ValueError(f"CPC: features must be 'encoder' or 'context', got "
                              f"{c.features!r}")
@@ -139,8 +142,9 @@ class CPC(AudioMethod):
         z = self.encode_frames(dist.shard(x))                      # (B, C, T), this rank's
         c = self.aggregate(z)                                      # (B, C, T)
         B, _, T = z.shape
-        # Scores are means over the channels, p . z / C (CPC_audio's ``.mean(dim=3)``).
-        p = self.predict(c).reshape(B, K, C, T).permute(0, 3, 1, 2) * (1.0 / C)  # (B, T, K, C)
+        p = self.predict(c).reshape(B, K, C, T).permute(0, 3, 1, 2)   # (B, T, K, C)
+        if self.config.score == "mean":        # p . z / C: CPC_audio's ``.mean(dim=3)``
+            p = p * (1.0 / C)
         own = z.transpose(1, 2)                                    # (B, T, C)
         if self.config.negatives == "sequence":
             # wav2vec's candidates: the T frames of the anchor's own clip, one clip at a time

@@ -182,6 +182,8 @@ def test_cpc_starts_at_chance(rng):
         T = net.frames(x.shape[1])
         loss = float(net.training_step(x)[0].data)
         assert abs(loss - math.log(len(x) * T)) < 0.2, (seed, loss, math.log(len(x) * T))
+    with pytest.raises(ValueError, match="CPC: score must be 'mean' or 'sum'"):
+        CPC(CPCConfig(score="dot"))
 
 
 def test_cpc_logs_the_infonce_top1_of_each_step(rng):
