@@ -17,7 +17,9 @@ facebookresearch/fairseq ``fairseq/models/wav2vec/wav2vec.py`` (``ConvFeatureExt
                             ``project_to_steps``, a ConvTranspose2d of kernel (1, K))
     loss = losses.cpc_loss(p / C, z):  for each k, softmax of the scores p_{b,t,k} . z_{b',t'} / C
                             over every frame of the batch, the positive z_{b,t+k} (InfoNCE, CPC
-                            eq. 4); the score is CPC_audio's mean over channels, not a sum
+                            eq. 4); the score is CPC_audio's mean over channels (``score="sum"``:
+                            wav2vec's dot product, whose init scores collapse the loss to log(BT)
+                            in the first steps at Adam 3e-3; docs/faithful.md)
 
 ``training_step`` logs, for each k, the top-1 accuracy of the positive among those candidates
 (``top1_k1`` ..), CPC_audio's ``locAcc``.
