@@ -12,14 +12,18 @@ noise), made in NumPy from one seeded generator.
   against the marginal mu-law distribution of the training set.
 * ``cpc``: encoder kernels (10, 8, 4), strides (5, 4, 2), 64 channels, ChannelNorm, 4 causal
   context layers, 6 prediction steps, Adam 3e-3 (``minissl.methods.cpc.CPCConfig``: the
-  PyTorch network is built from the same config). Figure: accuracy of a linear probe (all
-  labels) on the time-averaged context, against raw samples, a log spectrogram (flattened,
-  and averaged over time like the features) and the random-init net.
+  PyTorch network is built from the same config), scores p . z / C. Figure: accuracy of a
+  linear probe (all labels) on the time-averaged encoder frames z (``probe``; also printed:
+  ``probe_encoder`` and ``probe_context``, of z and of the context c), against raw samples,
+  a log spectrogram (flattened, and averaged over time like the features) and the random-init
+  net. ``--trace N`` prints, every N minissl steps, the loss, the InfoNCE top-1 of each
+  prediction step k and the probes.
 * ``denoising_audio``: 32 channels, dilations 1..32, noise at 0-10 dB, Adam 1e-3. Figure: SNR
   of the test clips with white noise at 5 dB, and after denoising.
 
     python benchmarks/bench_audio.py --method cpc --epochs 16 --seeds 0 1 2
-    python benchmarks/bench_audio.py --method cpc --epochs 8 --seeds 0 1 2 --set norm=none
+    python benchmarks/bench_audio.py --method cpc --epochs 24 --seeds 0 --library minissl \
+        --trace 100
     python benchmarks/bench_audio.py --method cpc --epochs 8 --data spoken_digits
     python benchmarks/bench_audio.py --method wavenet --epochs 2 --library minissl
 """
@@ -58,13 +62,19 @@ def minissl_model(method, d, seed):
     return methods.build(method, d, **RECIPES[method][0])
 
 
-def minissl_train(m, d, epochs, seed, lr):
+def minissl_train(m, d, epochs, seed, lr, trace=0):
+    """Adam on the shared batches; every ``trace`` steps (0: never) a JSON line of the loss,
+    the step's logged metrics (CPC: InfoNCE top-1 per step k) and the figures."""
     opt = optim.Adam(m.trainable_parameters(), lr=lr)
-    for rng, x in batches(d, epochs, seed):
+    for step, (rng, x) in enumerate(batches(d, epochs, seed), 1):
         opt.zero_grad()
-        loss, _ = m.training_step(x, rng)
+        loss, metrics = m.training_step(x, rng)
         loss.backward()
         opt.step()
+        if trace and step % trace == 0:
+            print(json.dumps({"step": step, "loss": round(loss.item(), 4),
+                              **{k: round(float(v), 4) for k, v in metrics.items()},
+                              **minissl_figures(m.name, m, d)}), flush=True)
     return m
 
 
@@ -72,7 +82,7 @@ def minissl_figures(method, m, d):
     if method == "wavenet":
         return {"test_nll": m.nll(d.test_x)}
     if method == "cpc":
-        return {"probe": probe(m.features(d.train_x), m.features(d.test_x), d)}
+        return cpc_probes(m, d)
     return {"snr_out": m.snr_in_out(d.test_x)[1]}
 
 
@@ -129,10 +139,15 @@ def torch_model(method, seed, settings=None):
                 c = c + tF.relu(conv(tF.pad(c, (2, 0))))
             return z, c
 
+        def features(self, x):                           # time-averaged z (or c)
+            z, c = self.encode(x)
+            return (z if self.cfg.features == "encoder" else c).mean(2)
+
         def loss(self, x):
             z, c = self.encode(x)
             B, C, T = z.shape
             p = self.predict(c).reshape(B, self.K, C, T)
+            p = p / C if self.cfg.score == "mean" else p
             zf = z.transpose(1, 2).reshape(B * T, C)
             total = 0
             for k in range(1, self.K + 1):
@@ -212,9 +227,11 @@ def torch_figures(method, net, d):
             return {"test_nll": float(np.mean([net.loss(torch.from_numpy(codes[i:i + 50]))
                                                for i in range(0, len(codes), 50)]))}
         if method == "cpc":
-            feats = [net.encode(torch.from_numpy(x))[1].mean(2).numpy()
-                     for x in (d.train_x, d.test_x)]
-            return {"probe": probe(*feats, d)}
+            feats = [net.features(torch.from_numpy(x)).numpy() for x in (d.train_x, d.test_x)]
+            z, c = zip(*[[f.mean(2).numpy() for f in net.encode(torch.from_numpy(x))]
+                         for x in (d.train_x, d.test_x)])
+            return {"probe": probe(*feats, d), "probe_encoder": probe(*z, d),
+                    "probe_context": probe(*c, d)}
         noisy = add_noise(d.test_x, np.full(len(d.test_x), 5.0), np.random.default_rng(0))
         out = net(torch.from_numpy(noisy)).numpy()
         return {"snr_out": float(snr_db(d.test_x, out).mean())}
@@ -227,16 +244,24 @@ def probe(train_features, test_features, d):
     return evaluate.linear_probe(train_features, d.train_y, test_features, d.test_y, steps=500)
 
 
+def cpc_probes(m, d):
+    """The probe of the configured features, and of both time-averaged z and c."""
+    z, c = ([m.map_batches(lambda b: f(b).mean(dim=2), x, 256) for x in (d.train_x, d.test_x)]
+            for f in (m.encode_frames, lambda b: m.aggregate(m.encode_frames(b))))
+    return {"probe": probe(m.features(d.train_x), m.features(d.test_x), d),
+            "probe_encoder": probe(*z, d), "probe_context": probe(*c, d)}
+
+
 def baselines(method, d):
     if method == "wavenet":
         return {"marginal_nll": marginal_nll(d.train_x, d.test_x)}
     if method == "cpc":
         spec = [data.log_spectrogram(x).reshape(len(x), -1) for x in (d.train_x, d.test_x)]
-        rand = minissl_model("cpc", d, 0)
+        rand = cpc_probes(minissl_model("cpc", d, 0), d)
         spec_mean = [data.log_spectrogram(x).mean(1) for x in (d.train_x, d.test_x)]
         return {"raw_probe": probe(d.train_x, d.test_x, d), "spectrogram_probe": probe(*spec, d),
                 "time_averaged_spectrogram_probe": probe(*spec_mean, d),
-                "random_init_probe": probe(rand.features(d.train_x), rand.features(d.test_x), d)}
+                **{"random_init_" + k: v for k, v in rand.items()}}
     noisy = add_noise(d.test_x, np.full(len(d.test_x), 5.0), np.random.default_rng(0))
     return {"snr_in": float(snr_db(d.test_x, noisy).mean())}
 
@@ -251,6 +276,9 @@ def main():
     ap.add_argument("--data", metavar="DIR", help="a folder of WAV files, one subfolder per "
                     "class (benchmarks/make_spoken_digits.py writes one); default: the "
                     "procedural sounds")
+    ap.add_argument("--trace", type=int, default=0, metavar="N",
+                    help="minissl: every N steps, print the loss, the logged metrics and the "
+                         "figures")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a setting of the method's config, in both libraries (cpc: "
                          "norm=none, negatives=sequence)")
@@ -265,7 +293,8 @@ def main():
     lr = RECIPES[args.method][1]
     for seed in args.seeds:
         if args.library in ("both", "minissl"):
-            m = minissl_train(minissl_model(args.method, d, seed), d, args.epochs, seed, lr)
+            m = minissl_train(minissl_model(args.method, d, seed), d, args.epochs, seed, lr,
+                              args.trace)
             print(json.dumps({"method": args.method, "library": "minissl", "seed": seed,
                               "epochs": args.epochs, **minissl_figures(args.method, m, d)}),
                   flush=True)

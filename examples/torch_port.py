@@ -517,8 +517,9 @@ def wavenet_loss(P, cfg, x, draws):
 def cpc_step_loss(P, cfg, x):
     """wav2vec / CPC (fairseq wav2vec.py): strided conv encoder (each conv followed by
     CPC_audio's ChannelNorm, a layer norm over the channels of each frame, unless norm is
-    "none"), causal residual context convs, one affine map per step, InfoNCE over every frame
-    of the batch (or, negatives "sequence", of the anchor's own clip)."""
+    "none"), causal residual context convs, one affine map per step, scores p . z / C (score
+    "mean", CPC_audio's) or p . z ("sum"), InfoNCE over every frame of the batch (or,
+    negatives "sequence", of the anchor's own clip)."""
     z, per = x[:, None], 3 if cfg.get("norm", "channel") == "channel" else 2
     for i, s in enumerate((5, 4, 2)):
         z = conv(P, f"encoder.{per * i}", z, stride=s)
@@ -532,6 +533,8 @@ def cpc_step_loss(P, cfg, x):
         c = c + torch.relu(conv(P, f"context.{i}", TF.pad(c, (2, 0))))
     (B, C, T), K = z.shape, cfg["prediction_steps"]
     p = conv(P, "predict", c).reshape(B, K, C, T).permute(0, 3, 1, 2)
+    if cfg.get("score", "mean") == "mean":             # CPC_audio: scores are means over C
+        p = p / C
     z = z.transpose(1, 2)
     if cfg.get("negatives", "batch") == "sequence":     # each clip against its own frames
         return sum(cpc_loss(p[b:b + 1], z[b:b + 1]) for b in range(B)) / B

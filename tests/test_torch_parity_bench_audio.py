@@ -1,5 +1,6 @@
 """benchmarks/bench_audio.py runs one recipe in both libraries: its torch.nn CPC, given
-minissl's CPC's weights, has the same loss and the same gradient of every weight."""
+minissl's CPC's weights, has the same loss, the same gradient of every weight and the same
+features for the probe."""
 import os
 import sys
 
@@ -15,8 +16,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import bench_audio  # noqa: E402
 
 
-@pytest.mark.parametrize("settings", [{}, {"norm": "none", "context_layers": 2},
-                                      {"negatives": "sequence"}])
+@pytest.mark.parametrize("settings", [{}, {"norm": "none", "context_layers": 2, "score": "sum"},
+                                      {"negatives": "sequence", "features": "context"}])
 def test_torch_cpc_is_minissl_cpc(settings):
     settings = dict(dict(channels=8, prediction_steps=3), **settings)
     random.manual_seed(0)
@@ -34,3 +35,6 @@ def test_torch_cpc_is_minissl_cpc(settings):
     for name, p in m.named_parameters():
         np.testing.assert_allclose(p.grad, grads[name].grad.numpy(), rtol=1e-8, atol=1e-12,
                                    err_msg=name)
+    with torch.no_grad():
+        np.testing.assert_allclose(m.features(x), net.features(torch.from_numpy(x)).numpy(),
+                                   rtol=1e-5, atol=1e-6)

@@ -169,6 +169,58 @@ def test_cpc_training_lowers_loss(clips):
     assert last < first - 0.3, (first, last)
 
 
+
+def test_cpc_starts_at_chance(rng):
+    # CPC_audio scores a candidate by the MEAN over channels of prediction * candidate: at
+    # init every candidate is about as likely, loss ~ log(B T). With the plain sum over 64
+    # channels the init loss was 10.3 for log(B T) = 7.36 on the bench's batches, and Adam's
+    # first steps went into shrinking those confident wrong scores, to the uniform loss.
+    x = data.audio(n_per_class=2, clip_length=2048, seed=0).train_x[:16]
+    for seed in range(3):
+        ms.random.manual_seed(seed)
+        net = CPC()
+        T = net.frames(x.shape[1])
+        loss = float(net.training_step(x)[0].data)
+        assert abs(loss - math.log(len(x) * T)) < 0.2, (seed, loss, math.log(len(x) * T))
+    with pytest.raises(ValueError, match="CPC: score must be 'mean' or 'sum'"):
+        CPC(CPCConfig(score="dot"))
+
+
+def test_cpc_logs_the_infonce_top1_of_each_step(rng):
+    # the fraction of anchors whose positive z_{b,t+k} scores highest among the loss's
+    # candidates, for every k: brute force here
+    x = rng.standard_normal((3, 900)) * 0.5
+    for negatives in ("batch", "sequence"):
+        ms.random.manual_seed(0)
+        net = CPC(CPCConfig(channels=4, context_layers=1, prediction_steps=3,
+                            negatives=negatives)).double()
+        _, metrics = net.training_step(x)
+        z = net.encode_frames(x).data                                  # (B, C, T)
+        B, C, T = z.shape
+        p = net.predict(net.aggregate(net.encode_frames(x))).data.reshape(B, 3, C, T)
+        for k in (1, 2, 3):
+            hits = []
+            for b in range(B):
+                for t in range(T - k):
+                    cands = [(b2, t2) for b2 in range(B) for t2 in range(T)
+                             if negatives == "batch" or b2 == b]
+                    scores = [p[b, k - 1, :, t] @ z[b2, :, t2] for b2, t2 in cands]
+                    hits.append(cands[int(np.argmax(scores))] == (b, t + k))
+            assert metrics[f"top1_k{k}"] == pytest.approx(np.mean(hits)), (negatives, k)
+
+
+def test_cpc_features_are_the_encoders_time_averaged_frames(rng):
+    # the probe reads z (see CPCConfig.features); "context" reads c
+    x = rng.standard_normal((2, 800)).astype(np.float32) * 0.5
+    net = CPC(CPCConfig(channels=4, context_layers=1, prediction_steps=2))
+    z = net.encode_frames(x)
+    np.testing.assert_allclose(net.features(x), z.data.mean(axis=2), rtol=1e-5, atol=1e-6)
+    net = CPC(CPCConfig(channels=4, context_layers=1, prediction_steps=2, features="context"))
+    c = net.aggregate(net.encode_frames(x))
+    np.testing.assert_allclose(net.features(x), c.data.mean(axis=2), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="CPC: features must be 'encoder' or 'context'"):
+        CPC(CPCConfig(features="z"))
+
 # ------------------------------------------------------------------------- denoising audio
 
 def test_add_noise_hits_the_snr_and_snr_db(rng):
