@@ -22,6 +22,7 @@ import minissl
 minissl.runtime.tune()   # the process settings of a training loop (minissl/runtime.py)
 
 import argparse
+import functools
 import math
 
 import numpy as np
@@ -149,11 +150,35 @@ def torch_model(torch, ref):
     return Net()
 
 
-def torch_run(d, variant, epochs, seed):
+# minissl's parameter names -> torch_model's (``TransformerEncoderLayer``'s packed
+# in-projection is the [Q | K | V] of ``qkv``; the position tables are buffers of (N, D)).
+RENAME = {"ln1": "norm1", "ln2": "norm2", "attn.qkv.weight": "self_attn.in_proj_weight",
+          "attn.qkv.bias": "self_attn.in_proj_bias", "attn.proj": "self_attn.out_proj",
+          "mlp.0": "linear1", "mlp.2": "linear2", "decoder_pos_embed": "dpos",
+          "pos_embed": "pos"}
+
+
+def torch_state(torch, m):
+    """The state dict of ``torch_model(torch, m)`` holding minissl VideoMAE m's values."""
+    out = {}
+    for name, value in m.state_dict().items():
+        for a, b in RENAME.items():
+            name = name.replace(a, b)
+        out[name] = torch.tensor(np.asarray(value).reshape(
+            (-1, value.shape[-1]) if name in ("pos", "dpos") else value.shape))
+    return out
+
+
+def torch_run(d, variant, epochs, seed, init="own"):
+    """``init="minissl"``: from minissl's initial weights for the seed (``minissl_run``'s),
+    so that the two runs differ only in the library that trains them."""
     import torch
     torch.manual_seed(seed)
+    random.manual_seed(seed)
     ref = methods.build("videomae", d, **VARIANTS[variant])   # masks, targets, baseline
     net = torch_model(torch, ref)
+    if init == "minissl":
+        net.load_state_dict(torch_state(torch, ref), strict=True)
     opt = torch.optim.Adam(net.parameters(), LR)
     total, warmup = epochs * (len(d.train_x) // BATCH), len(d.train_x) // BATCH
 
@@ -256,6 +281,8 @@ def main():
     ap.add_argument("--library", choices=("minissl", "pytorch", "both"), default="both")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a VideoMAEConfig field for every variant, e.g. mask_ratio=0.75")
+    ap.add_argument("--torch-init", choices=("own", "minissl"), default="own",
+                    help="PyTorch's own initial draws or minissl's weights for the seed")
     ap.add_argument("--diagnose", action="store_true", help="probes of the data (PyTorch)")
     args = ap.parse_args()
     for item in args.set:
@@ -265,8 +292,8 @@ def main():
     d = load()
     if args.diagnose:
         return diagnose(d)
-    runs = {k: v for k, v in (("minissl", minissl_run), ("pytorch", torch_run))
-            if args.library in (k, "both")}
+    runs = {k: v for k, v in (("minissl", minissl_run), ("pytorch", functools.partial(
+        torch_run, init=args.torch_init))) if args.library in (k, "both")}
     for variant in args.variant:
         for lib, run in runs.items():
             got = []
