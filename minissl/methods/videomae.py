@@ -2,9 +2,9 @@
 
 Tong, Song, Wang & Wang, "VideoMAE: Masked Autoencoders are Data-Efficient Learners for
 Self-Supervised Video Pre-Training", NeurIPS 2022; official code MCG-NJU/VideoMAE
-(``modeling_pretrain.py``, ``masking_generator.py``, ``run_mae_pretraining.py``). It is MAE
-(``masked.py``) on video, with two changes that the paper argues make the task hard enough to
-learn motion:
+(``modeling_pretrain.py``, ``masking_generator.py``, ``run_mae_pretraining.py``,
+``modeling_finetune.py``). It is MAE (``masked.py``) on video, with two changes that the paper
+argues make the task hard enough to learn motion:
 
 * Tubelet embedding: the clip (B, C, T, H, W) is cut into tubelets of t frames x p x p pixels
   (the paper's t = 2, p = 16), N = (T/t)(H/p)(W/p) tokens, each embedded by one linear map
@@ -32,7 +32,8 @@ norm). The paper evaluates by fine-tuning the whole network on labels, where the
 learn to carry the motion into the mean; a frozen linear probe cannot, and the mean over space
 and time throws away where and when each token was: the order in time that a direction is
 made of (measured on ``moving_shapes``, README: the mean probes no better than an untrained
-encoder, the tokens clearly above raw pixels).
+encoder, the tokens above raw pixels on average; the default ``pool`` is a difference from
+the official code, listed in docs/faithful.md).
 
 Differences, on purpose: ``norm_pix`` defaults to False: most tubelets of the procedural
 clips are flat background plus pixel noise, which per-tubelet normalisation blows up to
