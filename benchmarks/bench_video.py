@@ -12,9 +12,12 @@ method's (``VideoMAE.features``: all the encoder's tokens on the whole clip; ``-
 pool=mean`` for the official fine-tuning read-out, fc_norm of their mean), probed by
 ``evaluate.few_label_probe`` (100 labels per class, 2 draws). The recipe is ``BATCH``,
 ``LR`` and ``VARIANTS`` below: Adam, batch 32, a linear warm-up of one epoch and a cosine
-decay over ``--epochs`` (10), one CPU thread.
+decay over ``--epochs`` (10), one CPU thread. PyTorch draws its own initial weights, or
+with ``--torch-init minissl`` starts from minissl's for the seed (then only the library
+that trains differs).
 
     python benchmarks/bench_video.py --variant tube frame --seeds 0 1 2 [--library minissl]
+    python benchmarks/bench_video.py --library pytorch --torch-init minissl --seeds 0 1 2
     python benchmarks/bench_video.py --diagnose      # is the data learnable? (PyTorch)
 """
 import minissl
