@@ -7,12 +7,17 @@ from the same seeded generators, in NumPy); minissl runs its method's own ``trai
 PyTorch the same model written with ``torch.nn`` (Conv3d tubelet embedding, fixed sinusoid
 positions, ``nn.TransformerEncoderLayer(norm_first=True, activation="gelu")`` blocks, the
 MAE init of the Linear layers). Test error and probe are computed the same way for both:
-``VideoMAE.eval_seed``'s masks, the squared error on the hidden pixels; features = mean of
-the encoder's tokens on the whole clip, probed by ``evaluate.few_label_probe`` (100 labels per
-class, 2 draws). The recipe is ``BATCH``, ``LR`` and ``VARIANTS`` below: Adam, batch 32, a
-linear warm-up of one epoch and a cosine decay over ``--epochs`` (10), one CPU thread.
+``VideoMAE.eval_seed``'s masks, the squared error on the hidden pixels; features = the
+method's (``VideoMAE.features``: all the encoder's tokens on the whole clip; ``--set
+pool=mean`` for the official fine-tuning read-out, fc_norm of their mean), probed by
+``evaluate.few_label_probe`` (100 labels per class, 2 draws). The recipe is ``BATCH``,
+``LR`` and ``VARIANTS`` below: Adam, batch 32, a linear warm-up of one epoch and a cosine
+decay over ``--epochs`` (10), one CPU thread. PyTorch draws its own initial weights, or
+with ``--torch-init minissl`` starts from minissl's for the seed (then only the library
+that trains differs).
 
     python benchmarks/bench_video.py --variant tube frame --seeds 0 1 2 [--library minissl]
+    python benchmarks/bench_video.py --library pytorch --torch-init minissl --seeds 0 1 2
     python benchmarks/bench_video.py --diagnose      # is the data learnable? (PyTorch)
 """
 import minissl
@@ -20,6 +25,7 @@ import minissl
 minissl.runtime.tune()   # the process settings of a training loop (minissl/runtime.py)
 
 import argparse
+import functools
 import math
 
 import numpy as np
@@ -28,7 +34,6 @@ from minissl import data, evaluate, methods, optim, random
 from minissl.methods.videomae import VideoMAEConfig, mask_indices, sinusoid_table
 
 BATCH, LR, LABELS, DRAWS = 32, 1e-3, 100, 2
-POOL = "mean"     # the features: "mean" of the tokens or "tokens" (all, concatenated)
 VARIANTS = {                                   # VideoMAEConfig overrides
     "tube": {},                                # the defaults: tube masking, tubelets of 2
     "frame": {"mask_type": "random", "tubelet_size": 1, "mask_ratio": 0.75},
@@ -88,10 +93,7 @@ def minissl_run(d, variant, epochs, seed):
     def predict(x, mask):
         return np.concatenate([m._predict(x[i:i + 250].astype(np.float64), mask[i:i + 250])
                                for i in range(0, len(x), 250)])
-    def tokens(x):
-        return m.encode(m.as_input(x)).reshape(len(x), -1)
-    return scores(m, d, predict, m.features if POOL == "mean" else
-                  lambda x: m.map_batches(tokens, x, 250))
+    return scores(m, d, predict, m.features)
 
 
 def torch_model(torch, ref):
@@ -126,13 +128,19 @@ def torch_model(torch, ref):
                     if mod.bias is not None:
                         tnn.init.zeros_(mod.bias)
 
-        def encode(self, x, keep=None):                     # x (B, C, T, H, W)
+        def encode(self, x, keep=None, final_norm=True):    # x (B, C, T, H, W)
             h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos       # (B, N, D)
             if keep is not None:
                 h = torch.gather(h, 1, keep[..., None].expand(-1, -1, h.shape[-1]))
             for b in self.blocks:
                 h = b(h)
-            return self.norm(h)
+            return self.norm(h) if final_norm else h
+
+        def features(self, x):        # VideoMAE.feature_batch: all tokens, or fc_norm(mean)
+            if c.pool == "tokens":
+                return self.encode(x).flatten(1)                                # (B, N D)
+            h = self.encode(x, final_norm=False).mean(1)
+            return tnn.functional.layer_norm(h, h.shape[-1:], eps=1e-6)        # (B, D)
 
         def forward(self, x, keep, restore):
             h = self.decoder_embed(self.encode(x, keep))                        # (B, K, Dd)
@@ -145,11 +153,35 @@ def torch_model(torch, ref):
     return Net()
 
 
-def torch_run(d, variant, epochs, seed):
+# minissl's parameter names -> torch_model's (``TransformerEncoderLayer``'s packed
+# in-projection is the [Q | K | V] of ``qkv``; the position tables are buffers of (N, D)).
+RENAME = {"ln1": "norm1", "ln2": "norm2", "attn.qkv.weight": "self_attn.in_proj_weight",
+          "attn.qkv.bias": "self_attn.in_proj_bias", "attn.proj": "self_attn.out_proj",
+          "mlp.0": "linear1", "mlp.2": "linear2", "decoder_pos_embed": "dpos",
+          "pos_embed": "pos"}
+
+
+def torch_state(torch, m):
+    """The state dict of ``torch_model(torch, m)`` holding minissl VideoMAE m's values."""
+    out = {}
+    for name, value in m.state_dict().items():
+        for a, b in RENAME.items():
+            name = name.replace(a, b)
+        out[name] = torch.tensor(np.asarray(value).reshape(
+            (-1, value.shape[-1]) if name in ("pos", "dpos") else value.shape))
+    return out
+
+
+def torch_run(d, variant, epochs, seed, init="own"):
+    """``init="minissl"``: from minissl's initial weights for the seed (``minissl_run``'s),
+    so that the two runs differ only in the library that trains them."""
     import torch
     torch.manual_seed(seed)
+    random.manual_seed(seed)
     ref = methods.build("videomae", d, **VARIANTS[variant])   # masks, targets, baseline
     net = torch_model(torch, ref)
+    if init == "minissl":
+        net.load_state_dict(torch_state(torch, ref), strict=True)
     opt = torch.optim.Adam(net.parameters(), LR)
     total, warmup = epochs * (len(d.train_x) // BATCH), len(d.train_x) // BATCH
 
@@ -176,8 +208,7 @@ def torch_run(d, variant, epochs, seed):
 
     def features(x):
         with torch.no_grad():
-            h = net.encode(torch.from_numpy(x))
-            return (h.mean(1) if POOL == "mean" else h.flatten(1)).numpy()
+            return net.features(torch.from_numpy(x)).numpy()
     return scores(ref, d, predict, lambda x: batched(features, x))
 
 
@@ -227,11 +258,10 @@ def diagnose(d):
         print(f"supervised 3-D CNN, {'all' if k is None else k} labels per class: {acc:.3f}",
               flush=True)
     for variant in VARIANTS:
-        random.manual_seed(0)
-        ref = methods.build("videomae", d, **VARIANTS[variant])
-        probe(f"{variant}: the untrained encoder (mean of the tokens)", ref.features)
-        probe(f"{variant}: the untrained encoder (all tokens)", lambda x: ref.map_batches(
-            lambda b: ref.encode(ref.as_input(b)).reshape(len(b), -1), x, 250))
+        for pool in ("mean", "tokens"):
+            random.manual_seed(0)
+            ref = methods.build("videomae", d, **dict(VARIANTS[variant], pool=pool))
+            probe(f"{variant}: the untrained encoder (pool {pool})", ref.features)
         mask = ref._eval_masks(len(d.test_x), None)
         x = d.test_x.astype(np.float64)
         tok = ref.targets(x)                                           # (B, N, P)
@@ -254,12 +284,10 @@ def main():
     ap.add_argument("--library", choices=("minissl", "pytorch", "both"), default="both")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a VideoMAEConfig field for every variant, e.g. mask_ratio=0.75")
-    ap.add_argument("--pool", choices=("mean", "tokens"), default="mean",
-                    help="probe the mean of the encoder's tokens (VideoMAE's) or all of them")
+    ap.add_argument("--torch-init", choices=("own", "minissl"), default="own",
+                    help="PyTorch's own initial draws or minissl's weights for the seed")
     ap.add_argument("--diagnose", action="store_true", help="probes of the data (PyTorch)")
     args = ap.parse_args()
-    global POOL
-    POOL = args.pool
     for item in args.set:
         key, value = item.split("=", 1)
         for over in VARIANTS.values():
@@ -267,8 +295,8 @@ def main():
     d = load()
     if args.diagnose:
         return diagnose(d)
-    runs = {k: v for k, v in (("minissl", minissl_run), ("pytorch", torch_run))
-            if args.library in (k, "both")}
+    runs = {k: v for k, v in (("minissl", minissl_run), ("pytorch", functools.partial(
+        torch_run, init=args.torch_init))) if args.library in (k, "both")}
     for variant in args.variant:
         for lib, run in runs.items():
             got = []

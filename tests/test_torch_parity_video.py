@@ -1,7 +1,9 @@
 """The PyTorch VideoMAE of ``benchmarks/bench_video.py`` is minissl's: with minissl's weights
 copied in (``TransformerEncoderLayer``'s packed in-projection is the [Q | K | V] of ``qkv``),
-the same predictions of every token, the same loss and the same features, for tube and
-frame-wise masking. The benchmark's comparison is then one of training, not of models."""
+the same predictions of every token, the same loss and the same features (all the tokens, and
+the official fc_norm of their mean), for tube and frame-wise masking. The benchmark's
+comparison is then one of training, not of models (``--torch-init minissl``: not even of
+initial weights)."""
 import os
 import sys
 
@@ -16,37 +18,24 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmark
 import bench_video  # noqa: E402
 
 pytestmark = pytest.mark.torch
-RENAME = {"ln1": "norm1", "ln2": "norm2", "attn.qkv.weight": "self_attn.in_proj_weight",
-          "attn.qkv.bias": "self_attn.in_proj_bias", "attn.proj": "self_attn.out_proj",
-          "mlp.0": "linear1", "mlp.2": "linear2", "pos_embed": "pos"}
 
 
-def torch_state(m):
-    out = {}
-    for name, value in m.state_dict().items():
-        name = "dpos" if name == "decoder_pos_embed" else name
-        for a, b in RENAME.items():
-            name = name.replace(a, b)
-        out[name] = torch.tensor(np.asarray(value, np.float64).reshape(
-            (-1, value.shape[-1]) if name in ("pos", "dpos") else value.shape))
-    return out
-
-
+@pytest.mark.parametrize("pool", ["tokens", "mean"])
 @pytest.mark.parametrize("variant", sorted(bench_video.VARIANTS))
-def test_bench_video_torch_model_is_minissls(variant):
+def test_bench_video_torch_model_is_minissls(variant, pool):
     d = data.moving_shapes(n_train=6, n_test=0, frames=4, size=8, seed=0)
     over = dict(bench_video.VARIANTS[variant], patch_size=4, depth=2, decoder_depth=1,
-                embed_dim=16, decoder_embed_dim=8, num_heads=2, decoder_num_heads=2)
+                embed_dim=16, decoder_embed_dim=8, num_heads=2, decoder_num_heads=2, pool=pool)
     m = methods.build("videomae", d, rng=np.random.default_rng(0), **over)
     m.to(dtype=np.float64)
     net = bench_video.torch_model(torch, m).double()
-    net.load_state_dict(torch_state(m), strict=True)
+    net.load_state_dict(bench_video.torch_state(torch, m), strict=True)
     net.eval()
     x = d.train_x.astype(np.float64)
     mask = m.masks(len(x), np.random.default_rng(1))
     keep, restore = (torch.from_numpy(a) for a in methods.videomae.mask_indices(mask))
     with torch.no_grad():
         got = net(torch.from_numpy(x), keep, restore).numpy()
-        feats = net.encode(torch.from_numpy(x)).mean(1).numpy()
+        feats = net.features(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, m._predict(x, mask), rtol=1e-9, atol=1e-11)
     np.testing.assert_allclose(feats, m.features(x), rtol=1e-5, atol=1e-6)   # float32 out

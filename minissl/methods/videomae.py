@@ -2,9 +2,9 @@
 
 Tong, Song, Wang & Wang, "VideoMAE: Masked Autoencoders are Data-Efficient Learners for
 Self-Supervised Video Pre-Training", NeurIPS 2022; official code MCG-NJU/VideoMAE
-(``modeling_pretrain.py``, ``masking_generator.py``, ``run_mae_pretraining.py``). It is MAE
-(``masked.py``) on video, with two changes that the paper argues make the task hard enough to
-learn motion:
+(``modeling_pretrain.py``, ``masking_generator.py``, ``run_mae_pretraining.py``,
+``modeling_finetune.py``). It is MAE (``masked.py``) on video, with two changes that the paper
+argues make the task hard enough to learn motion:
 
 * Tubelet embedding: the clip (B, C, T, H, W) is cut into tubelets of t frames x p x p pixels
   (the paper's t = 2, p = 16), N = (T/t)(H/p)(W/p) tokens, each embedded by one linear map
@@ -22,8 +22,18 @@ learn motion:
 The encoder (a ViT) sees the visible tokens only; the decoder gets them plus a shared mask
 token at every hidden place and predicts every token's pixels; the loss is the mean squared
 error over the hidden tokens of the pixels (with ``norm_pix``, of the targets normalised per
-tubelet, the official default ``normlize_target``). Features for downstream: the mean over all N tokens of
-the encoder's output on the unmasked clip (the official fine-tuning ``use_mean_pooling``).
+tubelet, the official default ``normlize_target``).
+
+Features for downstream (``pool``), from the encoder on the unmasked clip: ``"tokens"`` (the
+default) is every token of the encoder's output, N D numbers in (time, row, column) order;
+``"mean"`` is the official fine-tuning read-out (``use_mean_pooling``: ``fc_norm``, a LayerNorm
+at its initial weight 1 and bias 0, of the mean over the N tokens before the encoder's final
+norm). The paper evaluates by fine-tuning the whole network on labels, where the network can
+learn to carry the motion into the mean; a frozen linear probe cannot, and the mean over space
+and time throws away where and when each token was: the order in time that a direction is
+made of (measured on ``moving_shapes``, README: the mean probes no better than an untrained
+encoder, the tokens above raw pixels on average; the default ``pool`` is a difference from
+the official code, listed in docs/faithful.md).
 
 Differences, on purpose: ``norm_pix`` defaults to False: most tubelets of the procedural
 clips are flat background plus pixel noise, which per-tubelet normalisation blows up to
@@ -41,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import distributed as dist, losses, nn
+from .. import distributed as dist, functional as F, losses, nn
 from ..autograd import Tensor, no_grad
 from ..backend import get_array_module, to_device
 from ..ops.shape import cat
@@ -158,6 +168,8 @@ class VideoMAEConfig:
     mlp_ratio: float = 4.0        # MLP width / block width
     norm_pix: bool = False        # targets normalised per tubelet (official default: True;
     #                               see the module docstring for why not here)
+    pool: str = "tokens"          # features: "tokens" (all, concatenated) or "mean"
+    #                               (official fine-tuning fc_norm; see the module docstring)
 
 
 class VideoMAE(SSLMethod):
@@ -177,6 +189,8 @@ class VideoMAE(SSLMethod):
         if T % c.tubelet_size or H % c.patch_size or W % c.patch_size:
             raise ValueError(f"VideoMAE: tubelet_size {c.tubelet_size} must divide the {T} "
                              f"frames and patch_size {c.patch_size} the frame size {H}x{W}")
+        if c.pool not in ("tokens", "mean"):
+            raise ValueError(f"VideoMAE: pool must be 'tokens' or 'mean', got {c.pool!r}")
         if c.mask_type not in ("tube", "random") or not 0 < c.mask_ratio < 1:
             raise ValueError(f"VideoMAE: need mask_type 'tube' or 'random' and 0 < mask_ratio "
                              f"< 1, got {c.mask_type!r}, {c.mask_ratio}")
@@ -209,7 +223,7 @@ class VideoMAE(SSLMethod):
         self.head = nn.Linear(Dd, c.tubelet_size * c.patch_size ** 2 * C, rng=rng, dtype=dtype)
         for m in (self.blocks, self.decoder_embed, self.decoder_blocks, self.head):
             _init_linears_(m, rng)
-        self.feature_dim = D
+        self.feature_dim = N * D if c.pool == "tokens" else D
 
     def training_data(self, data):
         return data.train_x
@@ -228,16 +242,16 @@ class VideoMAE(SSLMethod):
     def _check(self, who, x, min_batch=1):
         check_batch(f"VideoMAE.{who}", x, self.video_shape, "clips", min_batch)
 
-    def encode(self, x, ids_keep=None):
+    def encode(self, x, ids_keep=None, final_norm=True):
         """Encoder output (B, K, D) of the tokens ``ids_keep`` (B, K) of clips x (all N
-        when None)."""
+        when None); ``final_norm=False``: before the encoder's last LayerNorm."""
         h = self.patch_embed(x) + self.pos_embed                # (B, N, D)
         if ids_keep is not None:
             xp = get_array_module(h.data)
             h = h[xp.arange(h.shape[0])[:, None], xp.asarray(ids_keep)]   # (B, K, D)
         for block in self.blocks:
             h = block(h)
-        return self.norm(h)
+        return self.norm(h) if final_norm else h
 
     def decode(self, latent, ids_restore):
         """Encoded visible tokens (B, K, D) -> predictions of all tokens (B, N, t p p C)."""
@@ -348,8 +362,14 @@ class VideoMAE(SSLMethod):
         return {"test_mse": self.reconstruction_mse(data.test_x[:limit])}
 
     def feature_batch(self, x):
-        """Mean over all N tokens of the encoder's output on the unmasked clips: (B, D)."""
-        return self.encode(self.as_input(x)).mean(dim=1)
+        """Features of unmasked clips: all N tokens of the encoder's output (B, N D), or with
+        ``pool="mean"`` the official ``fc_norm(mean of the tokens)`` (B, D), its LayerNorm at
+        the initial weight 1 and bias 0 (the official ViT's eps 1e-6)."""
+        x = self.as_input(x)
+        if self.config.pool == "tokens":
+            return self.encode(x).reshape(x.shape[0], -1)       # (B, N D)
+        h = self.encode(x, final_norm=False).mean(dim=1)        # (B, D)
+        return F.layer_norm(h, h.shape[-1], eps=1e-6)
 
     def picture_rows(self, x):
         """Frames of the first clip of x: hidden pixels shown grey, prediction, target."""

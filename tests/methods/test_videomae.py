@@ -130,7 +130,30 @@ def test_loss_decreases_and_baselines(clips):
         m.reconstruction_mse(clips.test_x, batch_size=3))
     pred, mask = m.reconstruct(clips.test_x[:2])
     assert pred.shape == mask.shape == (2,) + clips.video_shape
-    assert m.features(clips.test_x).shape == (8, 16)
+    assert m.features(clips.test_x).shape == (8, m.num_tokens * 16)
+
+
+def test_features_all_tokens_or_the_official_fc_norm_of_their_mean(clips):
+    """pool="tokens": the encoder's output tokens in (time, row, column) order, so the probe
+    sees when and where each was; pool="mean": VideoMAE's fine-tuning read-out, a LayerNorm
+    (weight 1, bias 0, eps 1e-6) of the mean of the tokens before the encoder's last norm."""
+    x = clips.test_x[:3]
+    for pool in ("tokens", "mean"):
+        manual_seed(0)
+        m = VideoMAE(clips.video_shape, VideoMAEConfig(patch_size=2, pool=pool, **SMALL))
+        f = m.features(x)
+        assert f.shape == (3, m.feature_dim) and f.dtype == np.float32
+        if pool == "tokens":
+            assert m.feature_dim == m.num_tokens * 16
+            want = m.encode(m.as_input(x)).numpy()                 # (3, N, D)
+            np.testing.assert_allclose(f.reshape(3, m.num_tokens, 16), want, rtol=1e-6)
+        else:
+            assert m.feature_dim == 16
+            h = m.encode(m.as_input(x), final_norm=False).numpy().astype(np.float64).mean(1)
+            want = (h - h.mean(1, keepdims=True)) / np.sqrt(h.var(1, keepdims=True) + 1e-6)
+            np.testing.assert_allclose(f, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="pool must be 'tokens' or 'mean', got 'max'"):
+        VideoMAE(clips.video_shape, VideoMAEConfig(patch_size=2, pool="max", **SMALL))
 
 
 def test_baseline_without_norm_pix_fills_the_visible_mean(clips):
@@ -161,7 +184,8 @@ def test_cli_pretrain_eval_embed(tmp_path, capsys):
     assert "no separate encoder" in capsys.readouterr().err
     assert cli.main(["embed", "--checkpoint", ckpt, "--out", str(tmp_path / "e.npz")]) == 0
     with np.load(tmp_path / "e.npz") as z:
-        assert z["train_features"].shape == (2000, 64) and z["test_labels"].shape == (500,)
+        # The default read-out: all 64 tokens of width 64.
+        assert z["train_features"].shape == (2000, 64 * 64) and z["test_labels"].shape == (500,)
 
 
 def test_cli_refuses_the_wrong_kind_of_data(tmp_path, capsys):
