@@ -16,6 +16,7 @@ import numpy as np
 from ..autograd import Function, Tensor
 from ..backend import get_array_module
 from ..kernels import softmax as _k
+from ..kernels.gemm import matmul as _mm
 
 
 def _mT(a):
@@ -30,7 +31,7 @@ def _rows(a):
 def _attend(q, k, v, scale, causal, mask):
     """y = softmax(q k^T scale [+ mask]) v and the probabilities P, for (..., L, E) operands."""
     xp = get_array_module(q)
-    s = q @ _mT(k)                                       # (..., L, S), a fresh array
+    s = _mm(q, _mT(k))                                   # (..., L, S), a fresh array
     L, S = s.shape[-2:]
     if mask is not None:
         s *= q.dtype.type(scale)
@@ -43,28 +44,21 @@ def _attend(q, k, v, scale, causal, mask):
     # kernel in its one pass over the scores. No query or no key: P is empty and y = P v is
     # (..., L, Ev) of zeros, as in PyTorch.
     p = _k.softmax_forward(_rows(s), scale, L if causal else 0).reshape(s.shape) if s.size else s
-    return p @ v, p
+    return _mm(p, v), p
 
 
 def _attend_backward(g, p, q, k, v, scale, causal, needs, out=(None, None, None)):
     """(dq, dk, dv) of ``_attend`` (None where ``needs`` is False); ``out`` may give arrays
     (views) to write each into."""
-    def product(a, b, o):
-        if o is None:
-            return a @ b
-        if get_array_module(a) is np:
-            return np.matmul(a, b, out=o)
-        o[...] = a @ b
-        return o
-    dv = product(_mT(p), g, out[2]) if needs[2] else None
-    dp = g @ _mT(v)
+    dv = _mm(_mT(p), g, out=out[2]) if needs[2] else None
+    dp = _mm(g, _mT(v))
     # dS = scale P (dP - rowsum(dP P)): the scale in the kernel's pass; the causal mask only
     # lets it skip the entries where P is 0.
     L = p.shape[-2]
     ds = (_k.softmax_backward(_rows(dp), _rows(p), scale, L if causal else 0).reshape(p.shape)
           if p.size else dp)
-    dq = product(ds, k, out[0]) if needs[0] else None
-    dk = product(_mT(ds), q, out[1]) if needs[1] else None
+    dq = _mm(ds, k, out=out[0]) if needs[0] else None
+    dk = _mm(_mT(ds), q, out=out[1]) if needs[1] else None
     return dq, dk, dv
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from ..autograd import Function
 from ..backend import get_array_module
 from ..kernels._dispatch import reference_forced
+from ..kernels.gemm import matmul as _mm
 from ..kernels.im2col import col2im, im2col, window_geometry
 
 PER_IMAGE_RATIO = 4
@@ -117,12 +118,12 @@ class Conv2d(Function):
         self.w2 = w.reshape(w.shape[0], CK)                          # (O, C*kh*kw)
         self.per_image = OH * OW >= PER_IMAGE_RATIO * CK
         if self.per_image:   # Y_n = W cols_n^T: (N, O, OH*OW), NCHW as it comes
-            y = self.w2 @ self.cols.reshape(N, OH * OW, CK).transpose(0, 2, 1)
+            y = _mm(self.w2, self.cols.reshape(N, OH * OW, CK).transpose(0, 2, 1))
             if b is not None:
                 y += b[:, None]
             return y.reshape(N, self.w2.shape[0], OH, OW)
         # Y^T = W cols^T: channel-major (O, N*OH*OW), so that NCHW is a plane-by-plane copy.
-        yt = self.w2 @ self.cols.T
+        yt = _mm(self.w2, self.cols.T)
         if b is not None:
             yt += b[:, None]
         return _nchw(yt, N, OH, OW)
@@ -135,9 +136,9 @@ class Conv2d(Function):
         if self.per_image:
             g3 = g.reshape(N, O, g.shape[2] * g.shape[3])            # G_n: (N, O, OH*OW)
             if need_x:
-                gx = self._fold((g3.transpose(0, 2, 1) @ self.w2).reshape(self.cols.shape))
+                gx = self._fold(_mm(g3.transpose(0, 2, 1), self.w2).reshape(self.cols.shape))
             if need_w:
-                gw = (g3 @ self.cols.reshape(N, g3.shape[2], self.w2.shape[1])).sum(axis=0)
+                gw = _mm(g3, self.cols.reshape(N, g3.shape[2], self.w2.shape[1])).sum(axis=0)
             if need_b:
                 gb = g3.sum(axis=(0, 2))
         else:
@@ -145,7 +146,7 @@ class Conv2d(Function):
             if need_x:
                 gx = self._input_grad(gt)
             if need_w:
-                gw = gt @ self.cols                                  # (O, C*kh*kw)
+                gw = _mm(gt, self.cols)                              # (O, C*kh*kw)
             if need_b:
                 gb = gt.sum(axis=1)
         if gw is not None:
@@ -163,12 +164,12 @@ class Conv2d(Function):
         rows = gt.shape[1] // max(N, 1)                              # OH*OW per image
         image_bytes = rows * self.w2.shape[1] * gt.itemsize          # one image's dcols
         if get_array_module(gt) is not np or N * image_bytes <= 16 * CHUNK_BYTES:
-            return self._fold(gt.T @ self.w2)                        # dcols (N*OH*OW, C*kh*kw)
+            return self._fold(_mm(gt.T, self.w2))                    # dcols (N*OH*OW, C*kh*kw)
         n = max(1, CHUNK_BYTES // image_bytes)
         gx = np.empty(self.x_shape, dtype=gt.dtype)
         for i in range(0, N, n):
             j = min(i + n, N)
-            gx[i:j] = self._fold(gt[:, i * rows:j * rows].T @ self.w2,
+            gx[i:j] = self._fold(_mm(gt[:, i * rows:j * rows].T, self.w2),
                                  (j - i,) + tuple(self.x_shape[1:]))
         return gx
 
@@ -245,7 +246,7 @@ class ConvTranspose2d(Function):
         self.x_shape = x.shape
         self.x2 = _cnhw(x)                                           # X^T: (Cin, N*H*W)
         self.w2 = w.reshape(w.shape[0], -1)                          # (Cin, Cout*kh*kw)
-        y = col2im(self.x2.T @ self.w2, self.out_shape, self.k, self.stride, self.padding)
+        y = col2im(_mm(self.x2.T, self.w2), self.out_shape, self.k, self.stride, self.padding)
         if b is not None:
             y += b.reshape(1, -1, 1, 1)
         return y
@@ -253,8 +254,8 @@ class ConvTranspose2d(Function):
     def backward(self, g):
         gcols = im2col(g, self.k, self.stride, self.padding)         # (N*H*W, Cout*kh*kw)
         N, _, H, W = self.x_shape
-        gx = _nchw(self.w2 @ gcols.T, N, H, W) if self.needs_grad[0] else None
-        gw = (self.x2 @ gcols).reshape(self.x2.shape[0], g.shape[1], *self.k) \
+        gx = _nchw(_mm(self.w2, gcols.T), N, H, W) if self.needs_grad[0] else None
+        gw = _mm(self.x2, gcols).reshape(self.x2.shape[0], g.shape[1], *self.k) \
             if self.needs_grad[1] else None
         if self.has_bias:
             gb = g.sum(axis=(0, 2, 3)) if self.needs_grad[2] else None
