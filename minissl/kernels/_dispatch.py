@@ -50,21 +50,20 @@ def load(family):
                           "to build them.", RuntimeWarning, stacklevel=2)
         return None
     if hasattr(module, "set_num_threads"):
-        module.set_num_threads(_threads)
+        module.set_num_threads(get_num_threads())
     return module
 
 
-_threads = 1    # threads of the compiled kernels' parallel loops (set_num_threads)
+_threads = None    # threads of the compiled kernels' parallel loops; None: not decided yet
 
 
 def set_num_threads(n):
-    """Run the compiled kernels' parallel loops on ``n`` threads, in every family loaded now
-    or later; returns the previous number. The default, 1, leaves the cores to the BLAS
-    thread pool NumPy already runs (docs/performance.md says why)."""
+    """Run the compiled kernels' parallel loops and matrix products on ``n`` threads, in every
+    family loaded now or later; returns the previous number."""
     global _threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"set_num_threads: n must be an integer >= 1, got {n!r}")
-    previous, _threads = _threads, n
+    previous, _threads = get_num_threads(), n
     for name, module in list(sys.modules.items()):
         if (name.startswith("minissl.kernels.") and name.endswith("._cpu")
                 and hasattr(module, "set_num_threads")):
@@ -73,7 +72,15 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """The number of threads the compiled kernels' parallel loops run on."""
+    """The number of threads the compiled kernels' parallel loops (and, where minissl runs
+    them, the matrix products) run on. The default, decided on first use: as many as NumPy's
+    BLAS uses when minissl runs the products on its own threads (minissl/kernels/gemm), so
+    that one pool serves products and kernels; else 1, leaving the cores to BLAS's own pool,
+    whose idle workers would spin against a second one (docs/performance.md)."""
+    global _threads
+    if _threads is None:
+        from . import gemm
+        _threads = gemm.pool_threads()
     return _threads
 
 

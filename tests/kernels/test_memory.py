@@ -1,6 +1,7 @@
 """The caching allocator of minissl's ops (minissl/kernels/memory): scoped to minissl's code,
 reuses freed blocks, hands out zeroed memory for zeros, keeps data through realloc, respects
 its limit, survives threads; and the kernels' thread setting."""
+import os
 import threading
 
 import numpy as np
@@ -124,8 +125,24 @@ def test_threads_running_ops_at_once_get_their_own_correct_results():
     assert not errors
 
 
-def test_kernel_threads_default_to_one_and_are_validated():
-    assert _dispatch.get_num_threads() == 1
+@pytest.mark.parametrize("blas_threads", ["1", "2"])
+def test_kernel_threads_default_to_blas_threads_when_minissl_runs_the_products(blas_threads):
+    """In a fresh process: one pool, so the kernels get BLAS's thread count when the products
+    run on minissl's threads (kernels/gemm), and 1 when BLAS runs them on its own pool."""
+    import subprocess
+    import sys
+    code = ("from minissl import runtime\nfrom minissl.kernels import gemm\n"
+            "print(runtime.get_num_threads(), gemm.blas_info() is not None)")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=blas_threads)
+    env.pop("MINISSL_REFERENCE", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    threads, bound = out.stdout.split()
+    assert int(threads) == (int(blas_threads) if bound == "True" else 1)
+
+
+def test_kernel_threads_are_validated():
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="set_num_threads"):
             _dispatch.set_num_threads(bad)

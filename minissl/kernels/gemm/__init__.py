@@ -31,9 +31,9 @@ What it changes while it runs: in OpenBLAS builds without OpenMP (NumPy's wheels
 ``openblas_set_num_threads_local`` sets a process-wide limit, not a per-thread one. It is set
 to 1 for the length of a batched product and restored when the product returns (one such
 product at a time, under a lock), so BLAS calls that another thread of the host makes in that
-window run on one thread. Threads: as many as BLAS itself would use
-(``openblas_get_num_threads``), so ``OPENBLAS_NUM_THREADS`` and ``threadpoolctl`` limits apply
-to these products exactly as to NumPy's.
+window run on one thread. Threads: the kernels' (``minissl.runtime.set_num_threads``), by
+default as many as BLAS itself uses (``openblas_get_num_threads`` on first use), so
+``OPENBLAS_NUM_THREADS`` applies to these products as to NumPy's.
 """
 import ctypes
 import math
@@ -42,7 +42,7 @@ import threading
 
 import numpy as np
 
-from .._dispatch import compiled, on_device, reference_forced
+from .._dispatch import compiled, get_num_threads, on_device, reference_forced
 from .reference import matmul_ref
 
 __all__ = ["matmul", "matmul_ref", "blas_info"]
@@ -95,12 +95,23 @@ def _bind(module):
     return _blas
 
 
+def _state():
+    module = compiled("gemm", np.empty(0, np.float32))
+    return _bind(module) if module is not None else False
+
+
 def blas_info():
     """The library whose ``gemm`` the compiled products call, or None (NumPy's ``matmul``
     then runs every product)."""
-    module = compiled("gemm", np.empty(0, np.float32))
-    state = _bind(module) if module is not None else False
+    state = _state()
     return state[1] if state else None
+
+
+def pool_threads():
+    """The kernels' default thread count (minissl/kernels/_dispatch.py): as many as BLAS
+    uses when the products run here, else 1."""
+    state = _state()
+    return max(1, int(state[0]())) if state else 1
 
 
 def _layout(x):
@@ -185,7 +196,7 @@ def matmul(a, b, out=None):
     c = out if _rowmajor_out(out, shape, a.dtype, a, b) else np.empty(shape, dtype=a.dtype)
     offsets = np.empty((3, nb), dtype=np.int64)
     offsets[0], offsets[1], offsets[2] = _offsets(a, batch), _offsets(b, batch), _offsets(c, batch)
-    threads = _blas[0]() if m * n * k * nb >= PARALLEL_MIN else 1
+    threads = get_num_threads() if m * n * k * nb >= PARALLEL_MIN else 1
     parts = min(threads, max(1, max(m, n) // MIN_PART))
     with _lock:
         module.gemm(a, b, c, offsets, ta, tb, m, n, k, lda, ldb, c.strides[-2] // c.itemsize,
