@@ -4,13 +4,14 @@
 setting: the two causes that used to need process settings are removed where they arise.
 
 **One thread pool.** NumPy's BLAS (OpenBLAS) runs its own worker threads for every matrix
-product, and they spin for about 0.1 s waiting for the next one. The compiled kernels used to
-run an OpenMP pool of their own on the same cores, whose idle workers spin too: on 2 cores
-each pool's spinning threads took the cores the other needed, and a step ran 2-10x slower
-whenever the machine had anything else to do. The kernels now run serially by default
-(``get_num_threads() == 1``) and leave the cores to BLAS; ``set_num_threads(n)`` gives their
-parallel loops ``n`` threads on a machine with cores to spare (results are the same bits
-whatever ``n``).
+product, and they spin for about 0.1 s waiting for the next one; a second pool for the
+compiled kernels on the same cores made steps 2-10x slower. So minissl runs the products of
+its ops itself (minissl/kernels/gemm: each of its threads makes one single-threaded call of
+the BLAS NumPy loaded), and OpenBLAS's workers stay asleep. Its kernels and products then
+share one OpenMP pool of ``get_num_threads()`` threads: by default as many as NumPy's BLAS
+uses, or 1 where NumPy's BLAS is not an OpenBLAS minissl can call (then the cores are left
+to BLAS's own pool, as before). ``set_num_threads(n)`` changes it (results are the same bits
+whatever ``n`` for the kernels; products agree to rounding).
 
 **A cache for the arrays of ops.** A training step allocates and frees the same large
 arrays every step; glibc returns such blocks to the operating system and the next step pays a
@@ -41,7 +42,8 @@ when ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_MMAP_MAX_`
 ``GLIBC_TUNABLES`` is set.
 
 **OpenBLAS's idle threads** (takes effect only if ``tune`` runs before NumPy is imported;
-matters only after ``set_num_threads(n > 1)``). After a matrix product OpenBLAS's worker
+matters only for the products that minissl does not run itself: the user's own, or all of
+them where NumPy's BLAS is not one minissl can call). After a matrix product OpenBLAS's worker
 threads spin for 2^28 cycles (about 0.1 s) waiting for the next one, so they are still
 spinning while parallel kernels run between two products, and take a core from them.
 ``OPENBLAS_THREAD_TIMEOUT`` = 12 makes them sleep after 2^12 cycles; waking them costs
@@ -50,13 +52,14 @@ microseconds (with parallel kernels: conv_simclr 355 -> 300 ms, gpt_char 86 -> 8
 can run, as it is by ``import minissl.runtime`` itself.
 
 **OpenMP's idle threads** (takes effect only if ``tune`` runs before the first compiled kernel
-is called, which loads libgomp; matters only after ``set_num_threads(n > 1)``, since serial
-kernels start no OpenMP thread). With OpenMP's default (active) waiting, idle workers spin
-after each kernel and steal the cores the next BLAS call needs: on 2 cores a small step ran up
-to 10x slower. ``OMP_WAIT_POLICY`` = PASSIVE makes them sleep.
+is called, which loads libgomp; matters only with more than one kernel thread). With
+OpenMP's default (active) waiting, idle workers spin for a while after each kernel; while
+OpenBLAS ran the products on its own pool they stole the cores its next call needed (on 2
+cores a small step ran up to 10x slower). ``OMP_WAIT_POLICY`` = PASSIVE makes them sleep at
+once; with the products on minissl's own pool its effect is mixed (docs/performance.md, "One
+pool for the products and the kernels").
 
-PyTorch runs its kernels and its matrix products on one OpenMP pool, as minissl now leaves
-the cores to one pool (BLAS's) by default.
+PyTorch runs its kernels and its matrix products on one OpenMP pool; so does minissl now.
 """
 import ctypes
 import os
@@ -122,9 +125,10 @@ def set_omp_wait_policy():
 
 
 def set_num_threads(n):
-    """Threads for the compiled kernels' parallel loops (default 1: the cores are left to
-    NumPy's BLAS pool); returns the previous number. Like ``torch.set_num_threads``, but for
-    minissl's own kernels only: NumPy's BLAS keeps its own setting."""
+    """Threads for the compiled kernels' parallel loops and minissl's matrix products
+    (default: see the module docstring); returns the previous number. Like
+    ``torch.set_num_threads``, but for minissl's own work only: NumPy's BLAS keeps its own
+    setting for the user's products."""
     from .kernels import _dispatch
     return _dispatch.set_num_threads(n)
 
