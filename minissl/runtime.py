@@ -10,8 +10,11 @@ its ops itself (minissl/kernels/gemm: each of its threads makes one single-threa
 the BLAS NumPy loaded), and OpenBLAS's workers stay asleep. Its kernels and products then
 share one OpenMP pool of ``get_num_threads()`` threads: by default as many as NumPy's BLAS
 uses, or 1 where NumPy's BLAS is not an OpenBLAS minissl can call (then the cores are left
-to BLAS's own pool, as before). ``set_num_threads(n)`` changes it (results are the same bits
-whatever ``n`` for the kernels; products agree to rounding).
+to BLAS's own pool, as before). While other processes keep the cores busy the default runs
+serially (a load guard reads /proc/loadavg at most every 0.25 s: spinning threads that wait
+for a descheduled teammate made steps 4-12x slower). ``set_num_threads(n)`` fixes the count
+and turns the guard off. Results do not depend on the count: the kernels give the same bits,
+and products are split by their shape, never by the threads running.
 
 **A cache for the arrays of ops.** A training step allocates and frees the same large
 arrays every step; glibc returns such blocks to the operating system and the next step pays a

@@ -22,6 +22,7 @@ family is imported on its first call.
 import importlib
 import os
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -50,24 +51,68 @@ def load(family):
                           "to build them.", RuntimeWarning, stacklevel=2)
         return None
     if hasattr(module, "set_num_threads"):
-        module.set_num_threads(get_num_threads())
+        get_num_threads()
+        module.set_num_threads(_running)
     return module
 
 
 _threads = None    # threads of the compiled kernels' parallel loops; None: not decided yet
+_explicit = False  # set by set_num_threads: then the load guard below leaves it alone
+_running = 1       # threads the parallel loops use now: _threads, or 1 while the cores are busy
+_next_check = 0.0  # time.monotonic() of the load guard's next look at /proc/loadavg
+LOAD_CHECK_SECONDS = 0.25
+_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _push(n):
+    global _running
+    _running = n
+    for name, module in list(sys.modules.items()):
+        if (name.startswith("minissl.kernels.") and name.endswith("._cpu")
+                and hasattr(module, "set_num_threads")):
+            module.set_num_threads(n)
+
+
+def runnable_tasks():
+    """Tasks the machine could run now (the 4th field of /proc/loadavg: "running/total"), or
+    None where that cannot be read."""
+    try:
+        with open("/proc/loadavg") as f:
+            return int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _guard(runnable=runnable_tasks):
+    """The load guard of the default thread count. A parallel loop's threads wait for each
+    other at its end, spinning; when other processes want the cores too, a thread of the
+    loop is descheduled and the others spin until it runs again: on 2 cores with 5 busy
+    neighbours a 2-thread step ran 4-12x slower than a serial one (docs/performance.md). So,
+    at most every LOAD_CHECK_SECONDS, the loops go serial while the other runnable tasks and
+    minissl's threads would not fit on the cores, and back when they would. Only for the
+    default (``set_num_threads`` fixes the count); results do not depend on it (the kernels'
+    are the same bits whatever the thread count, the products' split does not change)."""
+    global _next_check
+    _next_check = time.monotonic() + LOAD_CHECK_SECONDS
+    if _explicit or _threads is None or _threads == 1:
+        return
+    r = runnable()
+    if r is None:
+        return
+    others = max(0, r - _running)
+    want = _threads if others + _threads <= _cores else 1
+    if want != _running:
+        _push(want)
 
 
 def set_num_threads(n):
     """Run the compiled kernels' parallel loops and matrix products on ``n`` threads, in every
     family loaded now or later; returns the previous number."""
-    global _threads
+    global _threads, _explicit
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"set_num_threads: n must be an integer >= 1, got {n!r}")
-    previous, _threads = get_num_threads(), n
-    for name, module in list(sys.modules.items()):
-        if (name.startswith("minissl.kernels.") and name.endswith("._cpu")
-                and hasattr(module, "set_num_threads")):
-            module.set_num_threads(n)
+    previous, _threads, _explicit = get_num_threads(), n, True
+    _push(n)
     return previous
 
 
@@ -76,12 +121,20 @@ def get_num_threads():
     them, the matrix products) run on. The default, decided on first use: as many as NumPy's
     BLAS uses when minissl runs the products on its own threads (minissl/kernels/gemm), so
     that one pool serves products and kernels; else 1, leaving the cores to BLAS's own pool,
-    whose idle workers would spin against a second one (docs/performance.md)."""
-    global _threads
+    whose idle workers would spin against a second one (docs/performance.md). While other
+    processes keep the cores busy, the default runs serially (``running_threads``)."""
+    global _threads, _running
     if _threads is None:
         from . import gemm
-        _threads = gemm.pool_threads()
+        _threads = _running = gemm.pool_threads()
     return _threads
+
+
+def running_threads():
+    """The threads the parallel loops use now: ``get_num_threads()``, or 1 while the load
+    guard (``_guard``) finds the cores busy."""
+    get_num_threads()
+    return _running
 
 
 _modules = {}   # family -> the compiled module, or None when it is not built; filled on first use
@@ -106,6 +159,8 @@ def compiled(family, *arrays, contiguous=False):
         return None
     if family not in _modules:
         _modules[family] = load(family)
+    if time.monotonic() >= _next_check:
+        _guard()
     return _modules[family]
 
 

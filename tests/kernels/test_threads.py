@@ -108,3 +108,60 @@ def test_serial_by_default_and_set_num_threads_starts_a_worker():
     assert out.returncode == 0, out.stderr
     before, serial, parallel = map(int, out.stdout.split())
     assert serial == before and parallel > serial
+
+
+@pytest.fixture
+def default_threads(monkeypatch):
+    """The default thread count (no set_num_threads) of 2 on a 2-core machine, restored after."""
+    monkeypatch.setattr(_dispatch, "_threads", 2)
+    monkeypatch.setattr(_dispatch, "_explicit", False)
+    monkeypatch.setattr(_dispatch, "_cores", 2)
+    monkeypatch.setattr(_dispatch, "_running", 2)
+    yield
+    _dispatch._push(_dispatch.get_num_threads())
+
+
+def test_load_guard_goes_serial_while_neighbours_want_the_cores(default_threads):
+    _dispatch._guard(runnable=lambda: 2)        # minissl's two threads alone
+    assert _dispatch.running_threads() == 2
+    _dispatch._guard(runnable=lambda: 3)        # one neighbour: 1 + 2 threads > 2 cores
+    assert _dispatch.running_threads() == 1
+    _dispatch._guard(runnable=lambda: 2)        # serial now: ours 1, one neighbour still
+    assert _dispatch.running_threads() == 1
+    _dispatch._guard(runnable=lambda: 1)        # the neighbour is gone
+    assert _dispatch.running_threads() == 2
+    _dispatch._guard(runnable=lambda: None)     # unreadable: no change
+    assert _dispatch.running_threads() == 2
+
+
+def test_load_guard_leaves_an_explicit_count_alone(default_threads):
+    previous = _dispatch.set_num_threads(2)
+    try:
+        _dispatch._guard(runnable=lambda: 50)
+        assert _dispatch.running_threads() == 2
+    finally:
+        _dispatch.set_num_threads(previous)
+        _dispatch._explicit = False
+
+
+def test_runnable_tasks_reads_the_running_count():
+    r = _dispatch.runnable_tasks()
+    assert r is None or r >= 1
+
+
+def test_products_are_the_same_bits_whatever_the_threads():
+    from minissl.kernels import gemm
+    rng = np.random.default_rng(0)
+    cases = [(rng.standard_normal((300, 200), dtype=np.float32),
+              rng.standard_normal((200, 400), dtype=np.float32)),
+             (rng.standard_normal((6, 64, 48)), rng.standard_normal((6, 48, 80)))]
+    results = []
+    for threads in (1, 2):
+        previous = _dispatch.set_num_threads(threads)
+        try:
+            results.append([gemm.matmul(a, b) for a, b in cases])
+        finally:
+            _dispatch.set_num_threads(previous)
+            _dispatch._explicit = False
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)

@@ -42,7 +42,8 @@ import threading
 
 import numpy as np
 
-from .._dispatch import compiled, get_num_threads, on_device, reference_forced
+from .. import _dispatch
+from .._dispatch import compiled, on_device, reference_forced
 from .reference import matmul_ref
 
 __all__ = ["matmul", "matmul_ref", "blas_info"]
@@ -196,8 +197,11 @@ def matmul(a, b, out=None):
     c = out if _rowmajor_out(out, shape, a.dtype, a, b) else np.empty(shape, dtype=a.dtype)
     offsets = np.empty((3, nb), dtype=np.int64)
     offsets[0], offsets[1], offsets[2] = _offsets(a, batch), _offsets(b, batch), _offsets(c, batch)
-    threads = get_num_threads() if m * n * k * nb >= PARALLEL_MIN else 1
-    parts = min(threads, max(1, max(m, n) // MIN_PART))
+    big = m * n * k * nb >= PARALLEL_MIN
+    threads = _dispatch.running_threads() if big else 1
+    # One product is split into blocks of rows (or columns) by its shape and the machine's
+    # cores, never by the threads running now, so its bits do not depend on them.
+    parts = min(_dispatch._cores, max(1, max(m, n) // MIN_PART)) if big and nb == 1 else 1
     with _lock:
         module.gemm(a, b, c, offsets, ta, tb, m, n, k, lda, ldb, c.strides[-2] // c.itemsize,
                     threads, parts)

@@ -4,9 +4,9 @@ one single-threaded call of the BLAS that NumPy already loaded.
 __init__.py finds that BLAS, checks the operands and works out their layout; this module
 only holds the BLAS entry points (``bind``) and runs the products (``gemm``).
 
-Each thread of one OpenMP region computes whole matrices of the batch; a batch smaller than
-the thread count is computed matrix after matrix, each split into blocks of whole rows (or
-columns) of C. BLAS is told to use one thread for the region
+Each thread of one OpenMP region computes whole matrices of the batch; a single product is
+split into blocks of whole rows (or columns) of C, as many as the caller says (by the shape,
+never by the threads, so that the bits do not depend on them). BLAS is told to use one thread for the region
 (``openblas_set_num_threads_local``; restored after; __init__.py says what that changes), so
 its own workers are not woken. Each element of C is one BLAS dot product over K whatever the
 split, so the threads change which thread computes an element, not how (results agree with
@@ -78,9 +78,8 @@ def gemm(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, cnp.ndarray offsets, int t
          int threads, int64_t parts):
     """C_i = op(A_i) op(B_i) for each matrix i of a batch, row-major; the matrices start at
     byte offsets ``offsets[0, i]``, ``offsets[1, i]``, ``offsets[2, i]`` from the data of
-    ``a``, ``b`` and ``c``. A batch of at least ``threads`` matrices is shared out matrix by
-    matrix; a smaller one is computed matrix after matrix, each split into ``parts`` blocks
-    of rows or columns (the longer side). The caller (__init__.py) has checked every shape,
+    ``a``, ``b`` and ``c``. With ``parts`` > 1 each matrix is split into that many blocks of
+    rows or columns (the longer side), shared out over ``threads``; else whole matrices are. The caller (__init__.py) has checked every shape,
     stride and offset against the arrays."""
     if SGEMM == NULL:
         raise RuntimeError("minissl.kernels.gemm._cpu.gemm: no BLAS bound (call bind first)")
@@ -98,17 +97,18 @@ def gemm(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, cnp.ndarray offsets, int t
     cdef int previous
     with nogil:
         previous = SET_LOCAL(1)
-        if threads <= 1 or (nb < threads and parts <= 1):
+        if parts > 1:       # one product, in blocks of rows or columns shared out
             for i in range(nb):
-                _product(dbl, A + off[i], B + off[nb + i], C + off[2 * nb + i], ta, tb,
-                         m, n, k, lda, ldb, ldc)
-        elif nb >= threads:
+                for p in prange(parts, schedule="static", num_threads=threads,
+                                use_threads_if=threads > 1):
+                    _part(dbl, A + off[i], B + off[nb + i], C + off[2 * nb + i], ta, tb,
+                          m, n, k, lda, ldb, ldc, p, parts, by_rows)
+        elif threads > 1 and nb > 1:   # whole matrices shared out
             for i in prange(nb, schedule="static", num_threads=threads):
                 _product(dbl, A + off[i], B + off[nb + i], C + off[2 * nb + i], ta, tb,
                          m, n, k, lda, ldb, ldc)
         else:
             for i in range(nb):
-                for p in prange(parts, schedule="static", num_threads=threads):
-                    _part(dbl, A + off[i], B + off[nb + i], C + off[2 * nb + i], ta, tb,
-                          m, n, k, lda, ldb, ldc, p, parts, by_rows)
+                _product(dbl, A + off[i], B + off[nb + i], C + off[2 * nb + i], ta, tb,
+                         m, n, k, lda, ldb, ldc)
         SET_LOCAL(previous)
