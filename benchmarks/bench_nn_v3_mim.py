@@ -17,7 +17,9 @@ few minutes on one core):
   T 0.2, momentum 0.99 -> 1 by a cosine (``MoCoV3Config`` defaults);
 * SimMIM: ViT of width 64, 2 blocks, 4 heads, 16 patches (2 px on the digits, 4 px on the
   16 px shapes), masks of squares of one patch at ratio 0.6, 1x1 conv + pixel shuffle, L1
-  on the masked pixels.
+  on the masked pixels; with ``--encoder conv`` the CNN of ``bench_shapes.py`` instead (the
+  mask token after its conv-BN-ReLU stem, the masked pixels zeroed, squares of 4 px, its last
+  map -> 1x1 conv -> pixel shuffle 4; SimMIM's own views).
   PyTorch's blocks are ``nn.TransformerEncoderLayer(norm_first=True, activation="gelu")``,
   the same pre-LN block, initialised as minissl's ViT (MAE's xavier-uniform, ``xavier_``);
   the decoder's 1x1 convolution keeps each library's default.
@@ -28,6 +30,7 @@ few minutes on one core):
     python benchmarks/bench_nn_v3_mim.py --method nnclr --data digits --seeds 0 1 2
     python benchmarks/bench_nn_v3_mim.py --method simmim --batch-size 32 --seeds 0 1 2
     python benchmarks/bench_nn_v3_mim.py --method mocov3 --data shapes --encoder conv --epochs 20
+    python benchmarks/bench_nn_v3_mim.py --method simmim --data shapes --encoder conv --seeds 0 1 2
 """
 import minissl
 
@@ -439,6 +442,8 @@ def main(recipes=RECIPES, build=build, torch_recipes=None, doc=__doc__):
     d = load(args.data)
     if args.encoder != "mlp" and args.method not in ("nnclr", "mocov3", "simmim"):
         ap.error("--encoder conv: NNCLR, MoCo v3 and SimMIM only")
+    if args.diagnose and args.encoder != "mlp":
+        ap.error("--diagnose: the ViT recipes only (it probes the tokens at each depth)")
     runs = {"minissl": lambda *a: minissl_run(*a, build=build, encoder=args.encoder),
             "pytorch": lambda *a: torch_run(*a, build=build, recipes=torch_recipes,
                                             same_init=args.same_init, encoder=args.encoder)}
