@@ -17,7 +17,9 @@ few minutes on one core):
   T 0.2, momentum 0.99 -> 1 by a cosine (``MoCoV3Config`` defaults);
 * SimMIM: ViT of width 64, 2 blocks, 4 heads, 16 patches (2 px on the digits, 4 px on the
   16 px shapes), masks of squares of one patch at ratio 0.6, 1x1 conv + pixel shuffle, L1
-  on the masked pixels.
+  on the masked pixels; with ``--encoder conv`` the CNN of ``bench_shapes.py`` instead (the
+  mask token after its conv-BN-ReLU stem, the masked pixels zeroed, squares of 4 px, its last
+  map -> 1x1 conv -> pixel shuffle 4; SimMIM's own views).
   PyTorch's blocks are ``nn.TransformerEncoderLayer(norm_first=True, activation="gelu")``,
   the same pre-LN block, initialised as minissl's ViT (MAE's xavier-uniform, ``xavier_``);
   the decoder's 1x1 convolution keeps each library's default.
@@ -28,6 +30,7 @@ few minutes on one core):
     python benchmarks/bench_nn_v3_mim.py --method nnclr --data digits --seeds 0 1 2
     python benchmarks/bench_nn_v3_mim.py --method simmim --batch-size 32 --seeds 0 1 2
     python benchmarks/bench_nn_v3_mim.py --method mocov3 --data shapes --encoder conv --epochs 20
+    python benchmarks/bench_nn_v3_mim.py --method simmim --data shapes --encoder conv --seeds 0 1 2
 """
 import minissl
 
@@ -44,6 +47,7 @@ import numpy as np
 from minissl import augment, data, methods, random
 from minissl.methods.base import build_encoder, cosine_tau
 from minissl.methods.masked import sincos_pos_embed_2d
+from minissl.methods.simmim import SimMIMEncoder
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_digits  # noqa: E402
@@ -61,6 +65,8 @@ def load(name):
 
 
 def build(method, d, encoder="mlp"):
+    if method == "simmim" and encoder == "conv":   # bench_shapes.py's CNN, SimMIM's views
+        return methods.build("simmim", d, encoder=bench_shapes.conv_encoder(d.image_shape[0]))
     if method == "simmim":   # patch 2 on the 8x8 digits, 4 on the 16 px shapes: 16 tokens
         return methods.build("simmim", d, patch_size=d.image_shape[1] // 4, **VIT)
     if encoder == "conv":    # bench_shapes.py's recipe: its CNN and its views
@@ -268,6 +274,8 @@ def torch_simmim(torch, ours):
     C, H, _ = ours.image_shape
     p, c = ours.patch_size, ours.config
     g, dim = H // p, c.embed_dim
+    if not isinstance(ours.encoder, SimMIMEncoder):
+        return _torch_simmim_conv(torch, ours)
     vit = torch_vit(torch, C, H, p, dim, c.depth, c.num_heads)
     decoder = tnn.Sequential(tnn.Conv2d(dim, p * p * C, 1), tnn.PixelShuffle(p))
     xavier_(torch, vit)                                  # as minissl's ViT (docs/faithful.md)
@@ -276,14 +284,43 @@ def torch_simmim(torch, ours):
         x = torch.from_numpy(ours.transform(x, rng))
         mask = torch.from_numpy(ours.masks(len(x), rng))                 # (B, g, g)
         z = vit.tokens(x, mask).transpose(1, 2).reshape(len(x), dim, g, g)
-        x_rec = decoder(z)
-        m = mask.repeat_interleave(p, 1).repeat_interleave(p, 2).unsqueeze(1).to(x.dtype)
-        return (F.l1_loss(x, x_rec, reduction="none") * m).sum() / (m.sum() + 1e-5) / C
+        return _simmim_l1(F, x, decoder(z), mask, p)
 
     return vit, decoder, step
 
 
-def _torch_simmim(torch, d, epochs, seed, ours, batch, same_init=False):
+def _simmim_l1(F, x, x_rec, mask, p):
+    """microsoft/SimMIM ``SimMIM.forward``'s loss: L1 on the pixels of the masked patches."""
+    m = mask.repeat_interleave(p, 1).repeat_interleave(p, 2).unsqueeze(1).to(x.dtype)
+    return (F.l1_loss(x, x_rec, reduction="none") * m).sum() / (m.sum() + 1e-5) / x.shape[1]
+
+
+def _torch_simmim_conv(torch, ours):
+    """``torch_simmim`` on bench_shapes.py's CNN (``ours`` built with ``--encoder conv``): the
+    masked pixels zeroed, the mask token in place of the stem's (conv-BN-ReLU) output at
+    masked positions, the last map -> 1x1 conv -> pixel shuffle. The mask token is a
+    parameter of the encoder module, so that its ``parameters()`` list it as the ViT's do."""
+    tnn, F = torch.nn, torch.nn.functional
+    C, p, s = ours.image_shape[0], ours.patch_size, ours.stride
+    enc = torch_conv_encoder(C)
+    stem, body = enc[:3], enc[3:-2]                      # conv-BN-ReLU; the rest to the pool
+    enc.register_parameter("mask_token", tnn.Parameter(torch.randn(1, WIDTHS[0], 1, 1) * 0.02))
+    decoder = tnn.Sequential(tnn.Conv2d(WIDTHS[-1], s * s * C, 1), tnn.PixelShuffle(s))
+
+    def step(x, rng):
+        x = torch.from_numpy(ours.transform(x, rng))
+        mask = torch.from_numpy(ours.masks(len(x), rng))                 # (B, g, g)
+        w = mask.unsqueeze(1).to(x.dtype)                                # (B, 1, g, g)
+        pixels = w.repeat_interleave(p, 2).repeat_interleave(p, 3)      # (B, 1, H, W)
+        t = stem(x * (1 - pixels))
+        t = t * (1 - w) + enc.mask_token * w
+        return _simmim_l1(F, x, decoder(body(t)), mask, p)
+
+    return enc, decoder, step
+
+
+def _torch_simmim(torch, d, epochs, seed, ours, batch, same_init=False, encoder="mlp"):
+    # ``encoder`` is already in ``ours`` (the ViT, or the CNN of ``--encoder conv``).
     vit, decoder, step = torch_simmim(torch, ours)
     if same_init:
         copy_weights(torch, ours, simmim_pairs(vit, decoder))
@@ -319,9 +356,12 @@ def vit_pairs(vit, patch, blocks, norm, mask_token=None):
 
 def simmim_pairs(vit, decoder):
     """Every parameter of ``torch_simmim``'s modules with its name in minissl's ``SimMIM``."""
+    head = [(decoder[0].weight, "decoder.0.weight"), (decoder[0].bias, "decoder.0.bias")]
+    if not hasattr(vit, "blocks"):                       # the CNN: the same layer indices
+        return head + [(w, "mask_token" if name == "mask_token" else f"encoder.{name}")
+                       for name, w in vit.named_parameters()]
     return vit_pairs(vit, "encoder.patch_embed.proj", "encoder.blocks", "encoder.norm",
-                     "encoder.mask_token") + [(decoder[0].weight, "decoder.0.weight"),
-                                              (decoder[0].bias, "decoder.0.bias")]
+                     "encoder.mask_token") + head
 
 
 def copy_weights(torch, method, pairs):
@@ -389,8 +429,9 @@ def main(recipes=RECIPES, build=build, torch_recipes=None, doc=__doc__):
     ap.add_argument("--batch-size", type=int, default=BATCH)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--encoder", choices=("mlp", "conv"), default="mlp",
-                    help="NNCLR's and MoCo v3's encoder: the MLP, or bench_shapes.py's CNN "
-                         "with its views")
+                    help="mlp: each method's own (the MLP of NNCLR and MoCo v3, SimMIM's "
+                         "ViT); conv: bench_shapes.py's CNN (NNCLR and MoCo v3 with its views, "
+                         "SimMIM with its own)")
     ap.add_argument("--libraries", nargs="+", default=["minissl", "pytorch"],
                     choices=["minissl", "pytorch"])
     ap.add_argument("--same-init", action="store_true",
@@ -399,8 +440,10 @@ def main(recipes=RECIPES, build=build, torch_recipes=None, doc=__doc__):
                     help="after each minissl run, its reconstruction and per-depth probes")
     args = ap.parse_args()
     d = load(args.data)
-    if args.encoder != "mlp" and args.method not in ("nnclr", "mocov3"):
-        ap.error("--encoder conv: NNCLR and MoCo v3 only")
+    if args.encoder != "mlp" and args.method not in ("nnclr", "mocov3", "simmim"):
+        ap.error("--encoder conv: NNCLR, MoCo v3 and SimMIM only")
+    if args.diagnose and args.encoder != "mlp":
+        ap.error("--diagnose: the ViT recipes only (it probes the tokens at each depth)")
     runs = {"minissl": lambda *a: minissl_run(*a, build=build, encoder=args.encoder),
             "pytorch": lambda *a: torch_run(*a, build=build, recipes=torch_recipes,
                                             same_init=args.same_init, encoder=args.encoder)}

@@ -69,9 +69,9 @@ def shapes_multicrop(n_local=6):
                                augmentation(multicrop.local_size(16), (0.05, 0.4)), 2, n_local)
 
 
-def conv_encoder():
+def conv_encoder(in_channels=3):
     """The recipe's encoder in minissl: (B, 3, H, W) -> (B, 64); ``out_dim`` set."""
-    layers, c = [], 3
+    layers, c = [], in_channels
     for w, s in zip(WIDTHS, STRIDES):
         layers += [nn.Conv2d(c, w, 3, s, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
         c = w
@@ -88,10 +88,10 @@ def build(method, d, transform=None, **overrides):
     return m
 
 
-def torch_conv_encoder():
+def torch_conv_encoder(in_channels=3):
     """The same encoder written with ``torch.nn``."""
     import torch.nn as tnn
-    layers, c = [], 3
+    layers, c = [], in_channels
     for w, s in zip(WIDTHS, STRIDES):
         layers += [tnn.Conv2d(c, w, 3, s, 1, bias=False), tnn.BatchNorm2d(w), tnn.ReLU()]
         c = w

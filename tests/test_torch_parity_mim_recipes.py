@@ -76,6 +76,25 @@ def test_simmim_recipe_is_minissls_simmim(bench, digits64, mask_patch_size):
 
 
 @needs_torch
+@pytest.mark.parametrize("mask_patch_size", [0, 2])
+def test_simmim_conv_recipe_is_minissls_simmim_on_the_cnn(bench, mask_patch_size):
+    # ``--encoder conv``: bench_shapes.py's CNN; its masks at the stem's stride 1, its decoder
+    # at the encoder's stride 4 (mask_patch_size 0: squares of 4 px).
+    mim, _ = bench
+    d = data.shapes(n_train=8, n_test=2, size=8, seed=0)
+    ours = mim.build("simmim", d, encoder="conv")
+    if mask_patch_size:
+        ours = methods.build("simmim", d, encoder=mim.bench_shapes.conv_encoder(),
+                             mask_patch_size=mask_patch_size)
+    ours = ours.double()
+    assert (ours.patch_size, ours.stride) == (1, 4)
+    enc, decoder, step = mim.torch_simmim(torch, ours)
+    enc.double(), decoder.double()
+    same_step(mim, ours, mim.simmim_pairs(enc, decoder), step,
+              d.train_x[:8].astype(np.float64), seed=4)
+
+
+@needs_torch
 def test_mae_recipe_is_minissls_mae(bench, digits64):
     mim, mae_bench = bench
     d, x = digits64

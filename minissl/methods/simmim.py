@@ -21,10 +21,22 @@ The mask (``mask_generator``, official ``MaskGenerator``): the image is cut into
 (mask_patch_size / patch_size)^2 model patches. Large masked squares keep the task from being
 solved by interpolating neighbours (paper Table 1).
 
+The design needs of the encoder only a "patch embedding" whose output positions the mask
+token can replace and a last map of stride s that the head decodes (official Swin: a 4 px
+patch embedding, stride 32, ``Conv2d(1024, 32 * 32 * 3, 1)`` + ``PixelShuffle(32)``). So
+``encoder=`` takes a conv network instead of the ViT (``conv_stages``; the paper used ViT and
+Swin only): its stem (conv-BN-ReLU) is the patch embedding, at stride 1 masks are drawn per
+pixel in squares of ``mask_patch_size`` (default s, as the official 32 of Swin), and the
+last map before its global pool goes through ``Conv2d(width, s * s * C, 1)`` + ``PixelShuffle
+(s)``. The masked pixels are also zeroed in the input: a 3x3 stem sees one pixel beyond each
+position, which a non-overlapping patch embedding does not. Features: the encoder's output
+(the global average pool) on the unmasked image.
+
 Differences (docs/faithful.md): the ViT of ``masked.ViTEncoder`` (fixed 2-D sin-cos
 positions, no [CLS] token; the official ViT has a [CLS] token and learned or relative
 positions), features = mean of the patch tokens of the unmasked image (the official
-fine-tuning pools likewise); mask token drawn N(0, 0.02) (official: truncated normal); the
+fine-tuning pools likewise); mask token drawn N(0, 0.02) (official: truncated at +-0.02 for
+the ViT, untruncated in effect for Swin); the
 sizes; the augmentation's crop is bilinear (official bicubic) and has no Normalize; mask
 square 2 px and patch 2 px on the 8x8 digits (official 32 px squares of 4 px patches for Swin,
 of 16 px patches for ViT, at 192 or 224 px: squares of 2x2 ViT patches would be the quadrants of a
@@ -45,9 +57,11 @@ from .masked import ViTEncoder, choose_patch_size
 
 @dataclass
 class SimMIMConfig:
-    patch_size: int = 0           # model patch p; 0: chosen for the image (2 for 8x8 digits)
+    patch_size: int = 0           # model patch p; 0: chosen for the image (2 for 8x8 digits);
+                                  # with a conv encoder: its stem's stride
     mask_patch_size: int = 0      # side of the masked squares in pixels, a multiple of p;
-                                  # 0: p (official: 32 with p = 4 at 192 px)
+                                  # 0: the encoder's stride (the ViT's p; official: 32, Swin's
+                                  # stride, with p = 4 at 192 px)
     mask_ratio: float = 0.6       # fraction of squares masked (official: 0.6)
     embed_dim: int = 64           # encoder width (ViT-B: 768)
     depth: int = 4                # encoder blocks (ViT-B: 12)
@@ -118,32 +132,88 @@ class SimMIMEncoder(ViTEncoder):
         return self.encode(t)                                   # (B, L, D)
 
 
+def conv_stages(encoder):
+    """(stem, body) of a conv ``encoder`` for SimMIM, as lists of its own modules: the stem,
+    whose output map is SimMIM's "patch embedding" (the mask token replaces its masked
+    positions), and the body that turns it into the last map before the global pool.
+    ``nn.ConvEncoder`` (``--encoder resnet``): its ``stem`` and ``blocks``; an ``nn.Sequential``
+    of conv layers (``benchmarks/bench_shapes.py``'s): split after its first ReLU, cut at its
+    ``AdaptiveAvgPool2d``."""
+    if isinstance(encoder, nn.ConvEncoder):
+        return [encoder.stem], [encoder.blocks]
+    layers = list(encoder.children()) if isinstance(encoder, nn.Sequential) else []
+    kinds = [type(layer) for layer in layers]
+    if nn.ReLU in kinds and nn.AdaptiveAvgPool2d in kinds[kinds.index(nn.ReLU):]:
+        act, pool = kinds.index(nn.ReLU), kinds.index(nn.AdaptiveAvgPool2d)
+        return layers[:act + 1], layers[act + 1:pool]
+    raise ValueError(f"SimMIM: a custom encoder must be an nn.ConvEncoder or an nn.Sequential "
+                     f"of conv layers with a ReLU ending its stem and an AdaptiveAvgPool2d "
+                     f"after its last map; got {type(encoder).__name__}")
+
+
+def _run(layers, x):
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
 class SimMIM(SSLMethod):
-    """SimMIM with a ViT encoder (see the module docstring)."""
+    """SimMIM with a ViT encoder, or a conv ``encoder`` (see the module docstring)."""
 
     name = "simmim"
 
-    def __init__(self, image_shape, config=None, rng=None, dtype=None, transform=None):
+    def __init__(self, image_shape, config=None, rng=None, dtype=None, transform=None,
+                 encoder=None):
         super().__init__()
         c = self.config = config or SimMIMConfig()
         C, H, W = image_shape
-        p = c.patch_size or choose_patch_size(H)
-        mp = c.mask_patch_size or p
-        if H != W or H % mp or mp % p:
-            raise ValueError(f"SimMIM: needs square images whose size is a multiple of "
-                             f"mask_patch_size {mp}, itself a multiple of patch_size {p}; got "
-                             f"{image_shape}")
         if not 0 < c.mask_ratio < 1:
             raise ValueError(f"SimMIM: mask_ratio must be in (0, 1), got {c.mask_ratio}")
         rng = get_generator(rng)
+        if encoder is None:      # the ViT: masks and the decoder at its patch size
+            p = stride = c.patch_size or choose_patch_size(H)
+            if H != W or H % p:
+                raise ValueError(f"SimMIM: needs square images whose size is a multiple of "
+                                 f"patch_size {p}; got {image_shape}")
+            self.encoder = SimMIMEncoder(H, p, C, c.embed_dim, c.depth, c.num_heads,
+                                         c.mlp_ratio, rng=rng, dtype=dtype)
+            width = c.embed_dim
+        else:                    # a conv net: masks at its stem's stride, decoder at its own
+            self.encoder = encoder
+            p, stride, stem_width, width = self._conv_strides(image_shape)
+            if c.patch_size not in (0, p):
+                raise ValueError(f"SimMIM: patch_size {c.patch_size} is not the stride {p} "
+                                 f"of the conv encoder's stem")
+            dt = next(iter(encoder.parameters())).dtype
+            self.mask_token = nn.Parameter(                                # (1, C_stem, 1, 1)
+                rng.normal(0.0, 0.02, size=(1, stem_width, 1, 1)).astype(dt))
+        mp = c.mask_patch_size or stride
+        if H != W or H % mp or mp % p or H % stride:
+            raise ValueError(f"SimMIM: needs square images whose size is a multiple of "
+                             f"mask_patch_size {mp}, itself a multiple of patch_size {p}; got "
+                             f"{image_shape}")
         self.image_shape, self.patch_size, self.mask_patch_size = (C, H, W), p, mp
-        self.grid = H // p
-        self.encoder = SimMIMEncoder(H, p, C, c.embed_dim, c.depth, c.num_heads, c.mlp_ratio,
-                                     rng=rng, dtype=dtype)
-        # One linear map per patch token to its p x p x C pixels (official decoder).
-        self.decoder = nn.Sequential(nn.Conv2d(c.embed_dim, p * p * C, 1, rng=rng,
-                                               dtype=dtype), PixelShuffle(p))
+        self.stride, self.grid = stride, H // p
+        # One linear map per position of the last map to its stride x stride x C pixels.
+        self.decoder = nn.Sequential(nn.Conv2d(width, stride * stride * C, 1, rng=rng,
+                                               dtype=dtype), PixelShuffle(stride))
         self.transform = transform or simmim_augmentation(H)
+
+    def _conv_strides(self, image_shape):
+        """(stem stride, encoder stride, stem width, last map width) of the conv encoder,
+        read off one blank image in eval mode."""
+        stem, body = conv_stages(self.encoder)
+        was_training = self.encoder.training
+        self.encoder.eval()
+        with no_grad():
+            s = _run(stem, self.as_input(np.zeros((1, *image_shape))))
+            h = _run(body, s)
+        self.encoder.train(was_training)
+        H = image_shape[1]
+        if s.ndim != 4 or h.ndim != 4 or H % s.shape[-1] or H % h.shape[-1]:
+            raise ValueError(f"SimMIM: the conv encoder must keep maps whose size divides the "
+                             f"image's {H}; got the stem's {s.shape}, the last {h.shape}")
+        return H // s.shape[-1], H // h.shape[-1], s.shape[1], h.shape[1]
 
     def masks(self, batch_size, rng):
         """Patch masks (B, g, g) drawn from ``rng`` (see ``mask_generator``)."""
@@ -154,9 +224,20 @@ class SimMIM(SSLMethod):
         """x_rec (B, C, H, W) Tensor from images x (B, C, H, W) and patch masks (B, g, g)."""
         x = self.as_input(x)
         B = x.shape[0]
-        h = self.encoder.forward_masked(x, mask)                # (B, L, D)
-        h = h.permute(0, 2, 1).reshape(B, -1, self.grid, self.grid)   # (B, D, g, g)
-        return self.decoder(h)                                  # (B, C, H, W)
+        if isinstance(self.encoder, SimMIMEncoder):
+            h = self.encoder.forward_masked(x, mask)                # (B, L, D)
+            h = h.permute(0, 2, 1).reshape(B, -1, self.grid, self.grid)   # (B, D, g, g)
+            return self.decoder(h)                                  # (B, C, H, W)
+        xp = get_array_module(x.data)
+        w = Tensor(xp.asarray(mask)[:, None].astype(x.dtype))          # (B, 1, g, g)
+        p = self.patch_size
+        pixels = Tensor(xp.asarray(mask).repeat(p, 1).repeat(p, 2)[:, None].astype(x.dtype))
+        stem, body = conv_stages(self.encoder)
+        # The masked pixels are zeroed first: a stem wider than its stride (a 3x3 conv) would
+        # otherwise show the positions next to a masked square a rim of its pixels.
+        t = _run(stem, x * (1 - pixels))                                # (B, C_stem, g, g)
+        t = t * (1 - w) + self.mask_token * w
+        return self.decoder(_run(body, t))                              # (B, C, H, W)
 
     def picture_rows(self, x, rng=0):
         """Rows of a picture of images x (B, C, H, W): the masked input (hidden squares at 0),
@@ -190,8 +271,14 @@ class SimMIM(SSLMethod):
         return loss, {}
 
 
-def build(data, **overrides):
+def build(data, encoder=None, feature_dim=None, **overrides):
     """SimMIM for an image ``Dataset``; ``overrides`` set fields of ``SimMIMConfig`` (and
-    ``rng``)."""
+    ``rng``). ``encoder``: a conv network (see ``conv_stages``) in place of the ViT, whose
+    sizes the config's ViT fields then no longer set; ``feature_dim`` is only checked against
+    it, the width of its last map."""
     rng = overrides.pop("rng", None)
-    return SimMIM(data.image_shape, SimMIMConfig(**overrides), rng=rng)
+    m = SimMIM(data.image_shape, SimMIMConfig(**overrides), rng=rng, encoder=encoder)
+    if encoder is not None and feature_dim is not None and feature_dim != m.decoder[0].in_channels:
+        raise ValueError(f"SimMIM: feature_dim {feature_dim} is not the width "
+                         f"{m.decoder[0].in_channels} of the encoder's last map")
+    return m

@@ -204,6 +204,60 @@ def test_simmim_loss_counts_masked_pixels_only(digits):
     assert loss.item() == pytest.approx(want, rel=1e-10)
 
 
+def _small_cnn(in_channels=3):
+    # bench_shapes.py's CNN, narrower: conv-BN-ReLU stem at stride 1, two stride-2 layers.
+    layers, c = [], in_channels
+    for w, s in zip((4, 8, 8), (1, 2, 2)):
+        layers += [nn.Conv2d(c, w, 3, s, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+        c = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+@pytest.fixture(scope="module")
+def shapes8():
+    return data.shapes(n_train=16, n_test=4, size=8, seed=0)
+
+
+def test_simmim_on_a_cnn_masks_at_the_stem_and_decodes_at_the_last_stride(shapes8):
+    random.manual_seed(0)
+    enc = _small_cnn()
+    m = methods.build("simmim", shapes8, encoder=enc).double()
+    assert m.encoder is enc and (m.patch_size, m.stride, m.mask_patch_size) == (1, 4, 4)
+    assert m.mask_token.shape == (1, 4, 1, 1) and m.decoder[0].weight.shape == (48, 8, 1, 1)
+    x = shapes8.train_x[:4].astype(np.float64)
+    mask = np.zeros((4, 8, 8), dtype=np.int64)
+    mask[:, :4, 4:] = 1                                           # one 4x4 square
+    base = m.reconstruct(x, mask).numpy()
+    # No pixel of the square reaches the encoder, not even through the rim of the stem's 3x3
+    # windows beside it: the mask token stands in for all of them.
+    x2 = x.copy()
+    x2[:, :, :4, 4:] = 5.0
+    np.testing.assert_allclose(m.reconstruct(x2, mask).numpy(), base, atol=1e-12)
+    m.reconstruct(x, np.zeros_like(mask)).sum().backward()
+    assert np.abs(m.mask_token.grad).max() == 0
+    np.testing.assert_array_equal(m.features(x), enc.eval()(m.as_input(x)).numpy()
+                                  .astype(np.float32))
+
+
+def test_simmim_trains_a_resnet_encoder_from_the_cli(tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["pretrain", "simmim", "--data", "shapes", "--image-size", "8", "--limit",
+                     "32", "--batch-size", "16", "--epochs", "1", "--no-progress",
+                     "--no-plots", "--encoder", "resnet", "--widths", "4,8",
+                     "--out", str(out)]) == 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert np.isfinite(record["loss"]) and record["embedding_std"] > 0
+
+
+@pytest.mark.parametrize("encoder,match", [
+    (nn.MLPEncoder(192, (8,)), "SimMIM: a custom encoder must be an nn.ConvEncoder"),
+    (nn.Sequential(nn.Conv2d(3, 4, 3, 3, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1)),
+     "SimMIM: the conv encoder must keep maps whose size divides")])
+def test_simmim_rejects_an_encoder_it_cannot_mask(encoder, match, shapes8):
+    with pytest.raises(ValueError, match=match):
+        methods.build("simmim", shapes8, encoder=encoder)
+
+
 # ------------------------------------------------------------------------ state round trip
 
 @pytest.mark.parametrize("name", NEW)
