@@ -10,23 +10,37 @@ final tokens over all patches of the unmasked image. PyTorch's ViT is ``bench_nn
 (``nn.TransformerEncoderLayer(norm_first=True)``, the same pre-LN block), initialised as the
 official ``models_mae.py``: xavier-uniform Linear weights and patch projection, zero biases.
 
-The options are ``bench_nn_v3_mim.py``'s (``--diagnose``, ``--same-init``, ``--batch-size``).
+``--init`` picks each seed's initial weights: each library's own draw (``own``, the
+default), or one draw for both, minissl's (``minissl``; ``--same-init`` is its old name) or
+PyTorch's (``pytorch``): the cross experiment that tells a difference in training from one in
+the draw of the weights. ``--init-stats N`` instead compares the two libraries' initial
+weights over N seeds, parameter by parameter (``init_stats``), and trains nothing.
+``--diagnose`` and ``--batch-size`` are ``bench_nn_v3_mim.py``'s.
 
     python benchmarks/bench_mae.py --epochs 100 --seeds 0 1 2
+    python benchmarks/bench_mae.py --epochs 100 --seeds 0 1 2 --init pytorch
+    python benchmarks/bench_mae.py --init-stats 50
 """
 import minissl
 
 minissl.runtime.tune()   # the process settings of a training loop (minissl/runtime.py)
 
+import argparse
 import os
 import sys
 import types
 
-from minissl import methods
+import numpy as np
+
+from minissl import data, methods, random
 from minissl.methods import masked
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_digits  # noqa: E402
+import compare_draws  # noqa: E402
 import bench_nn_v3_mim as mim  # noqa: E402
+
+INITS = ("own", "minissl", "pytorch")
 
 
 def build(method, d):
@@ -90,5 +104,113 @@ def _torch_mae(torch, d, epochs, seed, ours, batch, same_init=False):
             mim._features(torch, r.enc, flatten=False))
 
 
+def pytorch_draw(torch, ours, seed):
+    """The PyTorch recipe's initial weights for ``seed`` (those of its own run, which seeds
+    torch then builds ``torch_mae``) copied into the minissl ``MAE`` ``ours``."""
+    torch.manual_seed(seed)
+    pairs = mae_pairs(torch_mae(torch, ours))
+    named = dict(ours.named_parameters())
+    if sorted(name for _, name in pairs) != sorted(named):
+        raise ValueError("pytorch_draw: the pairs do not name each minissl parameter once")
+    for tp, name in pairs:
+        named[name].data[...] = tp.detach().numpy()
+    return ours
+
+
+def run(library, d, epochs, seed, batch, init="own"):
+    """(final loss, features) of one library's run; ``init`` (``INITS``) whose draw of the
+    initial weights it starts from."""
+    if library == "pytorch":
+        return mim.torch_run(d, epochs, "mae", seed, batch, build=build,
+                             recipes={"mae": _torch_mae}, same_init=init == "minissl")
+    if init == "pytorch":
+        import torch
+
+        def start(method, d):
+            return pytorch_draw(torch, build(method, d), seed)
+        return mim.minissl_run(d, epochs, "mae", seed, batch, build=start)
+    return mim.minissl_run(d, epochs, "mae", seed, batch, build=build)
+
+
+def fixed_differences(ours, r):
+    """What the two libraries fix rather than draw, where it differs (empty: nothing): the
+    sin-cos positions, every LayerNorm's eps, the activation, dropout, and which parameters
+    are trained (``r.params`` against the minissl parameters ``mae_pairs`` names)."""
+    import torch
+    out = []
+    for name, a, b in (("encoder positions", ours.encoder.pos_embed, r.enc.pos),
+                       ("decoder positions", ours.decoder_pos_embed, r.dec.pos)):
+        if not np.allclose(np.asarray(getattr(a, "data", a)), b.numpy(), atol=1e-7):
+            out.append(name)
+    eps = {m.eps for m in ours.modules() if type(m).__name__ == "LayerNorm"}
+    eps_t = {m.eps for vit in (r.enc, r.dec) for m in vit.modules()
+             if isinstance(m, torch.nn.LayerNorm)}
+    if eps != eps_t:
+        out.append(f"LayerNorm eps {eps} vs {eps_t}")
+    for vit in (r.enc, r.dec):
+        for blk in vit.blocks:
+            if blk.activation is not torch.nn.functional.gelu or blk.dropout.p or \
+                    blk.self_attn.dropout:
+                out.append("activation or dropout of a PyTorch block")
+    if {id(p) for p in r.params} != {id(tp) for tp, _ in mae_pairs(r)}:
+        out.append("trained parameters")
+    return out
+
+
+def init_stats(d, seeds):
+    """Both libraries' initial weights over ``seeds``, compared parameter by parameter
+    (``compare_draws.table``, whose pools it returns), after what they fix rather than draw
+    (``fixed_differences``)."""
+    import torch
+    pools = {}
+    for seed in seeds:
+        random.manual_seed(seed)
+        ours = build("mae", d)
+        torch.manual_seed(seed)
+        named, r = dict(ours.named_parameters()), torch_mae(torch, ours)
+        for tp, name in mae_pairs(r):
+            compare_draws.pool(pools, name, named[name].data, tp.detach().numpy())
+    print("fixed, not drawn (positions, LayerNorm eps, GELU, dropout, trained parameters): "
+          + (", ".join(fixed_differences(ours, r)) or "the same"))
+    return compare_draws.table(pools)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=mim.BATCH)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--libraries", nargs="+", default=["minissl", "pytorch"],
+                    choices=["minissl", "pytorch"])
+    ap.add_argument("--init", choices=INITS, default="own",
+                    help="each library's own draw of the initial weights, or minissl's or "
+                         "PyTorch's draw for both")
+    ap.add_argument("--same-init", dest="init", action="store_const", const="minissl",
+                    help="the same as --init minissl")
+    ap.add_argument("--init-stats", type=int, metavar="N",
+                    help="compare the initial weights over seeds 0..N-1; train nothing")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="after each minissl run, its reconstruction and per-depth probes")
+    args = ap.parse_args()
+    d = data.digits()
+    if args.init_stats:
+        init_stats(d, range(args.init_stats))
+        return
+    print("raw pixels digits probe 1/5/10: " + " ".join(
+        f"{a:.3f}" for a in mim.probe(lambda x: x.reshape(len(x), -1), d, mim.LABELS)))
+    accs = {lib: [] for lib in args.libraries}
+    for seed in args.seeds:
+        for lib in args.libraries:
+            loss, features = run(lib, d, args.epochs, seed, args.batch_size, args.init)
+            accs[lib].append(mim.probe(features, d, mim.LABELS))
+            print(f"{lib:8s} mae init {args.init} seed {seed}: final loss {loss:.4f}   probe "
+                  "1/5/10: " + " ".join(f"{a:.3f}" for a in accs[lib][-1]), flush=True)
+            if args.diagnose and lib == "minissl":
+                mim.diagnose(features.__self__, d)
+    for lib in args.libraries:
+        print(f"{lib:8s} mae init {args.init} over {len(accs[lib])} seed(s): probe 1/5/10 "
+              + bench_digits.seeds_summary(accs[lib]))
+
+
 if __name__ == "__main__":
-    mim.main(recipes=("mae",), build=build, torch_recipes={"mae": _torch_mae}, doc=__doc__)
+    main()

@@ -14,6 +14,12 @@ zeroed, as minissl.nn.MaskedConv2d does).
 
 (DIR/mnist/ from benchmarks/make_mnist_subset.py when MNIST itself is not at hand: the README's
 MNIST-subset figures are these 3 epochs, 375 steps on 4000 images.)
+
+``--init`` picks each seed's initial weights: each library's own draw (``own``, the default),
+or one draw for both, minissl's (``minissl``) or PyTorch's (``pytorch``): the cross experiment
+that tells a difference in training from one in the draw. ``--init-stats N`` compares the two
+libraries' initial weights over seeds 0..N-1 parameter by parameter
+(``compare_draws.table``) and trains nothing.
 """
 import minissl
 
@@ -21,6 +27,8 @@ minissl.runtime.tune()   # the process settings of a training loop (minissl/runt
 
 import argparse
 import math
+import os
+import sys
 import time
 
 import numpy as np
@@ -30,7 +38,11 @@ from minissl.methods.pixelcnn import (PixelCNN, PixelCNNConfig, bernoulli_baseli
                                       binarize)
 from minissl.nn.masked_conv import causal_mask
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare_draws  # noqa: E402
+
 BATCH, LR = 32, 3e-3
+INITS = ("own", "minissl", "pytorch")
 CONFIG = PixelCNNConfig(channels=32, layers=5, kernel_size=3, head_channels=64)
 
 
@@ -41,9 +53,43 @@ def batches(x, epochs, seed):
             yield x[order[i * BATCH:(i + 1) * BATCH]]
 
 
-def minissl_run(d, epochs, seed):
+def torch_name(name):
+    """minissl's parameter name -> the torch.nn recipe's (its layers call the stacks v, h)."""
+    name = name.removeprefix("encoder.")
+    return name.replace(".vertical.", ".v.").replace(".horizontal.", ".h.")
+
+
+def minissl_draw(image_shape, seed):
+    """minissl's initial PixelCNN for ``seed``: the one its run of the seed starts from."""
     random.manual_seed(seed)
-    m = PixelCNN(d.image_shape, CONFIG)
+    return PixelCNN(image_shape, CONFIG)
+
+
+def torch_draw(torch, image_shape, seed):
+    """PyTorch's initial network for ``seed``: the one its run of the seed starts from."""
+    torch.manual_seed(seed)
+    return torch_model(torch, CONFIG)
+
+
+def copy_into_torch(torch, ours, net):
+    """The minissl PixelCNN ``ours``'s weights into the torch.nn recipe ``net``."""
+    state = {torch_name(k): torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected or not all(k.endswith(".mask") for k in missing):
+        raise ValueError(f"copy_into_torch: names differ: {missing}, {unexpected}")
+    return net
+
+
+def minissl_run(d, epochs, seed, init="own"):
+    m = minissl_draw(d.image_shape, seed)
+    if init == "pytorch":
+        import torch
+        theirs = dict(torch_draw(torch, d.image_shape, seed).named_parameters())
+        named = dict(m.named_parameters())
+        if sorted(theirs) != sorted(map(torch_name, named)):
+            raise ValueError("minissl_run: the two networks' parameters differ")
+        for name, p in named.items():
+            p.data[...] = theirs[torch_name(name)].detach().numpy()
     opt = optim.Adam(m.trainable_parameters(), lr=LR)
     rng = np.random.default_rng(seed)
     for x in batches(d.train_x, epochs, seed):
@@ -104,11 +150,12 @@ def torch_model(torch, c):
     return Net()
 
 
-def torch_run(d, epochs, seed):
+def torch_run(d, epochs, seed, init="own"):
     import torch
-    torch.manual_seed(seed)
     torch.set_num_threads(1)
-    net = torch_model(torch, CONFIG)
+    net = torch_draw(torch, d.image_shape, seed)
+    if init == "minissl":
+        copy_into_torch(torch, minissl_draw(d.image_shape, seed), net)
     opt = torch.optim.Adam(net.parameters(), lr=LR)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     for x in batches(d.train_x, epochs, seed):
@@ -123,6 +170,18 @@ def torch_run(d, epochs, seed):
         return nats / b.numel() / math.log(2)
 
 
+def init_stats(image_shape, seeds):
+    """Both libraries' initial weights over ``seeds``, compared parameter by parameter
+    (``compare_draws.table``, whose pools it returns)."""
+    import torch
+    pools = {}
+    for seed in seeds:
+        theirs = dict(torch_draw(torch, image_shape, seed).named_parameters())
+        for name, p in minissl_draw(image_shape, seed).named_parameters():
+            compare_draws.pool(pools, name, p.data, theirs[torch_name(name)].detach().numpy())
+    return compare_draws.table(pools)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="digits")
@@ -130,8 +189,16 @@ def main():
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--only", choices=("minissl", "torch"))
+    ap.add_argument("--init", choices=INITS, default="own",
+                    help="each library's own draw of the initial weights, or minissl's or "
+                         "PyTorch's draw for both")
+    ap.add_argument("--init-stats", type=int, metavar="N",
+                    help="compare the initial weights over seeds 0..N-1; train nothing")
     args = ap.parse_args()
     d = data.load(args.data, **({"root": args.data_root} if args.data_root else {}))
+    if args.init_stats:
+        init_stats(d.image_shape, range(args.init_stats))
+        return
     base = bernoulli_baseline_bits(binarize(d.train_x), binarize(d.test_x))
     print(f"{args.data}: {len(d.train_x)} train / {len(d.test_x)} test images "
           f"{d.image_shape}; independent Bernoulli pixels: {base:.4f} bits/dim")
@@ -140,9 +207,10 @@ def main():
     for seed in args.seeds:
         for r in runs:
             t0 = time.perf_counter()
-            bits = (minissl_run if r == "minissl" else torch_run)(d, args.epochs, seed)
+            bits = (minissl_run if r == "minissl" else torch_run)(d, args.epochs, seed,
+                                                                   args.init)
             results[r].append(bits)
-            print(f"seed {seed} {r:8s} test {bits:.4f} bits/dim "
+            print(f"seed {seed} {r:8s} init {args.init} test {bits:.4f} bits/dim "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     for r, v in results.items():
         print(f"{r:8s} {np.mean(v):.4f} +- {np.std(v):.4f} bits/dim over seeds {args.seeds}")

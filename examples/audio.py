@@ -7,7 +7,7 @@ linear probe of every method's time-averaged features against raw samples and a 
 spectrogram. Writes ``generated.wav`` (WaveNet, 2 s) and the pictures into ``--out``.
 
     python examples/audio.py --epochs 2                  # a few minutes per method on a CPU
-    python examples/audio.py --methods cpc --epochs 8 --lr 3e-3
+    python examples/audio.py --methods cpc --epochs 16 --lr 3e-3  # the README's CPC: 400 steps
 """
 import argparse
 import os

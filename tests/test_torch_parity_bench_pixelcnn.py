@@ -23,21 +23,9 @@ def bench():
     return module
 
 
-def _torch_name(name):
-    """minissl's parameter name -> the torch.nn recipe's (its layers call the stacks v, h)."""
-    name = name.removeprefix("encoder.")
-    return name.replace(".vertical.", ".v.").replace(".horizontal.", ".h.")
-
-
 def _pair(bench, side):
-    import minissl as ms
-    from minissl.methods.pixelcnn import PixelCNN
-    ms.random.manual_seed(0)
-    ours, theirs = PixelCNN((1, side, side), bench.CONFIG), bench.torch_model(torch, bench.CONFIG)
-    state = {_torch_name(k): torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()}
-    missing, unexpected = theirs.load_state_dict(state, strict=False)
-    assert unexpected == [] and all(k.endswith(".mask") for k in missing)
-    return ours, theirs
+    ours = bench.minissl_draw((1, side, side), 0)
+    return ours, bench.copy_into_torch(torch, ours, bench.torch_model(torch, bench.CONFIG))
 
 
 @pytest.mark.parametrize("side", [8, 28])
@@ -55,7 +43,37 @@ def test_same_logits_loss_and_gradients(bench, side):
     tloss = torch.nn.functional.binary_cross_entropy_with_logits(want, t)
     tloss.backward()
     assert loss.item() == pytest.approx(tloss.item(), rel=1e-5)
-    grads = {_torch_name(n): p.grad for n, p in ours.named_parameters()}
+    grads = {bench.torch_name(n): p.grad for n, p in ours.named_parameters()}
     for n, p in theirs.named_parameters():
         np.testing.assert_allclose(np.asarray(grads[n]), p.grad.numpy(), rtol=1e-3, atol=1e-6,
                                    err_msg=n)
+
+
+def test_init_stats_pools_each_parameter_of_both_draws(bench, capsys):
+    """``--init-stats``: every parameter, each library's own draw of the seed (the PyTorch
+    draw is the one ``torch_run`` starts from)."""
+    pytest.importorskip("scipy")
+    pools = bench.init_stats((1, 8, 8), range(2))
+    assert "KS p" in capsys.readouterr().out
+    ours, theirs = bench.minissl_draw((1, 8, 8), 1), bench.torch_draw(torch, (1, 8, 8), 1)
+    assert len(pools) == len(list(theirs.parameters()))
+    for name, p in ours.named_parameters():
+        a, b = pools[name]
+        n = p.data.size
+        np.testing.assert_array_equal(a[n:], np.ravel(p.data), err_msg=name)
+        t = dict(theirs.named_parameters())[bench.torch_name(name)]
+        np.testing.assert_array_equal(b[n:], t.detach().numpy().ravel(), err_msg=name)
+
+
+def test_init_pytorch_and_minissl_start_both_libraries_from_one_draw(bench):
+    """``--init``: with no step taken, minissl from PyTorch's draw scores what PyTorch's own
+    run starts from, and PyTorch from minissl's draw what minissl's own starts from."""
+    from types import SimpleNamespace
+    rng = np.random.default_rng(0)
+    d = SimpleNamespace(image_shape=(1, 8, 8), train_x=rng.random((40, 1, 8, 8)),
+                        test_x=rng.random((20, 1, 8, 8)).astype(np.float32))
+    for seed in (0, 1):
+        own = bench.minissl_run(d, 0, seed), bench.torch_run(d, 0, seed)
+        crossed = bench.torch_run(d, 0, seed, "minissl"), bench.minissl_run(d, 0, seed, "pytorch")
+        assert crossed == pytest.approx(own, rel=1e-5)
+        assert abs(own[0] - own[1]) > 1e-4                  # two different draws

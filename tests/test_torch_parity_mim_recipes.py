@@ -130,3 +130,51 @@ def test_diagnose_probes_each_depth_and_scores_the_mean_image_fill(bench, name, 
         _, mask, _ = m.reconstruct(x, np.random.default_rng(0))
         want = (((mean_image - x) ** 2) * mask).sum() / mask.sum()
     assert fill == pytest.approx(want, abs=1e-4)
+
+
+@needs_torch
+def test_mae_recipe_draws_minissls_initial_weights(bench, capsys):
+    """The README compares the two libraries over seeds, each from its own draw of the
+    initial weights: those draws must come from the same distribution, parameter by
+    parameter (a two-sample Kolmogorov-Smirnov test over 8 seeds; constants equal), with the
+    same fixed parts (positions, LayerNorm eps, GELU, no dropout, the trained parameters)."""
+    pytest.importorskip("scipy")
+    _, mae_bench = bench
+    pools = mae_bench.init_stats(data.digits(), range(8))
+    assert "fixed, not drawn (positions, LayerNorm eps, GELU, dropout, trained parameters): " \
+        "the same" in capsys.readouterr().out
+    from scipy.stats import ks_2samp
+    for name, (ours, theirs) in pools.items():
+        if np.ptp(ours) == 0:
+            np.testing.assert_array_equal(ours, theirs, err_msg=name)
+        else:
+            assert ks_2samp(ours, theirs).pvalue > 1e-3, name
+
+
+@needs_torch
+def test_mae_fixed_differences_names_what_differs(bench):
+    _, mae_bench = bench
+    ours = methods.build("mae", data.digits(), embed_dim=16, depth=1, num_heads=2,
+                         decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2)
+    r = mae_bench.torch_mae(torch, ours)
+    assert mae_bench.fixed_differences(ours, r) == []
+    r.enc.norm.eps = 1e-6
+    r.dec.pos += 1
+    r.params.pop()
+    assert mae_bench.fixed_differences(ours, r)[:1] == ["decoder positions"]
+    assert len(mae_bench.fixed_differences(ours, r)) == 3
+
+
+@needs_torch
+def test_mae_pytorch_draw_is_the_pytorch_runs_initial_weights(bench):
+    """``--init pytorch``: minissl starts from exactly the weights PyTorch's run of the seed
+    starts from."""
+    _, mae_bench = bench
+    d = data.digits()
+    ours = mae_bench.pytorch_draw(torch, methods.build("mae", d), seed=3)
+    torch.manual_seed(3)
+    r = mae_bench.torch_mae(torch, methods.build("mae", d))
+    named = dict(ours.named_parameters())
+    for tp, name in mae_bench.mae_pairs(r):
+        np.testing.assert_array_equal(np.asarray(named[name].data), tp.detach().numpy(),
+                                      err_msg=name)
