@@ -10,7 +10,8 @@ MAE init of the Linear layers). Test error and probe are computed the same way f
 ``VideoMAE.eval_seed``'s masks, the squared error on the hidden pixels; features = the
 method's (``VideoMAE.features``: all the encoder's tokens on the whole clip; ``--set
 pool=mean`` for the official fine-tuning read-out, fc_norm of their mean), probed by
-``evaluate.few_label_probe`` (100 labels per class, 2 draws). The recipe is ``BATCH``,
+``evaluate.few_label_probe`` (100 labels per class, ``--draws`` draws of them, 2 unless
+told; raw pixels are probed on the same draws, the baseline). The recipe is ``BATCH``,
 ``LR`` and ``VARIANTS`` below: Adam, batch 32, a linear warm-up of one epoch and a cosine
 decay over ``--epochs`` (10), one CPU thread. PyTorch draws its own initial weights, or
 with ``--torch-init minissl`` starts from minissl's for the seed (then only the library
@@ -33,7 +34,8 @@ import numpy as np
 from minissl import data, evaluate, methods, optim, random
 from minissl.methods.videomae import VideoMAEConfig, mask_indices, sinusoid_table
 
-BATCH, LR, LABELS, DRAWS = 32, 1e-3, 100, 2
+BATCH, LR, LABELS = 32, 1e-3, 100
+DRAWS = 2    # draws of the labelled clips per probe (``--draws``)
 VARIANTS = {                                   # VideoMAEConfig overrides
     "tube": {},                                # the defaults: tube masking, tubelets of 2
     "frame": {"mask_type": "random", "tubelet_size": 1, "mask_ratio": 0.75},
@@ -69,8 +71,18 @@ def scores(ref, d, predict, features):
     err = ((predict(d.test_x, mask) - ref.targets(x)) ** 2).mean(-1)
     mse = float((err * mask).sum() / mask.sum())
     tr, te = features(d.train_x), features(d.test_x)
-    acc, sd = evaluate.few_label_probe(tr, d.train_y, te, d.test_y, LABELS, draws=DRAWS)
-    return mse, ref.baseline_mse(d.test_x), acc, sd
+    return (mse, ref.baseline_mse(d.test_x)) + probe(tr, te, d)
+
+
+def probe(train_features, test_features, d):
+    """(mean, sd) over ``DRAWS`` draws of the few-label linear probe of the direction; draw k
+    is the same labelled clips for every model (``few_label_probe``'s seed k)."""
+    return evaluate.few_label_probe(train_features, d.train_y, test_features, d.test_y,
+                                    LABELS, draws=DRAWS)
+
+
+def pixels(x):
+    return x.reshape(len(x), -1)
 
 
 def batched(fn, x, n=250):
@@ -218,9 +230,8 @@ def diagnose(d):
     import torch
     tnn = torch.nn
 
-    def probe(name, f):
-        acc, sd = evaluate.few_label_probe(f(d.train_x), d.train_y, f(d.test_x), d.test_y,
-                                           LABELS, draws=DRAWS)
+    def show(name, f):
+        acc, sd = probe(f(d.train_x), f(d.test_x), d)
         print(f"linear probe on {name}: {acc:.3f} +- {sd:.3f}", flush=True)
 
     def track(x):   # per frame the centroid of |pixel - clip median| (the figure), its slope
@@ -232,9 +243,9 @@ def diagnose(d):
         t = np.arange(x.shape[2]) - (x.shape[2] - 1) / 2
         return (pos * t[None, :, None]).sum(1) / (t ** 2).sum()     # (B, 2) px per frame
 
-    probe("raw pixels", lambda x: x.reshape(len(x), -1))
-    probe("frame differences", lambda x: np.diff(x, axis=2).reshape(len(x), -1))
-    probe("the figure's velocity (centroid track, 2 numbers)", track)
+    show("raw pixels", pixels)
+    show("frame differences", lambda x: np.diff(x, axis=2).reshape(len(x), -1))
+    show("the figure's velocity (centroid track, 2 numbers)", track)
     torch.manual_seed(0)
     for k in (LABELS, None):
         idx = (np.arange(len(d.train_x)) if k is None else
@@ -261,7 +272,7 @@ def diagnose(d):
         for pool in ("mean", "tokens"):
             random.manual_seed(0)
             ref = methods.build("videomae", d, **dict(VARIANTS[variant], pool=pool))
-            probe(f"{variant}: the untrained encoder (pool {pool})", ref.features)
+            show(f"{variant}: the untrained encoder (pool {pool})", ref.features)
         mask = ref._eval_masks(len(d.test_x), None)
         x = d.test_x.astype(np.float64)
         tok = ref.targets(x)                                           # (B, N, P)
@@ -277,6 +288,7 @@ def diagnose(d):
 
 
 def main():
+    global DRAWS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variant", choices=tuple(VARIANTS), nargs="+", default=["tube"])
     ap.add_argument("--epochs", type=int, default=10)
@@ -286,8 +298,13 @@ def main():
                     help="a VideoMAEConfig field for every variant, e.g. mask_ratio=0.75")
     ap.add_argument("--torch-init", choices=("own", "minissl"), default="own",
                     help="PyTorch's own initial draws or minissl's weights for the seed")
+    ap.add_argument("--draws", type=int, default=DRAWS,
+                    help="draws of the 100 labelled clips per class of each probe")
     ap.add_argument("--diagnose", action="store_true", help="probes of the data (PyTorch)")
     args = ap.parse_args()
+    if args.draws < 1:
+        ap.error(f"--draws must be at least 1, got {args.draws}")
+    DRAWS = args.draws
     for item in args.set:
         key, value = item.split("=", 1)
         for over in VARIANTS.values():
@@ -295,6 +312,8 @@ def main():
     d = load()
     if args.diagnose:
         return diagnose(d)
+    acc, sd = probe(pixels(d.train_x), pixels(d.test_x), d)
+    print(f"raw pixels: probe {acc:.3f} +- {sd:.3f} ({DRAWS} draws)", flush=True)
     runs = {k: v for k, v in (("minissl", minissl_run), ("pytorch", functools.partial(
         torch_run, init=args.torch_init))) if args.library in (k, "both")}
     for variant in args.variant:
