@@ -64,21 +64,27 @@ def steps(d, epochs, seed):
 
 
 def scores(ref, d, predict, features):
-    """(test error on the hidden pixels, trivial fill's, probe mean, probe sd) of a model given
+    """(test error on the hidden pixels, trivial fill's, probe per draw) of a model given
     as ``predict(clips, mask) -> tokens`` and ``features(clips) -> (B, D)``."""
     x = d.test_x.astype(np.float64)
     mask = ref._eval_masks(len(x), None)
     err = ((predict(d.test_x, mask) - ref.targets(x)) ** 2).mean(-1)
     mse = float((err * mask).sum() / mask.sum())
     tr, te = features(d.train_x), features(d.test_x)
-    return (mse, ref.baseline_mse(d.test_x)) + probe(tr, te, d)
+    return mse, ref.baseline_mse(d.test_x), probe(tr, te, d)
 
 
 def probe(train_features, test_features, d):
-    """(mean, sd) over ``DRAWS`` draws of the few-label linear probe of the direction; draw k
-    is the same labelled clips for every model (``few_label_probe``'s seed k)."""
-    return evaluate.few_label_probe(train_features, d.train_y, test_features, d.test_y,
-                                    LABELS, draws=DRAWS)
+    """The few-label linear probe of the direction, one accuracy per draw (``DRAWS``); draw k
+    is the same labelled clips for every model (``few_label_probe``'s draw k)."""
+    return np.array([evaluate.few_label_probe(train_features, d.train_y, test_features,
+                                              d.test_y, LABELS, draws=1, seed=k)[0]
+                     for k in range(DRAWS)])
+
+
+def show_probe(accs):
+    draws = f" (draws {' '.join(f'{a:.3f}' for a in accs)})" if len(accs) > 1 else ""
+    return f"{accs.mean():.3f} +- {accs.std():.3f}{draws}"
 
 
 def pixels(x):
@@ -231,8 +237,8 @@ def diagnose(d):
     tnn = torch.nn
 
     def show(name, f):
-        acc, sd = probe(f(d.train_x), f(d.test_x), d)
-        print(f"linear probe on {name}: {acc:.3f} +- {sd:.3f}", flush=True)
+        print(f"linear probe on {name}: {show_probe(probe(f(d.train_x), f(d.test_x), d))}",
+              flush=True)
 
     def track(x):   # per frame the centroid of |pixel - clip median| (the figure), its slope
         fig = np.abs(x[:, 0] - np.median(x[:, 0], axis=(1, 2, 3), keepdims=True))  # (B,T,H,W)
@@ -312,8 +318,8 @@ def main():
     d = load()
     if args.diagnose:
         return diagnose(d)
-    acc, sd = probe(pixels(d.train_x), pixels(d.test_x), d)
-    print(f"raw pixels: probe {acc:.3f} +- {sd:.3f} ({DRAWS} draws)", flush=True)
+    print(f"raw pixels: probe {show_probe(probe(pixels(d.train_x), pixels(d.test_x), d))}",
+          flush=True)
     runs = {k: v for k, v in (("minissl", minissl_run), ("pytorch", functools.partial(
         torch_run, init=args.torch_init))) if args.library in (k, "both")}
     for variant in args.variant:
@@ -322,9 +328,10 @@ def main():
             for s in args.seeds:
                 got.append(run(d, variant, args.epochs, s))
                 print(f"  {variant} {lib} seed {s}: test error {got[-1][0]:.4f} (fill "
-                      f"{got[-1][1]:.4f}), probe {got[-1][2]:.3f} +- {got[-1][3]:.3f}",
+                      f"{got[-1][1]:.4f}), probe {show_probe(got[-1][2])}",
                       flush=True)
-            mse, base, acc, _ = np.array(got).T
+            mse, base = np.array([g[:2] for g in got]).T
+            acc = np.array([g[2].mean() for g in got])
             print(f"{variant} {lib}: test error {mse.mean():.4f} +- {mse.std():.4f} (fill "
                   f"{base.mean():.4f}), probe {acc.mean():.3f} +- {acc.std():.3f} "
                   f"(seeds {' '.join(map(str, args.seeds))})", flush=True)
