@@ -10,7 +10,8 @@ MAE init of the Linear layers). Test error and probe are computed the same way f
 ``VideoMAE.eval_seed``'s masks, the squared error on the hidden pixels; features = the
 method's (``VideoMAE.features``: all the encoder's tokens on the whole clip; ``--set
 pool=mean`` for the official fine-tuning read-out, fc_norm of their mean), probed by
-``evaluate.few_label_probe`` (100 labels per class, 2 draws). The recipe is ``BATCH``,
+``evaluate.few_label_probe`` (100 labels per class, ``--draws`` draws of them, 2 unless
+told; raw pixels are probed on the same draws, the baseline). The recipe is ``BATCH``,
 ``LR`` and ``VARIANTS`` below: Adam, batch 32, a linear warm-up of one epoch and a cosine
 decay over ``--epochs`` (10), one CPU thread. PyTorch draws its own initial weights, or
 with ``--torch-init minissl`` starts from minissl's for the seed (then only the library
@@ -33,7 +34,8 @@ import numpy as np
 from minissl import data, evaluate, methods, optim, random
 from minissl.methods.videomae import VideoMAEConfig, mask_indices, sinusoid_table
 
-BATCH, LR, LABELS, DRAWS = 32, 1e-3, 100, 2
+BATCH, LR, LABELS = 32, 1e-3, 100
+DRAWS = 2    # draws of the labelled clips per probe (``--draws``)
 VARIANTS = {                                   # VideoMAEConfig overrides
     "tube": {},                                # the defaults: tube masking, tubelets of 2
     "frame": {"mask_type": "random", "tubelet_size": 1, "mask_ratio": 0.75},
@@ -62,15 +64,31 @@ def steps(d, epochs, seed):
 
 
 def scores(ref, d, predict, features):
-    """(test error on the hidden pixels, trivial fill's, probe mean, probe sd) of a model given
+    """(test error on the hidden pixels, trivial fill's, probe per draw) of a model given
     as ``predict(clips, mask) -> tokens`` and ``features(clips) -> (B, D)``."""
     x = d.test_x.astype(np.float64)
     mask = ref._eval_masks(len(x), None)
     err = ((predict(d.test_x, mask) - ref.targets(x)) ** 2).mean(-1)
     mse = float((err * mask).sum() / mask.sum())
     tr, te = features(d.train_x), features(d.test_x)
-    acc, sd = evaluate.few_label_probe(tr, d.train_y, te, d.test_y, LABELS, draws=DRAWS)
-    return mse, ref.baseline_mse(d.test_x), acc, sd
+    return mse, ref.baseline_mse(d.test_x), probe(tr, te, d)
+
+
+def probe(train_features, test_features, d):
+    """The few-label linear probe of the direction, one accuracy per draw (``DRAWS``); draw k
+    is the same labelled clips for every model (``few_label_probe``'s draw k)."""
+    return np.array([evaluate.few_label_probe(train_features, d.train_y, test_features,
+                                              d.test_y, LABELS, draws=1, seed=k)[0]
+                     for k in range(DRAWS)])
+
+
+def show_probe(accs):
+    draws = f" (draws {' '.join(f'{a:.3f}' for a in accs)})" if len(accs) > 1 else ""
+    return f"{accs.mean():.3f} +- {accs.std():.3f}{draws}"
+
+
+def pixels(x):
+    return x.reshape(len(x), -1)
 
 
 def batched(fn, x, n=250):
@@ -218,10 +236,9 @@ def diagnose(d):
     import torch
     tnn = torch.nn
 
-    def probe(name, f):
-        acc, sd = evaluate.few_label_probe(f(d.train_x), d.train_y, f(d.test_x), d.test_y,
-                                           LABELS, draws=DRAWS)
-        print(f"linear probe on {name}: {acc:.3f} +- {sd:.3f}", flush=True)
+    def show(name, f):
+        print(f"linear probe on {name}: {show_probe(probe(f(d.train_x), f(d.test_x), d))}",
+              flush=True)
 
     def track(x):   # per frame the centroid of |pixel - clip median| (the figure), its slope
         fig = np.abs(x[:, 0] - np.median(x[:, 0], axis=(1, 2, 3), keepdims=True))  # (B,T,H,W)
@@ -232,9 +249,9 @@ def diagnose(d):
         t = np.arange(x.shape[2]) - (x.shape[2] - 1) / 2
         return (pos * t[None, :, None]).sum(1) / (t ** 2).sum()     # (B, 2) px per frame
 
-    probe("raw pixels", lambda x: x.reshape(len(x), -1))
-    probe("frame differences", lambda x: np.diff(x, axis=2).reshape(len(x), -1))
-    probe("the figure's velocity (centroid track, 2 numbers)", track)
+    show("raw pixels", pixels)
+    show("frame differences", lambda x: np.diff(x, axis=2).reshape(len(x), -1))
+    show("the figure's velocity (centroid track, 2 numbers)", track)
     torch.manual_seed(0)
     for k in (LABELS, None):
         idx = (np.arange(len(d.train_x)) if k is None else
@@ -261,7 +278,7 @@ def diagnose(d):
         for pool in ("mean", "tokens"):
             random.manual_seed(0)
             ref = methods.build("videomae", d, **dict(VARIANTS[variant], pool=pool))
-            probe(f"{variant}: the untrained encoder (pool {pool})", ref.features)
+            show(f"{variant}: the untrained encoder (pool {pool})", ref.features)
         mask = ref._eval_masks(len(d.test_x), None)
         x = d.test_x.astype(np.float64)
         tok = ref.targets(x)                                           # (B, N, P)
@@ -277,6 +294,7 @@ def diagnose(d):
 
 
 def main():
+    global DRAWS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variant", choices=tuple(VARIANTS), nargs="+", default=["tube"])
     ap.add_argument("--epochs", type=int, default=10)
@@ -286,8 +304,13 @@ def main():
                     help="a VideoMAEConfig field for every variant, e.g. mask_ratio=0.75")
     ap.add_argument("--torch-init", choices=("own", "minissl"), default="own",
                     help="PyTorch's own initial draws or minissl's weights for the seed")
+    ap.add_argument("--draws", type=int, default=DRAWS,
+                    help="draws of the 100 labelled clips per class of each probe")
     ap.add_argument("--diagnose", action="store_true", help="probes of the data (PyTorch)")
     args = ap.parse_args()
+    if args.draws < 1:
+        ap.error(f"--draws must be at least 1, got {args.draws}")
+    DRAWS = args.draws
     for item in args.set:
         key, value = item.split("=", 1)
         for over in VARIANTS.values():
@@ -295,6 +318,8 @@ def main():
     d = load()
     if args.diagnose:
         return diagnose(d)
+    print(f"raw pixels: probe {show_probe(probe(pixels(d.train_x), pixels(d.test_x), d))}",
+          flush=True)
     runs = {k: v for k, v in (("minissl", minissl_run), ("pytorch", functools.partial(
         torch_run, init=args.torch_init))) if args.library in (k, "both")}
     for variant in args.variant:
@@ -303,9 +328,10 @@ def main():
             for s in args.seeds:
                 got.append(run(d, variant, args.epochs, s))
                 print(f"  {variant} {lib} seed {s}: test error {got[-1][0]:.4f} (fill "
-                      f"{got[-1][1]:.4f}), probe {got[-1][2]:.3f} +- {got[-1][3]:.3f}",
+                      f"{got[-1][1]:.4f}), probe {show_probe(got[-1][2])}",
                       flush=True)
-            mse, base, acc, _ = np.array(got).T
+            mse, base = np.array([g[:2] for g in got]).T
+            acc = np.array([g[2].mean() for g in got])
             print(f"{variant} {lib}: test error {mse.mean():.4f} +- {mse.std():.4f} (fill "
                   f"{base.mean():.4f}), probe {acc.mean():.3f} +- {acc.std():.3f} "
                   f"(seeds {' '.join(map(str, args.seeds))})", flush=True)

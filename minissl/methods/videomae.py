@@ -32,8 +32,8 @@ norm). The paper evaluates by fine-tuning the whole network on labels, where the
 learn to carry the motion into the mean; a frozen linear probe cannot, and the mean over space
 and time throws away where and when each token was: the order in time that a direction is
 made of (measured on ``moving_shapes``, README: the mean probes no better than an untrained
-encoder, the tokens above raw pixels on average; the default ``pool`` is a difference from
-the official code, listed in docs/faithful.md).
+encoder, the tokens above raw pixels; the default ``pool`` is a difference from the official
+code, listed in docs/faithful.md).
 
 Differences, on purpose: ``norm_pix`` defaults to False: most tubelets of the procedural
 clips are flat background plus pixel noise, which per-tubelet normalisation blows up to
@@ -158,7 +158,8 @@ class VideoMAEConfig:
     patch_size: int = 4           # p, pixels per patch side (paper: 16 on 224 px)
     tubelet_size: int = 2         # t, frames per tubelet (paper: 2)
     mask_type: str = "tube"       # "tube" (the paper's) or "random" (tokens over the clip)
-    mask_ratio: float = 0.9       # fraction hidden (paper: 0.9 with tubes)
+    mask_ratio: float = 0.9       # fraction hidden (paper: 0.9 with tubes; its UCF101
+    #                               script and the README's recipe: 0.75)
     embed_dim: int = 64           # encoder width (ViT-B: 768)
     depth: int = 4                # encoder blocks (ViT-B: 12)
     num_heads: int = 4            # encoder heads (ViT-B: 12)
