@@ -45,10 +45,28 @@ def load(name):
 
 def build(method, d, **overrides):
     """The minissl method of the recipe (the encoder by data set, as the module says);
-    ``overrides`` set fields of its config (``--set``)."""
+    ``overrides`` set fields of its config (``--set``). On ``shapes`` the views are
+    ``shapes_multicrop``'s, with the number of local views and the crop areas of the config
+    where ``overrides`` set them."""
     if d.name == "shapes":
-        return bench_shapes.build(method, d, shapes_multicrop(), **overrides)
+        return bench_shapes.build(method, d, shapes_views(**overrides), **overrides)
     return methods.build(method, d, **overrides)
+
+
+def shapes_views(n_local=6, global_scale_min=0.4, local_scale_min=0.05, local_scale_max=0.4,
+                 **_):
+    """``bench_shapes.shapes_multicrop`` with the config's view fields (its defaults unset)."""
+    views = shapes_multicrop(int(n_local))
+    views.global_transform.transforms[0].scale = (global_scale_min, 1.0)
+    views.local_transform.transforms[0].scale = (local_scale_min, local_scale_max)
+    return views
+
+
+def parse_set(pairs):
+    """``--set KEY=VALUE ...`` as config overrides: integers stay integers, the rest floats."""
+    def number(v):
+        return int(v) if v.lstrip("-").isdigit() else float(v)
+    return {k: number(v) for k, v in (kv.split("=", 1) for kv in pairs)}
 
 
 def minissl_run(method, d, epochs, seed, **overrides):
@@ -176,10 +194,10 @@ def main():
     ap.add_argument("--libs", nargs="+", default=["minissl", "pytorch"])
     ap.add_argument("--raw", action="store_true", help="probe the raw pixels only")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                    help="config fields of the method, in both libraries (floats)")
+                    help="config fields of the method, in both libraries (numbers)")
     args = ap.parse_args()
     try:
-        overrides = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+        overrides = parse_set(args.set)
         methods.config_class(args.method)(**overrides)
     except (ValueError, TypeError) as e:
         ap.error(f"--set: {e}")
