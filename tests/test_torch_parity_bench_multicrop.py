@@ -37,3 +37,48 @@ def test_set_crop_areas_reach_the_views_of_shapes(bench):
 def test_set_parses_integers_as_integers(bench):
     assert bench.parse_set(["n_local=0", "teacher_temp=0.02"]) == {"n_local": 0,
                                                                  "teacher_temp": 0.02}
+
+
+def test_the_official_schedules_are_main_dinos(bench):
+    lr = bench.cosine_scheduler(5e-4, 1e-6, epochs=60, niter_per_ep=7, warmup_epochs=10)
+    assert len(lr) == 420 and lr[0] == 0 and lr[69] == pytest.approx(5e-4)
+    assert lr[70] == pytest.approx(5e-4) and lr[-1] == pytest.approx(1e-6, abs=1e-7)
+    wd = bench.cosine_scheduler(0.04, 0.4, epochs=60, niter_per_ep=7)
+    assert wd[0] == pytest.approx(0.04) and wd[-1] == pytest.approx(0.4, abs=1e-4)
+
+
+@pytest.mark.parametrize("lib", ["minissl", "pytorch"])
+def test_official_optimisation_clips_each_gradient_and_freezes_the_last_layer(bench, lib):
+    import minissl as ms
+    d = bench.bench_shapes.load(n_train=20)
+    if lib == "minissl":
+        named = list(bench.build("dino", d).named_parameters())
+        opt_cls, fill = ms.optim.AdamW, lambda p: np.full(p.shape, 10, np.float32)
+        norm = lambda g: float(np.sqrt((g * g).sum()))   # noqa: E731
+    else:
+        enc, head = bench.torch_nets("dino", d, ms.methods.config_class("dino")())
+        named = list(enc.named_parameters("encoder")) + list(head.named_parameters("head"))
+        opt_cls, fill, norm = torch.optim.AdamW, lambda p: torch.full(p.shape, 10.0), \
+            lambda g: float(g.norm())
+    trained = [(n, p) for n, p in named if p.requires_grad]
+    opt, before_step = bench.official_optimisation(named, opt_cls, epochs=60, niter_per_ep=7)
+    assert [g["weight_decay"] for g in opt.param_groups][1] == 0.0
+    for step, last_kept in ((6, False), (7, True)):
+        for _, p in trained:
+            p.grad = fill(p)
+        before_step(step)
+        last = [p for n, p in trained if ".last" in n]
+        assert len(last) == 1 and (last[0].grad is not None) == last_kept
+        assert all(norm(p.grad) == pytest.approx(3.0, rel=1e-4) for _, p in trained
+                   if p.grad is not None)
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.04, rel=1e-2)
+    assert opt.param_groups[0]["lr"] == opt.param_groups[1]["lr"] == pytest.approx(5e-4 * 7 / 69)
+
+
+@pytest.mark.parametrize("lib", ["minissl", "pytorch"])
+def test_a_step_of_official_optimisation_runs(bench, lib):
+    d = bench.bench_shapes.load(n_train=256)                     # 1 step per epoch
+    run = {"minissl": bench.minissl_run, "pytorch": bench.torch_run}[lib]
+    features, metrics = run("dino", d, 1, 0, "official", n_local=2)
+    assert features(d.test_x[:4]).shape == (4, bench.WIDTHS[-1])
+    assert np.isfinite(metrics["teacher_entropy"])
