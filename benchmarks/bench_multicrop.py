@@ -32,7 +32,7 @@ import sys
 
 import numpy as np
 
-from minissl import data, methods, optim, random
+from minissl import augment, data, methods, optim, random
 from minissl.methods.base import cosine_tau
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -47,20 +47,27 @@ def load(name):
     return data.digits() if name == "digits" else bench_shapes.load()
 
 
-def build(method, d, **overrides):
+def build(method, d, views="shapes", **overrides):
     """The minissl method of the recipe (the encoder by data set, as the module says);
     ``overrides`` set fields of its config (``--set``). On ``shapes`` the views are
     ``shapes_multicrop``'s, with the number of local views and the crop areas of the config
-    where ``overrides`` set them."""
+    where ``overrides`` set them, and ``views="dino"`` takes DINO's own colour augmentation."""
     if d.name == "shapes":
-        return bench_shapes.build(method, d, shapes_views(**overrides), **overrides)
+        return bench_shapes.build(method, d, shapes_views(views, **overrides), **overrides)
     return methods.build(method, d, **overrides)
 
 
-def shapes_views(n_local=6, global_scale_min=0.4, local_scale_min=0.05, local_scale_max=0.4,
-                 **_):
-    """``bench_shapes.shapes_multicrop`` with the config's view fields (its defaults unset)."""
+def shapes_views(colour="shapes", n_local=6, global_scale_min=0.4, local_scale_min=0.05,
+                 local_scale_max=0.4, **_):
+    """``bench_shapes.shapes_multicrop`` with the config's view fields (its defaults unset).
+    ``colour="dino"``: ``main_dino.py``'s ``flip_and_color_jitter`` (jitter 0.4, 0.4, 0.2,
+    0.1 with p 0.8, greyscale p 0.2) instead of the recipe's (strength 1, greyscale p 0.8);
+    no blur or solarisation either way (they erase a 16 px figure)."""
     views = shapes_multicrop(int(n_local))
+    if colour == "dino":
+        for t in (views.global_transform, views.local_transform):
+            t.transforms[2:] = [augment.RandomApply(augment.ColorJitter(0.4, 0.4, 0.2, 0.1),
+                                                    p=0.8), augment.RandomGrayscale(0.2)]
     views.global_transform.transforms[0].scale = (global_scale_min, 1.0)
     views.local_transform.transforms[0].scale = (local_scale_min, local_scale_max)
     return views
@@ -120,9 +127,9 @@ def optimisation(how, named, adam, adamw, epochs, niter_per_ep):
     return adam([p for _, p in named if p.requires_grad]), lambda step: None
 
 
-def minissl_run(method, d, epochs, seed, optim_how="adam", **overrides):
+def minissl_run(method, d, epochs, seed, optim_how="adam", views="shapes", **overrides):
     random.manual_seed(seed)
-    m = build(method, d, **overrides)
+    m = build(method, d, views, **overrides)
     total = epochs * (len(d.train_x) // 256)
     opt, before_step = optimisation(optim_how, m.named_parameters(),
                                     lambda ps: optim.Adam(ps, lr=1e-3), optim.AdamW, epochs,
@@ -171,14 +178,14 @@ def torch_nets(method, d, cfg):
                                                      bias=False)})
 
 
-def torch_run(method, d, epochs, seed, optim_how="adam", **overrides):
+def torch_run(method, d, epochs, seed, optim_how="adam", views="shapes", **overrides):
     import torch
     import torch.nn.functional as TF
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                                     "examples"))
     from torch_port import dino_loss, multicrop_forward, sinkhorn, swav_loss
     torch.manual_seed(seed)
-    transform = build(method, d, **overrides).transform   # the same multi-crop views as minissl's
+    transform = build(method, d, views, **overrides).transform   # minissl's very views
     cfg = methods.config_class(method)(**overrides)
     enc, head = torch_nets(method, d, cfg)
     named = list(enc.named_parameters("encoder")) + list(head.named_parameters("head"))
@@ -251,6 +258,8 @@ def main():
     ap.add_argument("--raw", action="store_true", help="probe the raw pixels only")
     ap.add_argument("--optim", choices=("adam", "official"), default="adam",
                     help="adam: Adam 1e-3; official: main_dino.py's schedules (DINO only)")
+    ap.add_argument("--views", choices=("shapes", "dino"), default="shapes",
+                    help="colour augmentation on shapes: the recipe's, or main_dino.py's")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                     help="config fields of the method, in both libraries (numbers)")
     args = ap.parse_args()
@@ -271,7 +280,7 @@ def main():
     for seed in args.seeds:
         for lib in args.libs:
             features, metrics = runs[lib](args.method, d, args.epochs, seed, args.optim,
-                                          **overrides)
+                                          args.views, **overrides)
             accs[lib].append(probe(features, d, LABELS))
             diag = " ".join(f"{k}={v:.3f}" for k, v in metrics.items())
             print(f"{lib:8s} {args.method} {args.data} seed {seed}: probe 1/5/10 "

@@ -34,6 +34,21 @@ def test_set_crop_areas_reach_the_views_of_shapes(bench):
     assert views.local_transform.transforms[0].scale == (0.05, 0.14)
 
 
+def test_dino_views_take_main_dinos_colour_augmentation(bench):
+    import minissl as ms
+    d = bench.bench_shapes.load(n_train=20)
+    want = ms.augment.ColorJitter(0.4, 0.4, 0.2, 0.1)
+    for t in (lambda v: v.global_transform, lambda v: v.local_transform):
+        ours, dinos = (t(bench.build("dino", d, views).transform).transforms
+                       for views in ("shapes", "dino"))
+        assert [type(a) for a in ours] == [type(a) for a in dinos]
+        assert ours[0].scale == dinos[0].scale and ours[1].p == dinos[1].p  # crop and flip
+        assert (dinos[2].p, dinos[3].p, ours[3].p) == (0.8, 0.2, 0.8)
+        got = dinos[2].transform
+        assert [getattr(got, k) for k in ("brightness", "contrast", "saturation", "hue")] == [
+            getattr(want, k) for k in ("brightness", "contrast", "saturation", "hue")]
+
+
 def test_set_parses_integers_as_integers(bench):
     assert bench.parse_set(["n_local=0", "teacher_temp=0.02"]) == {"n_local": 0,
                                                                  "teacher_temp": 0.02}
