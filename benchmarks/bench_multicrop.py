@@ -16,7 +16,11 @@ made by the minissl method's multi-crop augmentation from the same seeded genera
     python benchmarks/bench_multicrop.py --raw --data shapes        # raw-pixel probe only
     python benchmarks/bench_multicrop.py --method dino --data shapes --set teacher_temp=0.02
 
-``--set KEY=VALUE`` sets a field of the method's config in both libraries.
+``--set KEY=VALUE`` sets a field of the method's config in both libraries (on ``shapes``
+``n_local`` and the crop areas set the views too); ``--optim official`` trains DINO with
+``main_dino.py``'s AdamW, schedules, clipping and last-layer freeze (``official_optimisation``).
+
+    python benchmarks/bench_multicrop.py --method dino --data shapes --epochs 60 --optim official
 """
 import minissl
 
@@ -28,7 +32,7 @@ import sys
 
 import numpy as np
 
-from minissl import data, methods, optim, random
+from minissl import augment, data, methods, optim, random
 from minissl.methods.base import cosine_tau
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -43,23 +47,98 @@ def load(name):
     return data.digits() if name == "digits" else bench_shapes.load()
 
 
-def build(method, d, **overrides):
+def build(method, d, views="shapes", **overrides):
     """The minissl method of the recipe (the encoder by data set, as the module says);
-    ``overrides`` set fields of its config (``--set``)."""
+    ``overrides`` set fields of its config (``--set``). On ``shapes`` the views are
+    ``shapes_multicrop``'s, with the number of local views and the crop areas of the config
+    where ``overrides`` set them, and ``views="dino"`` takes DINO's own colour augmentation."""
     if d.name == "shapes":
-        return bench_shapes.build(method, d, shapes_multicrop(), **overrides)
+        return bench_shapes.build(method, d, shapes_views(views, **overrides), **overrides)
     return methods.build(method, d, **overrides)
 
 
-def minissl_run(method, d, epochs, seed, **overrides):
+def shapes_views(colour="shapes", n_local=6, global_scale_min=0.4, local_scale_min=0.05,
+                 local_scale_max=0.4, **_):
+    """``bench_shapes.shapes_multicrop`` with the config's view fields (its defaults unset).
+    ``colour="dino"``: ``main_dino.py``'s ``flip_and_color_jitter`` (jitter 0.4, 0.4, 0.2,
+    0.1 with p 0.8, greyscale p 0.2) instead of the recipe's (strength 1, greyscale p 0.8);
+    no blur or solarisation either way (they erase a 16 px figure)."""
+    views = shapes_multicrop(int(n_local))
+    if colour == "dino":
+        for t in (views.global_transform, views.local_transform):
+            t.transforms[2:] = [augment.RandomApply(augment.ColorJitter(0.4, 0.4, 0.2, 0.1),
+                                                    p=0.8), augment.RandomGrayscale(0.2)]
+    views.global_transform.transforms[0].scale = (global_scale_min, 1.0)
+    views.local_transform.transforms[0].scale = (local_scale_min, local_scale_max)
+    return views
+
+
+def parse_set(pairs):
+    """``--set KEY=VALUE ...`` as config overrides: integers stay integers, the rest floats."""
+    def number(v):
+        return int(v) if v.lstrip("-").isdigit() else float(v)
+    return {k: number(v) for k, v in (kv.split("=", 1) for kv in pairs)}
+
+
+def cosine_scheduler(base, final, epochs, niter_per_ep, warmup_epochs=0):
+    """A value per step as facebookresearch/dino ``utils.cosine_scheduler``: linear from 0 to
+    ``base`` over the warm-up epochs, then a cosine from ``base`` to ``final``."""
+    warmup = np.linspace(0, base, warmup_epochs * niter_per_ep)
+    it = np.arange(epochs * niter_per_ep - len(warmup))
+    return np.concatenate((warmup, final + (base - final) * (1 + np.cos(np.pi * it / len(it))) / 2))
+
+
+def official_optimisation(named, adamw, epochs, niter_per_ep):
+    """``main_dino.py``'s optimisation at its defaults, for either library: AdamW (weight
+    decay on the weights, none on biases and 1-d parameters, ``utils.get_params_groups``),
+    learning rate warmed up over 10 epochs to 5e-4 (the default for batch 256) then cosine to
+    1e-6, weight decay cosine from 0.04 to 0.4, each parameter's gradient clipped to norm 3
+    (``utils.clip_gradients``), the head's last layer frozen for the first epoch
+    (``cancel_gradients_last_layer``). ``named``: (name, parameter) of the student;
+    ``adamw(groups)`` the library's AdamW. Returns the optimiser and ``before_step(step)``,
+    to call between ``backward`` and ``step``."""
+    named = [(n, p) for n, p in named if p.requires_grad]
+    plain = {n for n, p in named if n.endswith(".bias") or len(p.shape) == 1}
+    opt = adamw([{"params": [p for n, p in named if n not in plain]},
+                 {"params": [p for n, p in named if n in plain], "weight_decay": 0.0}])
+    lr = cosine_scheduler(5e-4, 1e-6, epochs, niter_per_ep, warmup_epochs=10)
+    wd = cosine_scheduler(0.04, 0.4, epochs, niter_per_ep)
+
+    def before_step(step):
+        opt.param_groups[0]["weight_decay"] = float(wd[step])
+        for group in opt.param_groups:
+            group["lr"] = float(lr[step])
+        for name, p in named:
+            if p.grad is None:
+                continue
+            scale = 3.0 / (float((p.grad * p.grad).sum()) ** 0.5 + 1e-6)
+            if scale < 1:
+                p.grad *= scale
+            if step < niter_per_ep and ".last" in name:    # DINOHead.last_layer
+                p.grad = None
+    return opt, before_step
+
+
+def optimisation(how, named, adam, adamw, epochs, niter_per_ep):
+    """(optimiser, ``before_step``) of ``--optim``: ``adam`` (Adam 1e-3, the recipe) or
+    ``official`` (``official_optimisation``)."""
+    if how == "official":
+        return official_optimisation(named, adamw, epochs, niter_per_ep)
+    return adam([p for _, p in named if p.requires_grad]), lambda step: None
+
+
+def minissl_run(method, d, epochs, seed, optim_how="adam", views="shapes", **overrides):
     random.manual_seed(seed)
-    m = build(method, d, **overrides)
-    opt = optim.Adam(m.trainable_parameters(), lr=1e-3)
+    m = build(method, d, views, **overrides)
     total = epochs * (len(d.train_x) // 256)
+    opt, before_step = optimisation(optim_how, m.named_parameters(),
+                                    lambda ps: optim.Adam(ps, lr=1e-3), optim.AdamW, epochs,
+                                    len(d.train_x) // 256)
     for step, rng, x in batches(d, epochs, seed):
         opt.zero_grad()
         loss, metrics = m.training_step(x, rng)
         loss.backward()
+        before_step(step)
         opt.step()
         m.on_step_end(step, total)
     return m.features, metrics
@@ -99,18 +178,19 @@ def torch_nets(method, d, cfg):
                                                      bias=False)})
 
 
-def torch_run(method, d, epochs, seed, **overrides):
+def torch_run(method, d, epochs, seed, optim_how="adam", views="shapes", **overrides):
     import torch
     import torch.nn.functional as TF
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                                     "examples"))
     from torch_port import dino_loss, multicrop_forward, sinkhorn, swav_loss
     torch.manual_seed(seed)
-    transform = build(method, d, **overrides).transform   # the same multi-crop views as minissl's
+    transform = build(method, d, views, **overrides).transform   # minissl's very views
     cfg = methods.config_class(method)(**overrides)
     enc, head = torch_nets(method, d, cfg)
-    params = [p for p in list(enc.parameters()) + list(head.parameters()) if p.requires_grad]
-    opt = torch.optim.Adam(params, 1e-3)
+    named = list(enc.named_parameters("encoder")) + list(head.named_parameters("head"))
+    opt, before_step = optimisation(optim_how, named, lambda ps: torch.optim.Adam(ps, 1e-3),
+                                    torch.optim.AdamW, epochs, len(d.train_x) // 256)
     if method == "dino":
         t_enc, t_head = torch_nets(method, d, cfg)     # (weight_norm defeats deepcopy)
         t_enc.load_state_dict(enc.state_dict())
@@ -150,6 +230,7 @@ def torch_run(method, d, epochs, seed, **overrides):
         loss.backward()
         if method == "swav" and step < cfg.freeze_prototypes_steps:
             head["protos"].weight.grad = None
+        before_step(step)
         opt.step()
         if method == "dino":
             m = cosine_tau(cfg.momentum_teacher, step, total)
@@ -175,14 +256,20 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--libs", nargs="+", default=["minissl", "pytorch"])
     ap.add_argument("--raw", action="store_true", help="probe the raw pixels only")
+    ap.add_argument("--optim", choices=("adam", "official"), default="adam",
+                    help="adam: Adam 1e-3; official: main_dino.py's schedules (DINO only)")
+    ap.add_argument("--views", choices=("shapes", "dino"), default="shapes",
+                    help="colour augmentation on shapes: the recipe's, or main_dino.py's")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                    help="config fields of the method, in both libraries (floats)")
+                    help="config fields of the method, in both libraries (numbers)")
     args = ap.parse_args()
     try:
-        overrides = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+        overrides = parse_set(args.set)
         methods.config_class(args.method)(**overrides)
     except (ValueError, TypeError) as e:
         ap.error(f"--set: {e}")
+    if args.optim == "official" and args.method != "dino":
+        ap.error("--optim official is DINO's (main_dino.py)")
     d = load(args.data)
     if args.raw:
         flat = lambda x: x.reshape(len(x), -1)   # noqa: E731
@@ -192,7 +279,8 @@ def main():
     accs = {lib: [] for lib in args.libs}
     for seed in args.seeds:
         for lib in args.libs:
-            features, metrics = runs[lib](args.method, d, args.epochs, seed, **overrides)
+            features, metrics = runs[lib](args.method, d, args.epochs, seed, args.optim,
+                                          args.views, **overrides)
             accs[lib].append(probe(features, d, LABELS))
             diag = " ".join(f"{k}={v:.3f}" for k, v in metrics.items())
             print(f"{lib:8s} {args.method} {args.data} seed {seed}: probe 1/5/10 "
