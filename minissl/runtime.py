@@ -24,7 +24,7 @@ heap settings nor the user's own NumPy arrays. ``memory_stats()``, ``empty_cache
 ``set_cache_limit(nbytes)`` (default 1 GiB of free blocks) control it.
 
 **tune(), optional.** A training script that owns its process may still call :func:`tune`,
-as the command line, the demo and the benchmarks do. It changes three process-wide settings,
+as the command line, the demo and the benchmarks do. It changes two process-wide settings,
 each only as a default (a choice the user made in the environment always wins), none with
 ``MINISSL_RUNTIME=default``; what each still buys is measured in docs/performance.md.
 
@@ -54,13 +54,15 @@ microseconds (with parallel kernels: conv_simclr 355 -> 300 ms, gpt_char 86 -> 8
 (``OPENBLAS_THREAD_TIMEOUT=12 minissl ...``) when minissl or NumPy is imported before ``tune``
 can run, as it is by ``import minissl.runtime`` itself.
 
-**OpenMP's idle threads** (takes effect only if ``tune`` runs before the first compiled kernel
-is called, which loads libgomp; matters only with more than one kernel thread). With
-OpenMP's default (active) waiting, idle workers spin for a while after each kernel; while
-OpenBLAS ran the products on its own pool they stole the cores its next call needed (on 2
-cores a small step ran up to 10x slower). ``OMP_WAIT_POLICY`` = PASSIVE makes them sleep at
-once; with the products on minissl's own pool its effect is mixed (docs/performance.md, "One
-pool for the products and the kernels").
+**OpenMP's idle threads: no longer set by ``tune``.** With OpenMP's default waiting, idle
+workers spin for a while after each kernel; while OpenBLAS ran the products on its own pool
+they stole the cores its next call needed (on 2 cores a small step ran up to 10x slower), and
+``tune`` set ``OMP_WAIT_POLICY=PASSIVE`` to make them sleep at once. With the products on
+minissl's own pool that makes each of a step's many parallel regions wake a sleeping thread,
+and steps got slower (conv_simclr 446-557 ms against 385-490, gpt_char 129-162 against
+102-136; docs/performance.md), so ``tune`` leaves it alone (``Tuning.omp_wait_policy`` is
+always False). ``set_omp_wait_policy()`` still sets it for a program that asks, if called
+before the first compiled kernel loads libgomp.
 
 PyTorch runs its kernels and its matrix products on one OpenMP pool; so does minissl now.
 """
@@ -163,7 +165,8 @@ def set_cache_limit(nbytes):
 
 
 def tune():
-    """Apply the three settings of the module docstring; returns a :class:`Tuning` telling
-    which were applied. Call it once, first thing in a program (before NumPy is imported
-    for the OpenBLAS setting, before the first kernel runs for the OpenMP one)."""
-    return Tuning(tune_malloc(), set_blas_thread_timeout(), set_omp_wait_policy())
+    """Apply the two settings of the module docstring (the heap, OpenBLAS's idle threads);
+    returns a :class:`Tuning` telling which were applied (``omp_wait_policy``: always False,
+    see the module docstring). Call it once, first thing in a program (before NumPy is
+    imported for the OpenBLAS setting)."""
+    return Tuning(tune_malloc(), set_blas_thread_timeout(), False)

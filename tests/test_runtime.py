@@ -66,13 +66,31 @@ def test_heap_left_alone_when_the_user_chose(env):
 
 
 def test_blas_timeout_set_only_before_numpy_and_never_over_the_user():
-    assert tune()[1:] == (True, True, "12")
+    assert tune()[1:] == (True, False, "12")
     assert tune("import numpy")[1] is False and tune("import numpy")[3] == "None"
-    assert tune(OPENBLAS_THREAD_TIMEOUT="20")[1:] == (False, True, "20")
+    assert tune(OPENBLAS_THREAD_TIMEOUT="20")[1:] == (False, False, "20")
     assert tune(MINISSL_RUNTIME="default")[1:] == (False, False, "None")
 
 
-def test_omp_policy_set_only_before_the_first_kernel_and_never_over_the_user():
+def test_tune_leaves_the_omp_policy_alone():
+    """With the products on minissl's own OpenMP pool, a passive wait policy makes every one
+    of a step's many parallel regions wake a sleeping thread, and steps got slower
+    (docs/performance.md): tune() no longer sets it."""
+    probe = ("import importlib.util, os\n"
+             f"spec = importlib.util.spec_from_file_location('rt', {ROOT!r} + '/minissl/runtime.py')\n"
+             "r = importlib.util.module_from_spec(spec); spec.loader.exec_module(r)\n"
+             "t = r.tune(); print(t.omp_wait_policy, os.environ.get('OMP_WAIT_POLICY'))")
+    assert _run(probe).split() == ["False", "None"]
+
+
+def test_omp_policy_on_request_only_before_the_first_kernel_and_never_over_the_user():
+    def policy(code="", **env):
+        probe = (f"{code}\nimport importlib.util, os\n"
+                 f"spec = importlib.util.spec_from_file_location('rt', {ROOT!r} + '/minissl/runtime.py')\n"
+                 "r = importlib.util.module_from_spec(spec); spec.loader.exec_module(r)\n"
+                 "print(r.set_omp_wait_policy(), os.environ.get('OMP_WAIT_POLICY'))")
+        return _run(probe, **env).split()
+    assert policy() == ["True", "PASSIVE"]
     first = "import numpy as np, minissl.kernels.softmax as s; s.softmax_forward(np.ones((2, 2)))"
-    assert tune(first)[2] is False or "MINISSL_REFERENCE" in os.environ
-    assert tune(OMP_WAIT_POLICY="ACTIVE")[2] is False
+    assert policy(first)[0] == "False" or "MINISSL_REFERENCE" in os.environ
+    assert policy(OMP_WAIT_POLICY="ACTIVE") == ["False", "ACTIVE"]
