@@ -40,10 +40,6 @@ def bind(size_t sgemm, size_t dgemm, size_t set_local):
     SGEMM, DGEMM, SET_LOCAL = <sgemm_t>sgemm, <dgemm_t>dgemm, <set_local_t>set_local
 
 
-def bound():
-    return SGEMM != NULL
-
-
 cdef void _product(bint dbl, char* A, char* B, char* C, int ta, int tb, int64_t m, int64_t n,
                    int64_t k, int64_t lda, int64_t ldb, int64_t ldc) noexcept nogil:
     """C (m, n) = op(A) op(B) on the calling thread (``gemm`` has told BLAS to use one)."""
