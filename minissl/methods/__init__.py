@@ -88,7 +88,9 @@ def build(name, data, **overrides):
     ``overrides`` set fields of the method's config (``config_class(name)``); the image
     methods but MAE (``accepts_encoder``) also take ``encoder=`` (any ``nn.Module`` mapping
     (B, C, H, W) images to (B, D) features) and ``feature_dim=D`` (default: the encoder's
-    ``out_dim``); ``base.build_encoder`` makes the built-in ones by name."""
+    ``out_dim``); ``base.build_encoder`` makes the built-in ones by name. SimMIM must put its
+    mask token after the encoder's stem, so besides its own ViT it takes only a conv encoder
+    it can split there (``simmim.conv_stages``; a ValueError naming the encoder otherwise)."""
     return builder(name)(data, **overrides)
 
 
