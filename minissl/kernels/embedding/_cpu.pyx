@@ -16,9 +16,9 @@ from minissl_checks cimport array_data, float_type
 
 cnp.import_array()
 
-# Threads of this module's parallel loops: 1 unless minissl.runtime.set_num_threads asks for
-# more. NumPy's BLAS already runs its own thread pool; a second pool here would keep its idle
-# workers spinning on the cores the next matrix product needs (see docs/performance.md).
+# Threads of this module's parallel loops, set on first use by minissl/kernels/_dispatch.py:
+# as many as BLAS uses when the matrix products run on minissl's own threads (kernels/gemm:
+# one pool for both), else 1; minissl.runtime.set_num_threads overrides it.
 cdef int THREADS = 1
 
 
