@@ -11,8 +11,9 @@ the BLAS NumPy loaded), and OpenBLAS's workers stay asleep. Its kernels and prod
 share one OpenMP pool of ``get_num_threads()`` threads: by default as many as NumPy's BLAS
 uses, or 1 where NumPy's BLAS is not an OpenBLAS minissl can call (then the cores are left
 to BLAS's own pool, as before). While other processes keep the cores busy the default runs
-serially (a load guard reads /proc/loadavg at most every 0.25 s: spinning threads that wait
-for a descheduled teammate made steps 4-12x slower). ``set_num_threads(n)`` fixes the count
+serially (a load guard measures, at most every 0.25 s, how many cores other processes kept
+busy since its last look, from /proc/stat: spinning threads that wait for a descheduled
+teammate made steps 4-12x slower). ``set_num_threads(n)`` fixes the count
 and turns the guard off. Results do not depend on the count: the kernels give the same bits,
 and products are split by their shape, never by the threads running.
 

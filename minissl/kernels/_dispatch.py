@@ -59,7 +59,7 @@ def load(family):
 _threads = None    # threads of the compiled kernels' parallel loops; None: not decided yet
 _explicit = False  # set by set_num_threads: then the load guard below leaves it alone
 _running = 1       # threads the parallel loops use now: _threads, or 1 while the cores are busy
-_next_check = 0.0  # time.monotonic() of the load guard's next look at /proc/loadavg
+_next_check = 0.0  # time.monotonic() of the load guard's next look at /proc/stat
 LOAD_CHECK_SECONDS = 0.25
 _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -73,34 +73,61 @@ def _push(n):
             module.set_num_threads(n)
 
 
-def runnable_tasks():
-    """Tasks the machine could run now (the 4th field of /proc/loadavg: "running/total"), or
-    None where that cannot be read."""
+_cpus = (sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
+try:
+    _TICK = 1.0 / os.sysconf("SC_CLK_TCK")    # /proc/stat's unit
+except (AttributeError, ValueError, OSError):
+    _TICK = 0.01
+_last = None  # the previous cpu_times() sample of the load guard
+
+
+def cpu_times():
+    """(wall, busy, own) seconds now: a monotonic clock, the CPU time the cores this process
+    may run on have spent busy (user, nice, system, irq, softirq, steal in /proc/stat), and
+    this process's own CPU time; None where /proc/stat cannot be read."""
     try:
-        with open("/proc/loadavg") as f:
-            return int(f.read().split()[3].split("/")[0])
+        with open("/proc/stat") as f:
+            lines = f.read().split("\n")
+        busy = 0
+        wanted = None if _cpus is None else {f"cpu{c}" for c in _cpus}
+        for line in lines:
+            name, *ticks = line.split()[:9] or ("",)
+            if name.startswith("cpu") and name != "cpu" and (wanted is None or name in wanted):
+                t = [int(v) for v in ticks]
+                busy += t[0] + t[1] + t[2] + t[5] + t[6] + t[7]
     except (OSError, ValueError, IndexError):
         return None
+    own = os.times()
+    return time.monotonic(), busy * _TICK, own[0] + own[1]
 
 
-def _guard(runnable=runnable_tasks):
+NEIGHBOUR_CORES = 0.5   # others' average use of the cores the loops tolerate beside their own
+
+
+def _guard(sample=cpu_times):
     """The load guard of the default thread count. A parallel loop's threads wait for each
     other at its end, spinning; when other processes want the cores too, a thread of the
     loop is descheduled and the others spin until it runs again: on 2 cores with 5 busy
     neighbours a 2-thread step ran 4-12x slower than a serial one (docs/performance.md). So,
-    at most every LOAD_CHECK_SECONDS, the loops go serial while the other runnable tasks and
-    minissl's threads would not fit on the cores, and back when they would. Only for the
-    default (``set_num_threads`` fixes the count); results do not depend on it (the kernels'
-    are the same bits whatever the thread count, the products' split does not change)."""
-    global _next_check
+    at most every LOAD_CHECK_SECONDS, the guard measures how many cores OTHER processes kept
+    busy since its last look (the cores' busy time in /proc/stat minus this process's CPU
+    time, over the wall time between): the loops go serial while that and minissl's threads
+    exceed the cores by more than NEIGHBOUR_CORES, and back when they fit. An average, not
+    an instant: a snapshot of the runnable tasks (/proc/loadavg, the first guard) caught
+    brief blips (a shell, a monitor) and made a quiet machine's steps serial about a sixth
+    of the time. Only for the default (``set_num_threads`` fixes the count); results do not
+    depend on it (the kernels give the same bits whatever the thread count, and the
+    products' split does not change)."""
+    global _next_check, _last
     _next_check = time.monotonic() + LOAD_CHECK_SECONDS
     if _explicit or _threads is None or _threads == 1:
         return
-    r = runnable()
-    if r is None:
+    now = sample()
+    previous, _last = _last, now
+    if now is None or previous is None or now[0] <= previous[0]:
         return
-    others = max(0, r - _running)
-    want = _threads if others + _threads <= _cores else 1
+    others = max(0.0, (now[1] - previous[1]) - (now[2] - previous[2])) / (now[0] - previous[0])
+    want = _threads if others + _threads <= _cores + NEIGHBOUR_CORES else 1
     if want != _running:
         _push(want)
 
