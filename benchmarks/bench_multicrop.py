@@ -19,6 +19,8 @@ made by the minissl method's multi-crop augmentation from the same seeded genera
 ``--set KEY=VALUE`` sets a field of the method's config in both libraries (on ``shapes``
 ``n_local`` and the crop areas set the views too); ``--optim official`` trains DINO with
 ``main_dino.py``'s AdamW, schedules, clipping and last-layer freeze (``official_optimisation``).
+DINO's PyTorch run prints the diagnostics of its last step (``dino_diagnostics``: how far the
+teacher's outputs still differ between images, and whether an image's two views agree).
 
     python benchmarks/bench_multicrop.py --method dino --data shapes --epochs 60 --optim official
 """
