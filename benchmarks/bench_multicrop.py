@@ -19,6 +19,8 @@ made by the minissl method's multi-crop augmentation from the same seeded genera
 ``--set KEY=VALUE`` sets a field of the method's config in both libraries (on ``shapes``
 ``n_local`` and the crop areas set the views too); ``--optim official`` trains DINO with
 ``main_dino.py``'s AdamW, schedules, clipping and last-layer freeze (``official_optimisation``).
+DINO's PyTorch run prints the diagnostics of its last step (``dino_diagnostics``: how far the
+teacher's outputs still differ between images, and whether an image's two views agree).
 
     python benchmarks/bench_multicrop.py --method dino --data shapes --epochs 60 --optim official
 """
@@ -34,6 +36,7 @@ import numpy as np
 
 from minissl import augment, data, methods, optim, random
 from minissl.methods.base import cosine_tau
+from minissl.methods.dino import teacher_temp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_shapes  # noqa: E402
@@ -171,11 +174,32 @@ def torch_nets(method, d, cfg):
                 tnn.init.zeros_(m.bias)
         last = tnn.utils.weight_norm(tnn.Linear(cfg.bottleneck_dim, cfg.out_dim, bias=False))
         last.weight_g.data.fill_(1)
-        last.weight_g.requires_grad = False
+        last.weight_g.requires_grad = not cfg.norm_last_layer
         return enc, tnn.ModuleDict({"mlp": head, "last": last})
     return enc, tnn.ModuleDict({"proj": mlp(dim, cfg.proj_hidden, cfg.proj_dim),
                                 "protos": tnn.Linear(cfg.proj_dim, cfg.n_prototypes,
                                                      bias=False)})
+
+
+def dino_diagnostics(teacher, center, temp, loss):
+    """DINO's collapse diagnostics on a step's teacher outputs (two (B, K) torch tensors):
+    ``teacher_entropy`` (log K: uniform), ``teacher_student_kl`` (the loss less it),
+    ``t_sd``, how far the centred logits t - c still differ between images (their standard
+    deviation over the batch, mean over the K outputs; against the temperature), and whether
+    an image's two global views get the same teacher output: ``same_top`` (the fraction with
+    the same top output) and ``kl_own`` / ``kl_other``, the KL from view 1's distribution to
+    its own view 2's / to the next image's view 2's."""
+    import torch
+    import torch.nn.functional as TF
+    logp = [TF.log_softmax((t - center) / temp, dim=1) for t in teacher]
+    entropy = float(sum(-(lp.exp() * lp).sum(1).mean() for lp in logp) / len(logp))
+
+    def kl(a, b):
+        return float((a.exp() * (a - b)).sum(1).mean())
+    return {"teacher_entropy": entropy, "teacher_student_kl": loss - entropy,
+            "t_sd": float(torch.cat(teacher).std(0).mean()),
+            "same_top": float((teacher[0].argmax(1) == teacher[1].argmax(1)).double().mean()),
+            "kl_own": kl(logp[0], logp[1]), "kl_other": kl(logp[0], logp[1].roll(1, 0))}
 
 
 def torch_run(method, d, epochs, seed, optim_how="adam", views="shapes", **overrides):
@@ -208,12 +232,11 @@ def torch_run(method, d, epochs, seed, optim_how="adam", views="shapes", **overr
             student = dino_out(enc, head, views)
             with torch.no_grad():
                 teacher = dino_out(t_enc, t_head, views[:2])
-            loss = dino_loss(student, teacher, center, cfg.student_temp, cfg.teacher_temp)
+            temp = teacher_temp(cfg, step)
+            loss = dino_loss(student, teacher, center, cfg.student_temp, temp)
             with torch.no_grad():
                 t = torch.cat(teacher)
-                p = TF.softmax((t - center) / cfg.teacher_temp, dim=1)
-                metrics = {"teacher_entropy": float(-(p * p.clamp_min(1e-30).log()).sum(1)
-                                                    .mean())}
+                metrics = dino_diagnostics(teacher, center, temp, float(loss))
                 center = center * cfg.center_momentum + t.mean(0, keepdim=True) * (
                     1 - cfg.center_momentum)
         else:

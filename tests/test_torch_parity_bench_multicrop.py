@@ -97,3 +97,35 @@ def test_a_step_of_official_optimisation_runs(bench, lib):
     features, metrics = run("dino", d, 1, 0, "official", n_local=2)
     assert features(d.test_x[:4]).shape == (4, bench.WIDTHS[-1])
     assert np.isfinite(metrics["teacher_entropy"])
+
+
+@pytest.mark.parametrize("norm_last_layer", [True, False])
+def test_norm_last_layer_reaches_both_libraries(bench, norm_last_layer):
+    # ``--set norm_last_layer=0`` trains the last layer's norm g in minissl; so must the twin
+    # (the official DINOHead: g filled with 1 either way, trained unless norm_last_layer).
+    import minissl as ms
+    d = bench.bench_shapes.load(n_train=20)
+    cfg = ms.methods.config_class("dino")(norm_last_layer=norm_last_layer)
+    ours = bench.build("dino", d, norm_last_layer=norm_last_layer).head.last_layer.weight_g
+    theirs = bench.torch_nets("dino", d, cfg)[1]["last"].weight_g
+    assert ours.requires_grad == theirs.requires_grad == (not norm_last_layer)
+    assert np.all(ours.data == 1) and bool((theirs == 1).all())
+
+
+def test_teacher_temperature_warm_up_is_the_same_in_both_libraries(bench, monkeypatch):
+    # Each library's loss is told the temperature of its step: record both over 4 steps.
+    import minissl as ms
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "examples"))
+    import torch_port
+    seen = {"minissl": [], "pytorch": []}
+    for lib, mod in (("minissl", ms.losses), ("pytorch", torch_port)):
+        real = mod.dino_loss
+        monkeypatch.setattr(mod, "dino_loss", lambda s, t, c, st, tt, lib=lib, real=real:
+                            seen[lib].append(tt) or real(s, t, c, st, tt))
+    d = bench.bench_shapes.load(n_train=256)                     # 1 step per epoch
+    kw = dict(n_local=1, warmup_teacher_temp=0.04, teacher_temp=0.07,
+              warmup_teacher_temp_steps=3)
+    bench.minissl_run("dino", d, 4, 0, **kw)
+    bench.torch_run("dino", d, 4, 0, **kw)
+    assert seen["minissl"] == pytest.approx([0.04, 0.055, 0.07, 0.07])
+    assert seen["pytorch"] == pytest.approx(seen["minissl"])

@@ -22,10 +22,11 @@ loss from the teacher's outputs of the whole (global) batch; the last layer's no
 at 1 (``norm_last_layer=True``). Differences (docs/faithful.md): the widths and K, the
 encoder (the digits MLP / a small ResNet instead of a ViT), BatchNorm in the head
 (``use_bn_in_head``, an official option: without it the teacher's entropy rises to log K on
-the digits, a uniform collapse), momentum 0.99, a constant teacher
-temperature (the official default warm-up 0.04 -> 0.04 is constant too), Adam instead of
-AdamW with a weight-decay schedule, no gradient clipping, the last layer trained from step 0
-(the official code freezes it for the first epoch), EMA of the BN buffers (copied, as BYOL).
+the digits, a uniform collapse), momentum 0.99, a constant teacher temperature by default
+(as the official default warm-up 0.04 -> 0.04; ``warmup_teacher_temp_steps`` is the official
+warm-up, counted in steps instead of epochs), Adam instead of AdamW with a weight-decay
+schedule, no gradient clipping, the last layer trained from step 0 (the official code freezes
+it for the first epoch), EMA of the BN buffers (copied, as BYOL).
 
 Collapse diagnostics (``metrics.jsonl``): ``teacher_entropy``, the mean entropy of the
 teacher's sharpened distribution (log K: uniform collapse; 0 with ``teacher_student_kl`` 0:
@@ -59,6 +60,9 @@ class DINOConfig:
     norm_last_layer: bool = True   # fix the last layer's weight norm g at 1 (official: True)
     student_temp: float = 0.1      # temperature of the student's softmax (official: 0.1)
     teacher_temp: float = 0.04     # sharpening temperature of the teacher (official: 0.04)
+    warmup_teacher_temp: float = 0.04  # teacher temperature at step 0, linear to teacher_temp
+    warmup_teacher_temp_steps: int = 0  # over these steps (official: warmup_teacher_temp_epochs,
+                                        # 0: constant; its README's ViT-S: 30 epochs to 0.07)
     center_momentum: float = 0.9   # EMA rate of the centre (official: 0.9)
     momentum_teacher: float = 0.99  # teacher EMA at step 0, cosine to 1 (official: 0.996,
                                     # for ~10^5 steps; 0.99 suits a few hundred)
@@ -130,6 +134,11 @@ class DINO(SSLMethod):
         self.teacher_encoder = frozen_copy(self.encoder)                   # EMA of the student
         self.teacher_head = frozen_copy(self.head)
         self.register_buffer("center", np.zeros((1, c.out_dim), dtype=np.float32))  # (1, K)
+        if c.warmup_teacher_temp_steps < 0:
+            raise ValueError("DINO: warmup_teacher_temp_steps must be >= 0, got "
+                             f"{c.warmup_teacher_temp_steps}")
+        if c.warmup_teacher_temp_steps:   # steps taken: a resumed warm-up goes on where it was
+            self.register_buffer("step", np.zeros(1, dtype=np.int64))
         self.transform = transform or multicrop.default_multicrop(
             image_shape, c.n_local, (c.global_scale_min, 1.0),
             (c.local_scale_min, c.local_scale_max))
@@ -149,20 +158,21 @@ class DINO(SSLMethod):
         with no_grad():
             teacher = self._outputs(self.teacher_encoder, self.teacher_head, views[:2])
         c = self.config
-        loss = losses.dino_loss(student, teacher, self.center, c.student_temp, c.teacher_temp)
+        temp = teacher_temp(c, int(self.step.data[0]) if c.warmup_teacher_temp_steps else 0)
+        loss = losses.dino_loss(student, teacher, self.center, c.student_temp, temp)
         with no_grad():
             everyone = [dist.all_gather(t) for t in teacher]      # the global batch's outputs
-            entropy = self._teacher_entropy(teacher)
+            entropy = self._teacher_entropy(teacher, temp)
             self.center.data[...] = losses.dino_update_center(self.center, everyone,
                                                               c.center_momentum)
         return loss, {"teacher_entropy": entropy,
                       "teacher_student_kl": float(loss.item()) - entropy,
                       "momentum": self.momentum}
 
-    def _teacher_entropy(self, teacher):
+    def _teacher_entropy(self, teacher, temp):
         """Mean entropy of the centred, sharpened teacher distributions (before the centre
         moves: the ones the loss used)."""
-        z = (cat(teacher, dim=0) - self.center.data) / self.config.teacher_temp   # (2B, K)
+        z = (cat(teacher, dim=0) - self.center.data) / temp                       # (2B, K)
         logp = F.log_softmax(z, dim=1).data
         xp = get_array_module(logp)
         return float(-(xp.exp(logp) * logp).sum(axis=1).mean())
@@ -171,6 +181,18 @@ class DINO(SSLMethod):
         self.momentum = cosine_tau(self.config.momentum_teacher, step, total_steps)
         ema_update(self.teacher_encoder, self.encoder, self.momentum)
         ema_update(self.teacher_head, self.head, self.momentum)
+        if self.config.warmup_teacher_temp_steps:
+            self.step.data[0] += 1
+
+
+def teacher_temp(config, step):
+    """The teacher temperature of ``step``: ``main_dino.py``'s ``DINOLoss.teacher_temp_schedule``
+    (``linspace(warmup_teacher_temp, teacher_temp, warm-up)``, then ``teacher_temp``), with the
+    warm-up counted in steps, not epochs: a method sees steps (``on_step_end``)."""
+    w = config.warmup_teacher_temp_steps
+    if step >= w:
+        return config.teacher_temp
+    return float(np.linspace(config.warmup_teacher_temp, config.teacher_temp, w)[step])
 
 
 def build(data, encoder=None, feature_dim=None, **overrides):

@@ -193,3 +193,41 @@ def test_multi_crop_option_trains(name, digits64):
     m = methods.build(name, d, multi_crop=2)
     values = [v for v, _ in _steps(m, x, 20)]
     assert np.mean(values[-5:]) < np.mean(values[:3]) - 1e-3, values
+
+
+def test_dino_teacher_temperature_warms_up_over_the_first_steps(digits64, monkeypatch):
+    # main_dino.py's DINOLoss.teacher_temp_schedule: linspace(warmup_teacher_temp,
+    # teacher_temp, warm-up) then constant; counted here in steps, and resumed from the state.
+    d, x = digits64
+    seen = []
+    real = losses.dino_loss
+    monkeypatch.setattr(losses, "dino_loss", lambda s, t, c, st, tt: seen.append(tt) or
+                        real(s, t, c, st, tt))
+    kw = dict(n_local=1, warmup_teacher_temp=0.04, teacher_temp=0.07,
+              warmup_teacher_temp_steps=3)
+    random.manual_seed(0)
+    a = methods.build("dino", d, **kw)
+    _steps(a, x, 2)
+    b = methods.build("dino", d, **kw)
+    b.load_state_dict({k: tensor(v) for k, v in a.state_dict().items()})
+    _steps(b, x, 3)
+    assert seen == pytest.approx([0.04, 0.055, 0.07, 0.07, 0.07])
+    # The default (no warm-up) keeps the state of a constant temperature: no step counter.
+    assert "step" in a.state_dict() and "step" not in methods.build("dino", d).state_dict()
+
+
+def test_dino_teacher_entropy_uses_the_step_temperature(digits64):
+    d, x = digits64
+    random.manual_seed(0)
+    warm = methods.build("dino", d, n_local=1, warmup_teacher_temp=0.5,
+                         warmup_teacher_temp_steps=2)
+    random.manual_seed(0)
+    hot = methods.build("dino", d, n_local=1, teacher_temp=0.5)
+    (_, m1), = _steps(warm, x, 1)
+    (_, m2), = _steps(hot, x, 1)
+    assert m1["teacher_entropy"] == pytest.approx(m2["teacher_entropy"], rel=1e-6)
+
+
+def test_dino_rejects_a_negative_warm_up():
+    with pytest.raises(ValueError, match="DINO: warmup_teacher_temp_steps"):
+        methods.build("dino", data.digits(), warmup_teacher_temp_steps=-1)
