@@ -21,10 +21,25 @@ noise), made in NumPy from one seeded generator.
 * ``denoising_audio``: 32 channels, dilations 1..32, noise at 0-10 dB, Adam 1e-3. Figure: SNR
   of the test clips with white noise at 5 dB, and after denoising.
 
+``--init`` picks each seed's initial weights (cpc, whose two networks name their weights
+alike): each library's own draw (``own``, the default), or one draw for both, minissl's
+(``minissl``) or PyTorch's (``pytorch``): the cross experiment that tells a difference in
+training from one in the draw. ``--init-stats N`` compares the two libraries' initial weights
+over seeds 0..N-1 parameter by parameter (``compare_draws.table``); ``--compare-steps N``
+trains both from minissl's draw in float64 on the first N batches and prints both losses and
+how far the weights drift apart. Neither trains a recipe. ``--epochs 0`` gives the figures of
+the random-init network (of the draw ``--init`` names).
+
     python benchmarks/bench_audio.py --method cpc --epochs 16 --seeds 0 1 2
     python benchmarks/bench_audio.py --method cpc --epochs 24 --seeds 0 --library minissl \
         --trace 100
-    python benchmarks/bench_audio.py --method cpc --epochs 8 --data spoken_digits
+    python benchmarks/make_spoken_digits.py --out spoken_digits --per-digit 60 --seed 0
+    python benchmarks/bench_audio.py --method cpc --epochs 16 --seeds 0 1 2 --data spoken_digits
+    python benchmarks/bench_audio.py --method cpc --epochs 16 --seeds 0 --data spoken_digits \
+        --no-baselines --init pytorch
+    python benchmarks/bench_audio.py --method cpc --init-stats 300
+    python benchmarks/bench_audio.py --method cpc --seeds 0 --data spoken_digits \
+        --compare-steps 20
     python benchmarks/bench_audio.py --method wavenet --epochs 2 --library minissl
 """
 import argparse
