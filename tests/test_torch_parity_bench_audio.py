@@ -1,6 +1,8 @@
 """benchmarks/bench_audio.py runs one recipe in both libraries: its torch.nn CPC, given
 minissl's CPC's weights, has the same loss, the same gradient of every weight and the same
-features for the probe."""
+features for the probe; ``--init`` starts either library from the other's draw, the two
+libraries' own draws share one distribution (``--init-stats``), and from one draw the two
+train alike, step after step (``--compare-steps``)."""
 import os
 import sys
 from unittest import mock
