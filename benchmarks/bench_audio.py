@@ -21,14 +21,31 @@ noise), made in NumPy from one seeded generator.
 * ``denoising_audio``: 32 channels, dilations 1..32, noise at 0-10 dB, Adam 1e-3. Figure: SNR
   of the test clips with white noise at 5 dB, and after denoising.
 
+``--init`` picks each seed's initial weights (cpc, whose two networks name their weights
+alike): each library's own draw (``own``, the default), or one draw for both, minissl's
+(``minissl``) or PyTorch's (``pytorch``): the cross experiment that tells a difference in
+training from one in the draw. ``--init-stats N`` compares the two libraries' initial weights
+over seeds 0..N-1 parameter by parameter (``compare_draws.table``); ``--compare-steps N``
+trains both from minissl's draw in float64 on the first N batches and prints both losses and
+how far the weights drift apart. Neither trains a recipe. ``--epochs 0`` gives the figures of
+the random-init network (of the draw ``--init`` names).
+
     python benchmarks/bench_audio.py --method cpc --epochs 16 --seeds 0 1 2
     python benchmarks/bench_audio.py --method cpc --epochs 24 --seeds 0 --library minissl \
         --trace 100
-    python benchmarks/bench_audio.py --method cpc --epochs 8 --data spoken_digits
+    python benchmarks/make_spoken_digits.py --out spoken_digits --per-digit 60 --seed 0
+    python benchmarks/bench_audio.py --method cpc --epochs 16 --seeds 0 1 2 --data spoken_digits
+    python benchmarks/bench_audio.py --method cpc --epochs 16 --seeds 0 --data spoken_digits \
+        --no-baselines --init pytorch
+    python benchmarks/bench_audio.py --method cpc --init-stats 300
+    python benchmarks/bench_audio.py --method cpc --seeds 0 --data spoken_digits \
+        --compare-steps 20
     python benchmarks/bench_audio.py --method wavenet --epochs 2 --library minissl
 """
 import argparse
 import json
+import os
+import sys
 
 import numpy as np
 
@@ -38,7 +55,11 @@ from minissl.methods import cpc
 from minissl.methods.denoising_audio import add_noise, snr_db
 from minissl.methods.wavenet import marginal_nll
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare_draws  # noqa: E402
+
 BATCH = 32
+INITS = ("own", "minissl", "pytorch")
 RECIPES = {   # method: (settings, learning rate)
     "wavenet": ({"window": 512}, 1e-3),
     "cpc": ({}, 3e-3),
@@ -62,20 +83,91 @@ def minissl_model(method, d, seed):
     return methods.build(method, d, **RECIPES[method][0])
 
 
+# ------------------------------------------------------------------------ initial weights
+
+def same_names(method, ours, theirs):
+    """Raises unless the two networks' state dicts name the same tensors, of the same shapes
+    (cpc's do; wavenet's and denoising_audio's torch.nn recipes name their layers apart)."""
+    a = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    b = {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+    if a != b:
+        raise ValueError(f"--init: {method}'s two networks name their weights apart "
+                         f"({sorted(set(a.items()) ^ set(b.items()))[:4]} ..); only cpc's "
+                         f"can start from one draw")
+
+
+def initial_network(library, method, d, seed, init="own"):
+    """The network ``library`` trains for ``seed``, from its own draw of the initial weights
+    (``init="own"``) or from the draw of the library ``init`` names, copied in."""
+    if library == "minissl":
+        m = minissl_model(method, d, seed)
+        if init == "pytorch":
+            theirs = torch_model(method, seed)
+            same_names(method, m, theirs)
+            m.load_state_dict({k: t.numpy() for k, t in theirs.state_dict().items()})
+        return m
+    import torch
+    net = torch_model(method, seed)
+    if init == "minissl":
+        ours = minissl_model(method, d, seed)
+        same_names(method, ours, net)
+        net.load_state_dict({k: torch.from_numpy(np.array(v))
+                             for k, v in ours.state_dict().items()})
+    return net
+
+
+def compare_steps(method, d, seed, steps, lr):
+    """Both libraries from minissl's draw of ``seed``, in float64, on the bench's first
+    ``steps`` batches with the same draws: yields per step the two losses and the largest
+    difference of a weight after the step, relative to that weight's largest magnitude."""
+    import copy
+    import itertools
+    import torch
+    m = minissl_model(method, d, seed).double()
+    net = initial_network("torch", method, d, seed, "minissl").double()
+    opts = optim.Adam(m.trainable_parameters(), lr=lr), torch.optim.Adam(net.parameters(), lr=lr)
+    for step, (rng, x) in enumerate(itertools.islice(batches(d, steps, seed), steps), 1):
+        x, rng_t = x.astype(np.float64), copy.deepcopy(rng)
+        loss = minissl_step(m, opts[0], x, rng)[0].item()
+        t_loss = torch_step(method, net, opts[1], x, rng_t).item()
+        theirs = dict(net.named_parameters())
+        drift = max(float(np.abs(p.data - theirs[n].detach().numpy()).max()
+                          / np.abs(p.data).max()) for n, p in m.named_parameters())
+        yield step, loss, t_loss, drift
+
+
+def init_stats(method, d, seeds):
+    """Both libraries' initial weights over ``seeds``, compared parameter by parameter
+    (``compare_draws.table``, whose pools it returns)."""
+    pools = {}
+    for seed in seeds:
+        ours, theirs = minissl_model(method, d, seed), torch_model(method, seed)
+        same_names(method, ours, theirs)
+        mine = ours.state_dict()
+        for name, t in theirs.state_dict().items():
+            compare_draws.pool(pools, name, mine[name], t.numpy())
+    return compare_draws.table(pools)
+
+
 def minissl_train(m, d, epochs, seed, lr, trace=0):
     """Adam on the shared batches; every ``trace`` steps (0: never) a JSON line of the loss,
     the step's logged metrics (CPC: InfoNCE top-1 per step k) and the figures."""
     opt = optim.Adam(m.trainable_parameters(), lr=lr)
     for step, (rng, x) in enumerate(batches(d, epochs, seed), 1):
-        opt.zero_grad()
-        loss, metrics = m.training_step(x, rng)
-        loss.backward()
-        opt.step()
+        loss, metrics = minissl_step(m, opt, x, rng)
         if trace and step % trace == 0:
             print(json.dumps({"step": step, "loss": round(loss.item(), 4),
                               **{k: round(float(v), 4) for k, v in metrics.items()},
                               **minissl_figures(m.name, m, d)}), flush=True)
     return m
+
+
+def minissl_step(m, opt, x, rng):
+    opt.zero_grad()
+    loss, metrics = m.training_step(x, rng)
+    loss.backward()
+    opt.step()
+    return loss, metrics
 
 
 def minissl_figures(method, m, d):
@@ -211,11 +303,16 @@ def torch_train(method, net, d, epochs, seed, lr):
     import torch
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     for rng, x in batches(d, epochs, seed):
-        opt.zero_grad()
-        loss = torch_step_loss(method, net, x, rng)
-        loss.backward()
-        opt.step()
+        torch_step(method, net, opt, x, rng)
     return net
+
+
+def torch_step(method, net, opt, x, rng):
+    opt.zero_grad()
+    loss = torch_step_loss(method, net, x, rng)
+    loss.backward()
+    opt.step()
+    return loss
 
 
 def torch_figures(method, net, d):
@@ -279,6 +376,15 @@ def main():
     ap.add_argument("--trace", type=int, default=0, metavar="N",
                     help="minissl: every N steps, print the loss, the logged metrics and the "
                          "figures")
+    ap.add_argument("--init", choices=INITS, default="own",
+                    help="each library's own draw of the initial weights, or minissl's or "
+                         "PyTorch's draw for both (cpc)")
+    ap.add_argument("--init-stats", type=int, metavar="N",
+                    help="compare the two libraries' initial weights over seeds 0..N-1; "
+                         "train nothing")
+    ap.add_argument("--compare-steps", type=int, metavar="N",
+                    help="train both libraries from minissl's draw in float64 for N steps and "
+                         "print both losses and the weights' drift apart after each")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a setting of the method's config, in both libraries (cpc: "
                          "norm=none, negatives=sequence)")
@@ -286,25 +392,36 @@ def main():
     for kv in args.set:
         key, _, value = kv.partition("=")
         RECIPES[args.method][0][key] = int(value) if value.isdigit() else value
+    if args.init_stats:
+        init_stats(args.method, None, range(args.init_stats))
+        return
     d = wav_clips(args.data) if args.data else data.audio()
+    if args.library != "minissl" or args.compare_steps:
+        import torch
+        torch.set_num_threads(1)
+    if args.compare_steps:
+        for seed in args.seeds:
+            for step, a, b, drift in compare_steps(args.method, d, seed, args.compare_steps,
+                                                   RECIPES[args.method][1]):
+                print(json.dumps({"seed": seed, "step": step, "minissl_loss": a,
+                                  "torch_loss": b, "weight_drift": drift}), flush=True)
+        return
     if not args.no_baselines:
         print(json.dumps({"method": args.method, "data": d.name,
                           "baselines": baselines(args.method, d)}), flush=True)
     lr = RECIPES[args.method][1]
     for seed in args.seeds:
+        run = {"method": args.method, "seed": seed, "init": args.init, "epochs": args.epochs}
         if args.library in ("both", "minissl"):
-            m = minissl_train(minissl_model(args.method, d, seed), d, args.epochs, seed, lr,
-                              args.trace)
-            print(json.dumps({"method": args.method, "library": "minissl", "seed": seed,
-                              "epochs": args.epochs, **minissl_figures(args.method, m, d)}),
-                  flush=True)
+            m = minissl_train(initial_network("minissl", args.method, d, seed, args.init), d,
+                              args.epochs, seed, lr, args.trace)
+            print(json.dumps({"library": "minissl", **run,
+                              **minissl_figures(args.method, m, d)}), flush=True)
         if args.library in ("both", "torch"):
-            import torch
-            torch.set_num_threads(1)
-            net = torch_train(args.method, torch_model(args.method, seed), d, args.epochs,
-                              seed, lr)
-            print(json.dumps({"method": args.method, "library": "torch", "seed": seed,
-                              "epochs": args.epochs, **torch_figures(args.method, net, d)}),
+            net = torch_train(args.method,
+                              initial_network("torch", args.method, d, seed, args.init), d,
+                              args.epochs, seed, lr)
+            print(json.dumps({"library": "torch", **run, **torch_figures(args.method, net, d)}),
                   flush=True)
 
 

@@ -35,3 +35,13 @@ def table(pools):
         print(f"{name:38s} " + "  ".join(f"{v.mean():+.4f} {v.std():.4f} {np.abs(v).max():.4f}"
                                          for v in (a, b)) + f"  {p}")
     return pools
+
+
+def differing(pools, alpha=1e-3):
+    """The names of ``table``'s pools whose two draws differ: constants that are not equal,
+    or drawn values whose Kolmogorov-Smirnov p-value is under ``alpha`` (empty: one
+    distribution, as far as these seeds can tell)."""
+    from scipy.stats import ks_2samp
+    return [name for name, (a, b) in pools.items()
+            if (not np.array_equal(a, b) if np.ptp(a) == 0 and np.ptp(b) == 0
+                else ks_2samp(a, b).pvalue < alpha)]
