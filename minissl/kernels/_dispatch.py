@@ -61,7 +61,8 @@ _explicit = False  # set by set_num_threads: then the load guard below leaves it
 _running = 1       # threads the parallel loops use now: _threads, or 1 while the cores are busy
 _next_check = 0.0  # time.monotonic() of the load guard's next look at /proc/stat
 LOAD_CHECK_SECONDS = 0.25
-_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+_cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+_cores = len(_cpus) if _cpus is not None else (os.cpu_count() or 1)
 
 
 def _push(n):
@@ -73,7 +74,7 @@ def _push(n):
             module.set_num_threads(n)
 
 
-_cpus = (sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
+_CPU_LINES = None if _cpus is None else {f"cpu{c}" for c in _cpus}   # their /proc/stat rows
 try:
     _TICK = 1.0 / os.sysconf("SC_CLK_TCK")    # /proc/stat's unit
 except (AttributeError, ValueError, OSError):
@@ -85,16 +86,15 @@ def cpu_times():
     """(wall, busy, own) seconds now: a monotonic clock, the CPU time the cores this process
     may run on have spent busy (user, nice, system, irq, softirq, steal in /proc/stat), and
     this process's own CPU time; None where /proc/stat cannot be read."""
+    if _CPU_LINES is None:
+        return None
     try:
         with open("/proc/stat") as f:
-            lines = f.read().split("\n")
+            rows = [line.split() for line in f]
         busy = 0
-        wanted = None if _cpus is None else {f"cpu{c}" for c in _cpus}
-        for line in lines:
-            name, *ticks = line.split()[:9] or ("",)
-            if name.startswith("cpu") and name != "cpu" and (wanted is None or name in wanted):
-                t = [int(v) for v in ticks]
-                busy += t[0] + t[1] + t[2] + t[5] + t[6] + t[7]
+        for row in rows:
+            if row and row[0] in _CPU_LINES:   # cpuN user nice system idle iowait irq softirq steal
+                busy += sum(int(row[i]) for i in (1, 2, 3, 6, 7, 8))
     except (OSError, ValueError, IndexError):
         return None
     own = os.times()
