@@ -19,13 +19,18 @@ MNIST-subset figures are these 3 epochs, 375 steps on 4000 images.)
 or one draw for both, minissl's (``minissl``) or PyTorch's (``pytorch``): the cross experiment
 that tells a difference in training from one in the draw. ``--init-stats N`` compares the two
 libraries' initial weights over seeds 0..N-1 parameter by parameter
-(``compare_draws.table``) and trains nothing.
+(``compare_draws.table``) and trains nothing. ``--compare-steps N`` trains both libraries from
+minissl's draw in float64 on the bench's first N batches and prints, per step, the two losses
+and how far the weights have drifted apart, then both test NLLs: whether the two training
+loops are the same computation, apart from float32 rounding.
 """
 import minissl
 
 minissl.runtime.tune()   # the process settings of a training loop (minissl/runtime.py)
 
 import argparse
+import itertools
+import json
 import math
 import os
 import sys
@@ -164,10 +169,48 @@ def torch_run(d, epochs, seed, init="own"):
         opt.zero_grad()
         loss.backward()
         opt.step()
+    return torch_bits(torch, net, d.test_x)
+
+
+def torch_bits(torch, net, test_x):
+    """The torch.nn recipe's test NLL in bits per pixel, as ``PixelCNN.bits_per_dim``."""
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    dtype = next(net.parameters()).dtype
     with torch.no_grad():   # in batches of 512, as PixelCNN.bits_per_dim: MNIST's at once is GBs
-        b = torch.from_numpy(binarize(d.test_x))
+        b = torch.from_numpy(binarize(test_x)).to(dtype)
         nats = sum(bce(net(c), c, reduction="sum").item() for c in b.split(512))
         return nats / b.numel() / math.log(2)
+
+
+def compare_steps(d, seed, steps):
+    """Both libraries from minissl's draw of ``seed``, in float64, on the bench's first
+    ``steps`` batches: yields per step the two losses and the largest difference of a weight
+    after the step, relative to that weight's largest magnitude; then both test NLLs."""
+    import torch
+    m = minissl_draw(d.image_shape, seed).double()
+    net = copy_into_torch(torch, m, torch_model(torch, CONFIG)).double()
+    opt, t_opt = optim.Adam(m.trainable_parameters(), lr=LR), torch.optim.Adam(net.parameters(),
+                                                                                lr=LR)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    rng = np.random.default_rng(seed)
+    epochs = -(-steps // max(1, len(d.train_x) // BATCH))
+    for step, x in enumerate(itertools.islice(batches(d.train_x, epochs, seed), steps), 1):
+        opt.zero_grad()
+        loss, _ = m.training_step(x, rng)
+        loss.backward()
+        opt.step()
+        b = torch.from_numpy(binarize(x)).double()
+        t_loss = bce(net(b), b)
+        t_opt.zero_grad()
+        t_loss.backward()
+        t_opt.step()
+        theirs = dict(net.named_parameters())
+        drift = max(float(np.abs(p.data - theirs[torch_name(n)].detach().numpy()).max()
+                          / max(np.abs(p.data).max(), 1e-30)) for n, p in m.named_parameters())
+        yield {"seed": seed, "step": step, "minissl_loss": loss.item(),
+               "torch_loss": t_loss.item(), "weight_drift": drift}
+    yield {"seed": seed, "steps": steps, "minissl_test_bits": m.bits_per_dim(d.test_x),
+           "torch_test_bits": torch_bits(torch, net, d.test_x)}
 
 
 def init_stats(image_shape, seeds):
@@ -194,10 +237,20 @@ def main():
                          "PyTorch's draw for both")
     ap.add_argument("--init-stats", type=int, metavar="N",
                     help="compare the initial weights over seeds 0..N-1; train nothing")
+    ap.add_argument("--compare-steps", type=int, metavar="N",
+                    help="both libraries from minissl's draw in float64 for N steps: the "
+                         "losses and weights step by step, then the test NLLs (JSON lines)")
     args = ap.parse_args()
     d = data.load(args.data, **({"root": args.data_root} if args.data_root else {}))
     if args.init_stats:
         init_stats(d.image_shape, range(args.init_stats))
+        return
+    if args.compare_steps:
+        import torch
+        torch.set_num_threads(1)
+        for seed in args.seeds:
+            for row in compare_steps(d, seed, args.compare_steps):
+                print(json.dumps(row), flush=True)
         return
     base = bernoulli_baseline_bits(binarize(d.train_x), binarize(d.test_x))
     print(f"{args.data}: {len(d.train_x)} train / {len(d.test_x)} test images "

@@ -77,3 +77,21 @@ def test_init_pytorch_and_minissl_start_both_libraries_from_one_draw(bench):
         crossed = bench.torch_run(d, 0, seed, "minissl"), bench.minissl_run(d, 0, seed, "pytorch")
         assert crossed == pytest.approx(own, rel=1e-5)
         assert abs(own[0] - own[1]) > 1e-4                  # two different draws
+
+
+def test_compare_steps_both_libraries_train_alike_from_one_draw(bench):
+    """``--compare-steps``: from minissl's draw, on the bench's batches, in float64, both
+    libraries' Adam steps give the same losses and weights step after step, and the same
+    test NLL after them."""
+    from types import SimpleNamespace
+    rng = np.random.default_rng(0)
+    d = SimpleNamespace(image_shape=(1, 8, 8), train_x=rng.random((70, 1, 8, 8)),
+                        test_x=rng.random((20, 1, 8, 8)).astype(np.float32))
+    rows = list(bench.compare_steps(d, 0, 4))
+    assert [r["step"] for r in rows[:-1]] == [1, 2, 3, 4]
+    for r in rows[:-1]:
+        assert r["minissl_loss"] == pytest.approx(r["torch_loss"], rel=1e-10), r
+        assert r["weight_drift"] < 1e-9, r
+    assert rows[-2]["minissl_loss"] < rows[0]["minissl_loss"]            # it trains
+    end = rows[-1]
+    assert end["minissl_test_bits"] == pytest.approx(end["torch_test_bits"], rel=1e-10)
