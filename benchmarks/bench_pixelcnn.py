@@ -189,8 +189,8 @@ def compare_steps(d, seed, steps):
     import torch
     m = minissl_draw(d.image_shape, seed).double()
     net = copy_into_torch(torch, m, torch_model(torch, CONFIG)).double()
-    opt, t_opt = optim.Adam(m.trainable_parameters(), lr=LR), torch.optim.Adam(net.parameters(),
-                                                                                lr=LR)
+    opt = optim.Adam(m.trainable_parameters(), lr=LR)
+    t_opt = torch.optim.Adam(net.parameters(), lr=LR)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     rng = np.random.default_rng(seed)
     epochs = -(-steps // max(1, len(d.train_x) // BATCH))
