@@ -218,10 +218,14 @@ def _fmt(x, spec, width):
 
 
 def print_table(columns, names, cell, width=30):
-    """One row per workload, one column per key of ``columns``: ``cell(columns[key][name])``."""
+    """One row per workload, one column per key of ``columns``: ``cell(columns[key][name])``,
+    right-aligned in columns of ``width`` or wider, two spaces apart at the least."""
+    cells = {name: [cell(col[name]) for col in columns.values()] for name in names}
+    width = max([width] + [len(c) + 2 for row in cells.values() for c in row]
+                + [len(key) + 2 for key in columns])
     print(f"{'workload':12s}" + "".join(f"{key:>{width}s}" for key in columns))
     for name in names:
-        print(f"{name:12s}" + "".join(cell(col[name]).rjust(width) for col in columns.values()))
+        print(f"{name:12s}" + "".join(c.rjust(width) for c in cells[name]))
 
 
 def print_mode(title, m, table, ratio_table, names, args):

@@ -97,3 +97,19 @@ def test_each_fresh_worker_times_its_own_library_only(config):
     line, = [x for x in run.stdout.splitlines() if x.startswith("BENCH_RESULT ")]
     (timed,) = json.loads(line.split(" ", 1)[1])["rounds"]
     assert set(timed) - {"sgemm_gflops"} == {config.split("+")[0]}
+
+
+def test_tables_keep_their_columns_apart_with_many_rounds(capsys):
+    """A ratio cell lists every round: with 5 rounds it is wider than the default column,
+    and the columns must still be separated (the table widens, it does not run together)."""
+    spec = importlib.util.spec_from_file_location("bench_cpu", BENCH)
+    bench_cpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_cpu)
+    rounds = [1.11, 1.24, 1.06, 0.80, 1.03]
+    cell = {"median": 1.06, "rounds": rounds}
+    columns = {"minissl vs torch": {"w": cell}, "minissl+tune vs torch+heap": {"w": cell}}
+    bench_cpu.print_table(columns, ["w"],
+                          lambda r: f"{r['median']:.2f} ({' '.join(map(str, r['rounds']))})")
+    header, row = capsys.readouterr().out.splitlines()
+    assert ")  " in row and row.count("(") == 2
+    assert row.index("(", row.index(")")) > header.index("minissl vs torch") + len("minissl vs torch")
