@@ -98,11 +98,17 @@ def minissl_run(d, epochs, seed, init="own"):
     opt = optim.Adam(m.trainable_parameters(), lr=LR)
     rng = np.random.default_rng(seed)
     for x in batches(d.train_x, epochs, seed):
-        opt.zero_grad()
-        loss, _ = m.training_step(x, rng)
-        loss.backward()
-        opt.step()
+        minissl_step(m, opt, x, rng)
     return m.bits_per_dim(d.test_x)
+
+
+def minissl_step(m, opt, x, rng):
+    """One Adam step of minissl's PixelCNN on the grey images ``x``; its loss."""
+    opt.zero_grad()
+    loss, _ = m.training_step(x, rng)
+    loss.backward()
+    opt.step()
+    return loss
 
 
 def torch_model(torch, c):
@@ -162,14 +168,20 @@ def torch_run(d, epochs, seed, init="own"):
     if init == "minissl":
         copy_into_torch(torch, minissl_draw(d.image_shape, seed), net)
     opt = torch.optim.Adam(net.parameters(), lr=LR)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
     for x in batches(d.train_x, epochs, seed):
-        b = torch.from_numpy(binarize(x))
-        loss = bce(net(b), b)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        torch_step(torch, net, opt, x)
     return torch_bits(torch, net, d.test_x)
+
+
+def torch_step(torch, net, opt, x):
+    """One Adam step of the torch.nn recipe on the grey images ``x``, binarised in the
+    network's dtype; its loss."""
+    b = torch.from_numpy(binarize(x)).to(next(net.parameters()).dtype)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(net(b), b)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
 
 
 def torch_bits(torch, net, test_x):
@@ -191,19 +203,10 @@ def compare_steps(d, seed, steps):
     net = copy_into_torch(torch, m, torch_model(torch, CONFIG)).double()
     opt = optim.Adam(m.trainable_parameters(), lr=LR)
     t_opt = torch.optim.Adam(net.parameters(), lr=LR)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
     rng = np.random.default_rng(seed)
     epochs = -(-steps // max(1, len(d.train_x) // BATCH))
     for step, x in enumerate(itertools.islice(batches(d.train_x, epochs, seed), steps), 1):
-        opt.zero_grad()
-        loss, _ = m.training_step(x, rng)
-        loss.backward()
-        opt.step()
-        b = torch.from_numpy(binarize(x)).double()
-        t_loss = bce(net(b), b)
-        t_opt.zero_grad()
-        t_loss.backward()
-        t_opt.step()
+        loss, t_loss = minissl_step(m, opt, x, rng), torch_step(torch, net, t_opt, x)
         theirs = dict(net.named_parameters())
         drift = max(float(np.abs(p.data - theirs[torch_name(n)].detach().numpy()).max()
                           / max(np.abs(p.data).max(), 1e-30)) for n, p in m.named_parameters())
