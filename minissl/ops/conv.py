@@ -22,6 +22,7 @@ import numpy as np
 
 from ..autograd import Function
 from ..backend import get_array_module
+from ..kernels import conv as conv_kernels
 from ..kernels._dispatch import reference_forced
 from ..kernels.gemm import matmul as _mm
 from ..kernels.im2col import col2im, im2col, window_geometry
@@ -95,20 +96,28 @@ class Conv2dRef(Function):
 class Conv2d(Function):
     """y = conv2d(x, weight) + bias: Conv2dRef's products, arranged for speed.
 
-    The products are computed transposed, Y^T = W cols^T (O, N*OH*OW), so that NCHW is a
+    On the CPU, where the conv kernels are built and NumPy's BLAS is OpenBLAS, the whole op
+    is the conv family's kernel (minissl/kernels/conv: image by image, each image's windows
+    unfolded in the cache; nothing but x and the weight kept for the backward pass).
+    Otherwise (the GPU, no compiled kernels) the products are computed transposed, Y^T = W cols^T (O, N*OH*OW), so that NCHW is a
     plane-by-plane copy; image by image (Y_n = W cols_n^T) when the output planes are large
     against the window (OH*OW >= PER_IMAGE_RATIO * C*kh*kw); and the input gradient in chunks
     of images when dcols is larger than 16 * CHUNK_BYTES. Why, with the measurements:
     docs/performance.md, "conv2d". One group only (grouped convolutions run Conv2dRef)."""
 
     __slots__ = ("k", "stride", "padding", "dilation", "has_bias", "cols", "w2", "x_shape",
-                 "per_image")
+                 "per_image", "fused", "x", "w")
 
     def __init__(self, k, stride, padding, has_bias, dilation=(1, 1)):
         self.k, self.stride, self.padding, self.has_bias = k, stride, padding, has_bias
         self.dilation = dilation
 
     def forward(self, x, w, b=None):
+        self.fused = conv_kernels.compiled_kernel(x, w) is not None
+        if self.fused:                                               # kernels/conv, the CPU
+            self.x, self.w = x, w
+            return conv_kernels.conv2d_forward(x, w, b, self.stride, self.padding,
+                                               self.dilation)
         N = x.shape[0]
         _, _, _, (OH, OW) = window_geometry("conv2d", x.shape, self.k, self.stride, self.padding,
                                             self.dilation)
@@ -133,6 +142,11 @@ class Conv2d(Function):
         need_x, need_w = self.needs_grad[0], self.needs_grad[1]
         need_b = self.has_bias and self.needs_grad[2]
         gx = gw = gb = None
+        if self.fused:
+            gx, gw = conv_kernels.conv2d_backward(self.x, self.w, g, self.stride, self.padding,
+                                                  self.dilation, need_x, need_w)
+            gb = g.sum(axis=(0, 2, 3)) if need_b else None
+            return (gx, gw, gb) if self.has_bias else (gx, gw)
         if self.per_image:
             g3 = g.reshape(N, O, g.shape[2] * g.shape[3])            # G_n: (N, O, OH*OW)
             if need_x:

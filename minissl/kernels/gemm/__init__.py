@@ -56,6 +56,8 @@ MIN_PART = 32
 
 _lock = threading.Lock()   # one product at a time changes BLAS's thread limit (see matmul)
 _blas = None   # None: not looked up yet; False: none usable; else (get_num_threads, name)
+_addresses = None  # (sgemm, dgemm, set_num_threads_local) of that BLAS, once found
+_bound = set()     # the other compiled modules bound to it (bind_blas)
 
 _SYMBOLS = (  # (sgemm, dgemm, get_num_threads) of the 64-bit-integer interfaces we know
     ("scipy_cblas_sgemm64_", "scipy_cblas_dgemm64_", "scipy_openblas_get_num_threads64_"),
@@ -75,7 +77,7 @@ def _loaded_libraries():
 
 def _bind(module):
     """Find and bind the BLAS entry points once; returns the usable state (see ``_blas``)."""
-    global _blas
+    global _blas, _addresses
     if _blas is None:
         _blas = False
         for path in _loaded_libraries():
@@ -89,6 +91,7 @@ def _bind(module):
                 if all(fns):
                     addr = [ctypes.cast(f, ctypes.c_void_p).value for f in fns]
                     module.bind(addr[0], addr[1], addr[3])
+                    _addresses = (addr[0], addr[1], addr[3])
                     get = fns[2]
                     get.restype, get.argtypes = ctypes.c_int, []
                     _blas = (get, os.path.basename(path))
@@ -99,6 +102,23 @@ def _bind(module):
 def _state():
     module = compiled("gemm", np.empty(0, np.float32))
     return _bind(module) if module is not None else False
+
+
+def bind_blas(module):
+    """Bind another compiled module that calls BLAS itself (its ``bind(sgemm, dgemm,
+    set_num_threads_local)``, as kernels/conv's) to the BLAS the products use. True when it
+    is bound, False where there is no such BLAS (then its caller runs another version).
+    Changing BLAS's thread limit, as these modules do, goes under ``blas_lock``."""
+    if module in _bound:
+        return True
+    if not _state():
+        return False
+    module.bind(*_addresses)
+    _bound.add(module)
+    return True
+
+
+blas_lock = _lock
 
 
 def blas_info():

@@ -18,17 +18,11 @@ from libc.stdint cimport int64_t
 
 cnp.import_array()
 
-ctypedef void (*sgemm_t)(int, int, int, int64_t, int64_t, int64_t, float, const float*,
-                         int64_t, const float*, int64_t, float, float*, int64_t) noexcept nogil
-ctypedef void (*dgemm_t)(int, int, int, int64_t, int64_t, int64_t, double, const double*,
-                         int64_t, const double*, int64_t, double, double*, int64_t) noexcept nogil
-ctypedef int (*set_local_t)(int) noexcept nogil
+from minissl_blas cimport NO_TRANS, ROW_MAJOR, dgemm_t, set_local_t, sgemm_t
 
 cdef sgemm_t SGEMM = NULL
 cdef dgemm_t DGEMM = NULL
 cdef set_local_t SET_LOCAL = NULL
-cdef int ROW_MAJOR = 101
-cdef int NO_TRANS = 111
 
 
 def bind(size_t sgemm, size_t dgemm, size_t set_local):
