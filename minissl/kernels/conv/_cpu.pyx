@@ -84,6 +84,20 @@ cdef inline void _phase_range(const Geo* g, int64_t r, int64_t* lo, int64_t* hi)
     hi[0] = (g.W - 1 + g.pw - r) // g.sw + 1 if g.W - 1 + g.pw >= r else 0
 
 
+cdef inline void _gather2(real* dst, const real* src, int64_t n) noexcept nogil:
+    """dst[q] = src[2 q], q < n (one phase of a stride-2 row)."""
+    cdef int64_t q
+    for q in range(n):
+        dst[q] = src[2 * q]
+
+
+cdef inline void _scatter2(real* dst, const real* src, int64_t n) noexcept nogil:
+    """dst[2 q] = src[q], q < n (its adjoint)."""
+    cdef int64_t q
+    for q in range(n):
+        dst[2 * q] = src[q]
+
+
 cdef void _phases(const Geo* g, real* x, real* xs, bint to_buffer) noexcept nogil:
     """Between one image x (C, H, W) and its phase-split buffer, xs[c, h, r, q] = x_pad[c, h,
     q sw + r]: to the buffer (staging) or back (the adjoint). Only the positions that hold
@@ -101,6 +115,10 @@ cdef void _phases(const Geo* g, real* x, real* xs, bint to_buffer) noexcept nogi
                     memcpy(phase + lo, row + lo - g.pw, (hi - lo) * sizeof(real))
                 elif g.sw == 1:
                     memcpy(row + lo - g.pw, phase + lo, (hi - lo) * sizeof(real))
+                elif g.sw == 2 and to_buffer:   # stride 2: a constant the compiler can
+                    _gather2(phase + lo, row + 2 * lo + r - g.pw, hi - lo)   # vectorise
+                elif g.sw == 2:
+                    _scatter2(row + 2 * lo + r - g.pw, phase + lo, hi - lo)
                 elif to_buffer:
                     for q in range(lo, hi):
                         phase[q] = row[q * g.sw + r - g.pw]
