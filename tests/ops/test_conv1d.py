@@ -49,10 +49,10 @@ def grouped_cases(draw, one_d=False):
 
 
 @given(case=grouped_cases(), bias=st.booleans(), ratio=st.sampled_from([0, math.inf]),
-       data=st.data())
-def test_conv2d_dilation_groups(path, case, bias, ratio, data):
+       fused=st.booleans(), data=st.data())
+def test_conv2d_dilation_groups(path, case, bias, ratio, fused, data):
     xs, ws, s, p, d, g = case
-    with on_path(path, "im2col") as device, conv_products(ratio, conv_ops.CHUNK_BYTES):
+    with on_path(path, "im2col") as device, conv_products(ratio, conv_ops.CHUNK_BYTES, fused):
         x, w = T(data.draw(arrays(xs)), device), T(data.draw(arrays(ws)), device)
         b = T(data.draw(arrays((ws[0],))), device) if bias else None
         y = F.conv2d(x, w, b, s, p, d, g)
@@ -103,13 +103,14 @@ def test_conv1d_size_zero(xs, ws):
     close(x.grad, np.zeros(xs))
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("ratio", [0, math.inf])
-def test_dilated_conv2d_fast_path_equals_reference(ratio):
+def test_dilated_conv2d_fast_path_equals_reference(ratio, fused):
     rng = np.random.default_rng(1)
     x, w = rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((4, 3, 3, 2))
     ys, gs = [], []
     for op in (conv_ops.Conv2d, conv_ops.Conv2dRef):
-        with conv_products(ratio, conv_ops.CHUNK_BYTES):
+        with conv_products(ratio, conv_ops.CHUNK_BYTES, fused):
             xt, wt = T(x), T(w)
             y = op((3, 2), (2, 1), (1, 2), False, (2, 3))(xt, wt)
             y.backward(np.ones(y.shape))

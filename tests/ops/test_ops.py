@@ -501,22 +501,28 @@ def _stride_arg(s, data):
 
 
 @contextlib.contextmanager
-def conv_products(ratio, chunk_bytes):
+def conv_products(ratio, chunk_bytes, fused=True):
     """Force conv2d's per-image products (ratio 0) or its single products (ratio inf), and
-    with chunk_bytes 1 its input gradient one image at a time."""
-    saved = conv_ops.PER_IMAGE_RATIO, conv_ops.CHUNK_BYTES
+    with chunk_bytes 1 its input gradient one image at a time. Those are the op's own
+    lowering, which the CPU runs only where the conv family's kernel does not: ``fused=False``
+    makes it run here too."""
+    kernels = conv_ops.conv_kernels
+    saved = conv_ops.PER_IMAGE_RATIO, conv_ops.CHUNK_BYTES, kernels.compiled_kernel
     conv_ops.PER_IMAGE_RATIO, conv_ops.CHUNK_BYTES = ratio, chunk_bytes
+    if not fused:
+        kernels.compiled_kernel = lambda x, weight: None
     try:
         yield
     finally:
-        conv_ops.PER_IMAGE_RATIO, conv_ops.CHUNK_BYTES = saved
+        conv_ops.PER_IMAGE_RATIO, conv_ops.CHUNK_BYTES, kernels.compiled_kernel = saved
 
 
 @given(case=conv_cases(), bias=st.booleans(), ratio=st.sampled_from([0, math.inf]),
-       chunk_bytes=st.sampled_from([conv_ops.CHUNK_BYTES, 1]), data=st.data())
-def test_conv2d(path, case, bias, ratio, chunk_bytes, data):
+       chunk_bytes=st.sampled_from([conv_ops.CHUNK_BYTES, 1]), fused=st.booleans(),
+       data=st.data())
+def test_conv2d(path, case, bias, ratio, chunk_bytes, fused, data):
     xs, ws, stride, padding, _ = case
-    with on_path(path, "im2col") as device, conv_products(ratio, chunk_bytes):
+    with on_path(path, "im2col") as device, conv_products(ratio, chunk_bytes, fused):
         x, w = T(data.draw(arrays(xs)), device), T(data.draw(arrays(ws)), device)
         b = T(data.draw(arrays((ws[0],))), device) if bias else None
         s, p = _stride_arg(stride, data), _stride_arg(padding, data)
@@ -529,12 +535,13 @@ def test_conv2d(path, case, bias, ratio, chunk_bytes, data):
             check(lambda x, w: F.conv2d(x, w, stride=s, padding=p), x, w)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("ratio", [0, math.inf])
 @pytest.mark.parametrize("xs,ws", [((0, 2, 4, 4), (3, 2, 3, 3)), ((2, 0, 4, 4), (3, 0, 3, 3)),
                                    ((2, 2, 4, 4), (0, 2, 3, 3))])
-def test_conv2d_size_zero(ratio, xs, ws):
+def test_conv2d_size_zero(ratio, xs, ws, fused):
     """No images, no input channels or no filters: the right shapes both ways, zeros."""
-    with conv_products(ratio, conv_ops.CHUNK_BYTES):
+    with conv_products(ratio, conv_ops.CHUNK_BYTES, fused):
         x, w = T(np.ones(xs)), T(np.ones(ws))
         y = F.conv2d(x, w, padding=1)
         assert y.shape == (xs[0], ws[0], 4, 4)
