@@ -99,11 +99,13 @@ class Conv2d(Function):
     On the CPU, where the conv kernels are built and NumPy's BLAS is OpenBLAS, the whole op
     is the conv family's kernel (minissl/kernels/conv: image by image, each image's windows
     unfolded in the cache; nothing but x and the weight kept for the backward pass).
-    Otherwise (the GPU, no compiled kernels) the products are computed transposed, Y^T = W cols^T (O, N*OH*OW), so that NCHW is a
-    plane-by-plane copy; image by image (Y_n = W cols_n^T) when the output planes are large
-    against the window (OH*OW >= PER_IMAGE_RATIO * C*kh*kw); and the input gradient in chunks
-    of images when dcols is larger than 16 * CHUNK_BYTES. Why, with the measurements:
-    docs/performance.md, "conv2d". One group only (grouped convolutions run Conv2dRef)."""
+    Otherwise (the GPU, no compiled kernels) the products are computed transposed,
+    Y^T = W cols^T (O, N*OH*OW), so that NCHW is a plane-by-plane copy; image by image
+    (Y_n = W cols_n^T) when the output planes are large against the window
+    (OH*OW >= PER_IMAGE_RATIO * C*kh*kw); and the input gradient in chunks of images when
+    dcols is larger than 16 * CHUNK_BYTES. Why, with the measurements: docs/performance.md,
+    "conv2d image by image" and "conv2d". One group only (grouped convolutions run
+    Conv2dRef)."""
 
     __slots__ = ("k", "stride", "padding", "dilation", "has_bias", "cols", "w2", "x_shape",
                  "per_image", "fused", "x", "w")
