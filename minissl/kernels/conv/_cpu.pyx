@@ -127,35 +127,26 @@ cdef void _phases(const Geo* g, real* x, real* xs, bint to_buffer) noexcept nogi
                         row[q * g.sw + r - g.pw] = phase[q]
 
 
-cdef void _unfold(const Geo* g, const real* xs, real* cols, int64_t oh0, int64_t oh1) noexcept nogil:
-    """cols ((c, i, j), (oh - oh0) OW + ow) = xs run of the tap, output rows oh0 .. oh1-1."""
-    cdef int64_t c, i, j, oh, r, q, n = (oh1 - oh0) * g.OW
-    cdef real* dst
-    for c in range(g.C):
-        for i in range(g.kh):
-            for j in range(g.kw):
-                r, q = (j * g.dw) % g.sw, (j * g.dw) // g.sw
-                dst = cols + ((c * g.kh + i) * g.kw + j) * n
-                for oh in range(oh0, oh1):
-                    memcpy(dst + (oh - oh0) * g.OW,
-                           xs + ((c * g.Hp + oh * g.sh + i * g.dh) * g.sw + r) * g.Wq + q,
-                           g.OW * sizeof(real))
-
-
-cdef void _fold_add(const Geo* g, const real* cols, real* xs, int64_t oh0, int64_t oh1) noexcept nogil:
-    """The adjoint of _unfold: add each run of cols back where it was read from."""
+cdef void _taps(const Geo* g, real* xs, real* cols, int64_t oh0, int64_t oh1,
+                bint fold) noexcept nogil:
+    """Unfold (``fold`` false): cols ((c, i, j), (oh - oh0) OW + ow) = the tap's run in xs,
+    output rows oh0 .. oh1-1. Fold, its adjoint: add each run of cols back where it was read
+    from."""
     cdef int64_t c, i, j, oh, r, q, ow, n = (oh1 - oh0) * g.OW
-    cdef const real* src
-    cdef real* dst
+    cdef real* run
+    cdef real* tap
     for c in range(g.C):
         for i in range(g.kh):
             for j in range(g.kw):
                 r, q = (j * g.dw) % g.sw, (j * g.dw) // g.sw
-                src = cols + ((c * g.kh + i) * g.kw + j) * n
+                tap = cols + ((c * g.kh + i) * g.kw + j) * n
                 for oh in range(oh0, oh1):
-                    dst = xs + ((c * g.Hp + oh * g.sh + i * g.dh) * g.sw + r) * g.Wq + q
-                    for ow in range(g.OW):
-                        dst[ow] += src[(oh - oh0) * g.OW + ow]
+                    run = xs + ((c * g.Hp + oh * g.sh + i * g.dh) * g.sw + r) * g.Wq + q
+                    if fold:
+                        for ow in range(g.OW):
+                            run[ow] += tap[(oh - oh0) * g.OW + ow]
+                    else:
+                        memcpy(tap + (oh - oh0) * g.OW, run, g.OW * sizeof(real))
 
 
 cdef tuple _s4(Py_ssize_t* s):
@@ -230,7 +221,7 @@ def forward(const real[:, :, :, ::1] x, const real[:, ::1] w2, const real[::1] b
                     oh0 = b * g.rows
                     oh1 = min(oh0 + g.rows, g.OH)
                     nb = (oh1 - oh0) * g.OW
-                    _unfold(&g, xs, cols, oh0, oh1)
+                    _taps(&g, xs, cols, oh0, oh1, False)
                     _gemm(NO_TRANS, NO_TRANS, g.O, nb, g.CK, &w2[0, 0], g.CK, cols, nb,
                           0, yn + oh0 * g.OW, g.P)
                     if has_bias:
@@ -300,13 +291,13 @@ def backward(const real[:, :, :, ::1] x, const real[:, ::1] w2, const real[:, :,
                         oh1 = min(oh0 + g.rows, g.OH)
                         nb = (oh1 - oh0) * g.OW
                         if need_w:   # dW += G_n[:, block] colsT^T
-                            _unfold(&g, xs, cols, oh0, oh1)
+                            _taps(&g, xs, cols, oh0, oh1, False)
                             _gemm(NO_TRANS, TRANS, g.O, g.CK, nb, gn + oh0 * g.OW, g.P, cols,
                                   nb, 1, acc, g.CK)
                         if need_x:   # dcolsT = W^T G_n[:, block], folded back
                             _gemm(TRANS, NO_TRANS, g.CK, nb, g.O, &w2[0, 0], g.CK,
                                   gn + oh0 * g.OW, g.P, 0, cols, nb)
-                            _fold_add(&g, cols, gxs, oh0, oh1)
+                            _taps(&g, gxs, cols, oh0, oh1, True)
                     if need_x:
                         _phases(&g, &gx[n, 0, 0, 0], gxs, False)
             free(xs)
