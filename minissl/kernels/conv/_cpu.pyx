@@ -29,14 +29,13 @@ from libc.string cimport memcpy, memset
 
 cnp.import_array()
 
+include "minissl_threads.pxi"
+
 from minissl_blas cimport NO_TRANS, ROW_MAJOR, TRANS, dgemm_t, set_local_t, sgemm_t
 
 cdef sgemm_t SGEMM = NULL
 cdef dgemm_t DGEMM = NULL
 cdef set_local_t SET_LOCAL = NULL
-# Threads of this module's parallel loops, set on first use by minissl/kernels/_dispatch.py
-# (one pool with the products, as in every family); minissl.runtime.set_num_threads overrides.
-cdef int THREADS = 1
 # The unfolded block of one image, colsT (C kh kw, rows OW), is kept at about this size, so that
 # it stays in a core's cache between the unfold and the product (L2 is 1-2 MiB a core on
 # today's x86; 128 KiB to 4 MiB measured within noise of each other, docs/performance.md).
@@ -50,12 +49,6 @@ def bind(size_t sgemm, size_t dgemm, size_t set_local):
     if not sgemm or not dgemm or not set_local:
         raise ValueError("minissl.kernels.conv._cpu.bind: null function address")
     SGEMM, DGEMM, SET_LOCAL = <sgemm_t>sgemm, <dgemm_t>dgemm, <set_local_t>set_local
-
-
-def set_num_threads(int n):
-    """Run this module's parallel loops on ``n`` threads (1: serial)."""
-    global THREADS
-    THREADS = n if n > 1 else 1
 
 
 ctypedef fused real:

@@ -28,17 +28,7 @@ from minissl_checks cimport array_data, float_type
 
 cnp.import_array()
 
-# Threads of this module's parallel loops, set on first use by minissl/kernels/_dispatch.py:
-# as many as BLAS uses when the matrix products run on minissl's own threads (kernels/gemm:
-# one pool for both), else 1; minissl.runtime.set_num_threads overrides it.
-cdef int THREADS = 1
-
-
-def set_num_threads(int n):
-    """Run this module's parallel loops on ``n`` threads (1: serial)."""
-    global THREADS
-    THREADS = n if n > 1 else 1
-
+include "minissl_threads.pxi"
 
 # Raw data pointers, not typed memoryviews: a memoryview costs about 1 us per argument to
 # acquire, most of a small call (measured; see minissl_checks.pxd). NAME names this module

@@ -27,16 +27,7 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
-# Threads of this module's parallel loops, set on first use by minissl/kernels/_dispatch.py:
-# as many as BLAS uses when the matrix products run on minissl's own threads (kernels/gemm:
-# one pool for both), else 1; minissl.runtime.set_num_threads overrides it.
-cdef int THREADS = 1
-
-
-def set_num_threads(int n):
-    """Run this module's parallel loops on ``n`` threads (1: serial)."""
-    global THREADS
-    THREADS = n if n > 1 else 1
+include "minissl_threads.pxi"
 
 
 ctypedef fused real:
