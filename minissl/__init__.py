@@ -15,9 +15,9 @@ from .random import manual_seed
 
 __version__ = "0.1.0"
 
-# ``ms.nn``, ``ms.optim``, ``ms.functional``, ``ms.losses`` and ``ms.runtime``, as in
-# ``torch.nn``: imported on first use, so that ``import minissl`` stays light.
-_SUBMODULES = ("nn", "optim", "functional", "losses", "runtime")
+# ``ms.nn``, ``ms.optim``, ``ms.functional``, ``ms.losses``, ``ms.runtime`` and ``ms.profiler``,
+# as in ``torch.nn``: imported on first use, so that ``import minissl`` stays light.
+_SUBMODULES = ("nn", "optim", "functional", "losses", "runtime", "profiler")
 
 
 def __getattr__(name):
