@@ -1,7 +1,7 @@
 """minissl against PyTorch on the three CPU workloads, measured the way users run code.
 
-    python benchmarks/bench_cpu.py [--mode fresh|one-process|all] [--rounds 3] [--reps 10]
-                                   [--only NAME] [--no-torch] [--json FILE]
+    python benchmarks/bench_cpu.py [--mode fresh|one-process|all|ops] [--rounds 3] [--reps 10]
+                                   [--only NAME] [--no-torch] [--json FILE] [--top 12]
 
 The workloads (one full training step each) are built in benchmarks/minissl_workloads.py and,
 with the same architectures, shapes, optimisers and loss, in benchmarks/torch_workloads.py.
@@ -16,6 +16,12 @@ leaks into what is measured:
            environment (``HEAP_TUNABLES``).
 ``one-process``  Both libraries in ONE process, PyTorch imported first (a user porting a
            model and comparing), taking turns each round; no ``tune()``.
+``ops``    Where each library's step time goes (not part of ``all``): each library in its own
+           fresh process profiles ``--reps`` steps after 3 warm-up, minissl with
+           ``minissl.profiler`` (self time per op and phase), PyTorch, with minissl's heap
+           settings, with ``torch.profiler`` (self CPU time per aten op); the ``--top``
+           longest rows of each, side by side, in ms per step. Both profilers add a little
+           time per op: compare the rows' shares, not the walls with the other modes'.
 
 For each configuration the tables give the median step time over the rounds (each round: the
 median of ``--reps`` steps after 3 warm-up), the spread across rounds (min-max), and the share
@@ -103,10 +109,63 @@ def time_torch(names, reps):
     return out
 
 
+def profile_minissl(names, reps):
+    """{name: {"wall_ms", "rows": [[op.phase, calls, ms], ...]}} per step, longest first."""
+    import numpy as np
+    import minissl as ms
+    import minissl_workloads
+    from minissl import profiler
+    out = {}
+    for name in names:
+        ms.random.manual_seed(0)
+        step, _ = minissl_workloads.WORKLOADS[name](np.random.default_rng(0))
+        for _ in range(3):
+            step()
+        with profiler.profile() as prof:
+            for _ in range(reps):
+                step()
+        rows = [[f"{r.name}.{r.phase}", r.calls / reps, 1e3 * r.seconds / reps]
+                for r in prof.rows()]
+        rows.append(["(outside the ops)", None, 1e3 * (prof.wall - prof.total()) / reps])
+        out[name] = {"wall_ms": 1e3 * prof.wall / reps, "rows": rows}
+    return out
+
+
+def profile_torch(names, reps):
+    """As ``profile_minissl``, with torch.profiler's self CPU time per aten op."""
+    import torch
+    import torch_workloads
+    from torch.profiler import ProfilerActivity, profile
+    out = {}
+    for name in names:
+        torch.manual_seed(0)
+        step = torch_workloads.WORKLOADS[name]()
+        for _ in range(3):
+            step()
+        with profile(activities=[ProfilerActivity.CPU]):   # the profiler's own start-up
+            step()
+        start = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(reps):
+                step()
+        wall = time.perf_counter() - start
+        events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        rows = [[e.key, e.count / reps, e.self_cpu_time_total / 1e3 / reps] for e in events
+                if e.self_cpu_time_total > 0]
+        out[name] = {"wall_ms": 1e3 * wall / reps, "rows": rows}
+    return out
+
+
 def worker(kind, names, reps, rounds, with_torch=True):
     """Run in a child process: time one configuration (``fresh``: one round) and print the
     result as one JSON line. The imports below are the measured process's import order."""
     sys.path.insert(0, HERE)
+    if kind in ("ops-minissl", "ops-torch"):
+        if kind == "ops-minissl":
+            import numpy  # noqa: F401
+        profiled = (profile_minissl if kind == "ops-minissl" else profile_torch)(names, reps)
+        print(RESULT + json.dumps({"ops": profiled}), flush=True)
+        return
     library = kind.split("+")[0]        # "torch+heap" times PyTorch, "minissl+tune" minissl
     with_torch = with_torch and library in ("torch", "one-process")
     with_minissl = library in ("minissl", "one-process")
@@ -257,6 +316,43 @@ def print_mode(title, m, table, ratio_table, names, args):
         print(f"(PyTorch or a worker not measured: {e})")
 
 
+def measure_ops(args, names, with_torch):
+    """{library: {name: profile}} from one fresh process per library, or {library: error}."""
+    found = {}
+    for library in ("minissl", "torch") if with_torch else ("minissl",):
+        env = {"GLIBC_TUNABLES": HEAP_TUNABLES} if library == "torch" else None
+        res = run_worker(f"ops-{library}", args, names, env=env)
+        found[library] = res.get("ops", res.get("error"))
+    return found
+
+
+def print_ops(found, names, top):
+    """Per workload, each library's ``top`` longest ops side by side (ms per step)."""
+    titles = {"minissl": "minissl (minissl.profiler, self time)",
+              "torch": "PyTorch + heap settings (torch.profiler, self CPU time)"}
+    for name in names:
+        columns = []
+        for library, ops in found.items():
+            if isinstance(ops, str):
+                columns.append([titles[library], f"(not measured: {ops})"])
+                continue
+            rows, wall = ops[name]["rows"], ops[name]["wall_ms"]
+            shown = rows[:top]
+            lines = [titles[library]]
+            for label, calls, ms in shown:
+                count = f" x{calls:g}" if calls is not None else ""
+                lines.append(f"{label[:44] + count:52s}{ms:9.2f}")
+            rest = sum(r[2] for r in rows[top:])
+            if rows[top:]:
+                lines.append(f"{f'({len(rows) - top} more)':52s}{rest:9.2f}")
+            lines.append(f"{'(wall per step, profiled)':52s}{wall:9.2f}")
+            columns.append(lines)
+        print(f"\n== where a {name} step's time goes, ms per step")
+        depth = max(len(c) for c in columns)
+        for i in range(depth):
+            print("   ".join(f"{(c[i] if i < len(c) else ''):61s}" for c in columns).rstrip())
+
+
 def run_modes(args, names, with_torch, **worker):
     """Measure and print every mode ``args.mode`` names (``worker``: see ``measure_fresh``);
     the report ``--json`` writes."""
@@ -268,6 +364,11 @@ def run_modes(args, names, with_torch, **worker):
     modes = ("fresh", "one-process") if args.mode == "all" else (args.mode,)
     report = {"rounds": args.rounds, "reps": args.reps, "environment": env, "modes": {}}
     for mode in modes:
+        if mode == "ops":
+            found = measure_ops(args, names, with_torch)
+            print_ops(found, names, args.top)
+            report["modes"]["ops"] = found
+            continue
         if mode == "fresh":
             m = measure_fresh(args, names, with_torch, **worker)
             title = ("fresh processes: one per library per round, in the order "
@@ -287,12 +388,13 @@ def run_modes(args, names, with_torch, **worker):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mode", choices=("fresh", "one-process", "all"), default="all")
+    ap.add_argument("--mode", choices=("fresh", "one-process", "all", "ops"), default="all")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of alternating libraries")
     ap.add_argument("--reps", type=int, default=10, help="timed steps per workload and round")
     ap.add_argument("--only", choices=NAMES)
     ap.add_argument("--no-torch", action="store_true", help="time minissl only")
     ap.add_argument("--json", help="also write every table, with each round, to this file")
+    ap.add_argument("--top", type=int, default=12, help="--mode ops: rows per library")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--names", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -113,3 +113,21 @@ def test_tables_keep_their_columns_apart_with_many_rounds(capsys):
     header, row = capsys.readouterr().out.splitlines()
     assert ")  " in row and row.count("(") == 2
     assert row.index("(", row.index(")")) > header.index("minissl vs torch") + len("minissl vs torch")
+
+
+def test_ops_mode_lists_where_minissls_step_goes(tmp_path):
+    report, stdout = bench(tmp_path, "--mode", "ops", "--no-torch", "--top", "3")
+    ops = report["modes"]["ops"]["minissl"]["mlp_simclr"]
+    labels = [row[0] for row in ops["rows"]]
+    assert "Linear.forward" in labels and "Linear.backward" in labels
+    assert labels[-1] == "(outside the ops)"
+    assert sum(row[2] for row in ops["rows"]) == pytest.approx(ops["wall_ms"])
+    assert "where a mlp_simclr step's time goes" in stdout and "more)" in stdout
+
+
+@needs_torch
+def test_ops_mode_profiles_pytorch_beside_minissl(tmp_path):
+    report, stdout = bench(tmp_path, "--mode", "ops")
+    theirs = report["modes"]["ops"]["torch"]["mlp_simclr"]
+    assert any(row[0] == "aten::mm" for row in theirs["rows"]) and theirs["wall_ms"] > 0
+    assert "torch.profiler" in stdout and "minissl.profiler" in stdout
