@@ -110,7 +110,8 @@ def time_torch(names, reps):
 
 
 def profile_minissl(names, reps):
-    """{name: {"wall_ms", "rows": [[op.phase, calls, ms], ...]}} per step, longest first."""
+    """{name: {"wall_ms", "rows": [[op.phase, calls, ms], ...]}} per step, longest first
+    (what no op accounts for is ``wall_ms`` minus the rows)."""
     import numpy as np
     import minissl as ms
     import minissl_workloads
@@ -126,7 +127,6 @@ def profile_minissl(names, reps):
                 step()
         rows = [[f"{r.name}.{r.phase}", r.calls / reps, 1e3 * r.seconds / reps]
                 for r in prof.rows()]
-        rows.append(["(outside the ops)", None, 1e3 * (prof.wall - prof.total()) / reps])
         out[name] = {"wall_ms": 1e3 * prof.wall / reps, "rows": rows}
     return out
 
@@ -340,11 +340,12 @@ def print_ops(found, names, top):
             shown = rows[:top]
             lines = [titles[library]]
             for label, calls, ms in shown:
-                count = f" x{calls:g}" if calls is not None else ""
-                lines.append(f"{label[:44] + count:52s}{ms:9.2f}")
-            rest = sum(r[2] for r in rows[top:])
+                lines.append(f"{label[:44] + f' x{calls:g}':52s}{ms:9.2f}")
             if rows[top:]:
-                lines.append(f"{f'({len(rows) - top} more)':52s}{rest:9.2f}")
+                rest = sum(r[2] for r in rows[top:])
+                lines.append(f"{f'({len(rows) - top} more ops)':52s}{rest:9.2f}")
+            outside = wall - sum(r[2] for r in rows)
+            lines.append(f"{'(outside the ops)':52s}{outside:9.2f}")
             lines.append(f"{'(wall per step, profiled)':52s}{wall:9.2f}")
             columns.append(lines)
         print(f"\n== where a {name} step's time goes, ms per step")

@@ -120,9 +120,11 @@ def test_ops_mode_lists_where_minissls_step_goes(tmp_path):
     ops = report["modes"]["ops"]["minissl"]["mlp_simclr"]
     labels = [row[0] for row in ops["rows"]]
     assert "Linear.forward" in labels and "Linear.backward" in labels
-    assert labels[-1] == "(outside the ops)"
-    assert sum(row[2] for row in ops["rows"]) == pytest.approx(ops["wall_ms"])
-    assert "where a mlp_simclr step's time goes" in stdout and "more)" in stdout
+    assert 0 < sum(row[2] for row in ops["rows"]) <= ops["wall_ms"]
+    assert [row[2] for row in ops["rows"]] == sorted((row[2] for row in ops["rows"]),
+                                                     reverse=True)
+    assert "where a mlp_simclr step's time goes" in stdout and "more ops)" in stdout
+    assert "(outside the ops)" in stdout
 
 
 @needs_torch
