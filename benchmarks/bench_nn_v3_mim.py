@@ -64,11 +64,13 @@ def load(name):
     return data.digits() if name == "digits" else bench_shapes.load()
 
 
-def build(method, d, encoder="mlp"):
+def build(method, d, encoder="mlp", **simmim):
+    """``simmim``: fields of SimMIMConfig for SimMIM (``--norm-target-window``)."""
     if method == "simmim" and encoder == "conv":   # bench_shapes.py's CNN, SimMIM's views
-        return methods.build("simmim", d, encoder=bench_shapes.conv_encoder(d.image_shape[0]))
+        return methods.build("simmim", d, encoder=bench_shapes.conv_encoder(d.image_shape[0]),
+                             **simmim)
     if method == "simmim":   # patch 2 on the 8x8 digits, 4 on the 16 px shapes: 16 tokens
-        return methods.build("simmim", d, patch_size=d.image_shape[1] // 4, **VIT)
+        return methods.build("simmim", d, patch_size=d.image_shape[1] // 4, **VIT, **simmim)
     if encoder == "conv":    # bench_shapes.py's recipe: its CNN and its views
         return bench_shapes.build(method, d)
     return methods.build(method, d, encoder=build_encoder("mlp", d.image_shape)[0])
@@ -284,13 +286,27 @@ def torch_simmim(torch, ours):
         x = torch.from_numpy(ours.transform(x, rng))
         mask = torch.from_numpy(ours.masks(len(x), rng))                 # (B, g, g)
         z = vit.tokens(x, mask).transpose(1, 2).reshape(len(x), dim, g, g)
-        return _simmim_l1(F, x, decoder(z), mask, p)
+        return _simmim_l1(F, x, decoder(z), mask, p, c.norm_target_window)
 
     return vit, decoder, step
 
 
-def _simmim_l1(F, x, x_rec, mask, p):
-    """microsoft/SimMIM ``SimMIM.forward``'s loss: L1 on the pixels of the masked patches."""
+def torch_norm_targets(F, x, window):
+    """microsoft/Swin-Transformer ``models/simmim.py``'s ``norm_targets``, written with
+    ``avg_pool2d`` as there (minissl's ``losses.simmim_norm_targets`` uses box sums)."""
+    pool = dict(kernel_size=window, stride=1, padding=window // 2)
+    mean = F.avg_pool2d(x, count_include_pad=False, **pool)
+    square_mean = F.avg_pool2d(x ** 2, count_include_pad=False, **pool)
+    count = F.avg_pool2d(x.new_ones(x.shape), count_include_pad=True, **pool) * window ** 2
+    var = ((square_mean - mean ** 2) * (count / (count - 1))).clamp(min=0)
+    return (x - mean) / (var + 1e-6) ** 0.5
+
+
+def _simmim_l1(F, x, x_rec, mask, p, norm_target_window=0):
+    """microsoft/SimMIM ``SimMIM.forward``'s loss: L1 on the pixels of the masked patches
+    (the targets normalised first with ``norm_target_window``, as the NORM_TARGET option)."""
+    if norm_target_window:
+        x = torch_norm_targets(F, x, norm_target_window)
     m = mask.repeat_interleave(p, 1).repeat_interleave(p, 2).unsqueeze(1).to(x.dtype)
     return (F.l1_loss(x, x_rec, reduction="none") * m).sum() / (m.sum() + 1e-5) / x.shape[1]
 
@@ -314,7 +330,7 @@ def _torch_simmim_conv(torch, ours):
         pixels = w.repeat_interleave(p, 2).repeat_interleave(p, 3)      # (B, 1, H, W)
         t = stem(x * (1 - pixels))
         t = t * (1 - w) + enc.mask_token * w
-        return _simmim_l1(F, x, decoder(body(t)), mask, p)
+        return _simmim_l1(F, x, decoder(body(t)), mask, p, ours.config.norm_target_window)
 
     return enc, decoder, step
 
@@ -389,9 +405,11 @@ def diagnose(m, d, labels=LABELS):
         weight = mask.repeat(p, 1).repeat(p, 2)[:, None]                # (N, 1, H, W)
         prediction = m.map_batches(lambda b: m.reconstruct(b, mask[:len(b)]), x, len(x))
         prediction = prediction.reshape(x.shape)
+        target = m.targets(x)            # the pixels, or their standardisation
+        mean_image = m.targets(d.train_x).mean(0, keepdims=True)
 
         def error(pred):
-            return float((np.abs(pred - x) * weight).sum() / (weight.sum() * x.shape[1]))
+            return float((np.abs(pred - target) * weight).sum() / (weight.sum() * x.shape[1]))
     else:                                                               # MAE: MSE
         prediction, weight, _ = m.reconstruct(x, rng)
 
@@ -438,7 +456,14 @@ def main(recipes=RECIPES, build=build, torch_recipes=None, doc=__doc__):
                     help="SimMIM, MAE: PyTorch starts from minissl's initial weights")
     ap.add_argument("--diagnose", action="store_true",
                     help="after each minissl run, its reconstruction and per-depth probes")
+    ap.add_argument("--norm-target-window", type=int, default=0, metavar="W",
+                    help="SimMIM: targets standardised over W x W squares (odd; the official "
+                         "NORM_TARGET option), in both libraries")
     args = ap.parse_args()
+    if args.norm_target_window:
+        if args.method != "simmim":
+            ap.error("--norm-target-window: SimMIM only")
+        build = functools.partial(build, norm_target_window=args.norm_target_window)
     d = load(args.data)
     if args.encoder != "mlp" and args.method not in ("nnclr", "mocov3", "simmim"):
         ap.error("--encoder conv: NNCLR, MoCo v3 and SimMIM only")

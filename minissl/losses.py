@@ -45,7 +45,8 @@ __all__ = ["nt_xent", "info_nce", "clip_loss", "byol_loss", "simsiam_loss",
            "barlow_twins_loss", "vicreg_loss", "kl_normal", "mae_loss", "alignment",
            "uniformity", "cpc_loss",
            "dino_loss", "dino_update_center", "sinkhorn_knopp", "swav_loss",
-           "nearest_neighbours", "nnclr_loss", "mocov3_loss", "simmim_loss"]
+           "nearest_neighbours", "nnclr_loss", "mocov3_loss", "simmim_loss",
+           "simmim_norm_targets"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -647,3 +648,42 @@ def simmim_loss(pred, target, mask):
     m = xp.asarray(m).astype(pred.dtype)[:, None]              # (B, 1, H, W), a constant
     err = (pred - target.detach()).abs()                       # (B, C, H, W)
     return (err * m).sum() / ((float(m.sum()) + 1e-5) * C)
+
+
+def simmim_norm_targets(x, window):
+    r"""SimMIM's normalised targets: each pixel of each channel standardised by the pixels of
+    the ``window`` x ``window`` square around it that lie inside the image,
+
+        t_bchw = (x_bchw - mu_bchw) / sqrt(s2_bchw + 1e-6),
+        mu = mean of the n pixels of the square,  s2 = max(0, (mean of x^2 - mu^2) n / (n-1))
+
+    (the unbiased variance; n = window^2 inside the image, fewer at its borders). The loss
+    then asks for local contrast, not colour or brightness. ``window``: odd, >= 3.
+
+    x: array (B, C, H, W) (float32 or float64, NumPy or CuPy); returns an array of its shape
+    and dtype (computed in float64: box sums by cumulative sums). Official code:
+    microsoft/Swin-Transformer ``models/simmim.py``, ``norm_targets`` (avg_pool2d with
+    stride 1 and padding window // 2, ``count_include_pad=False`` for the means), used when
+    ``MODEL.SIMMIM.NORM_TARGET.ENABLE`` (SwinV2's SimMIM configs: window 47 at 192 px).
+    """
+    if isinstance(x, Tensor):
+        x = x.data
+    if not isinstance(window, numbers.Integral) or window < 3 or window % 2 == 0:
+        raise ValueError(f"simmim_norm_targets: window must be an odd integer >= 3, got "
+                         f"{window!r}")
+    if getattr(x, "ndim", None) != 4 or x.dtype.kind != "f" or x.shape[2] * x.shape[3] < 2:
+        raise ValueError(f"simmim_norm_targets: x must be a float array (B, C, H, W) of 2 or "
+                         f"more pixels, got {getattr(x, 'shape', type(x).__name__)}")
+    xp = get_array_module(x)
+    r = window // 2
+
+    def box(a):   # sum over the window around each pixel, the image zero-padded
+        s = xp.pad(a, ((0, 0), (0, 0), (r + 1, r), (r + 1, r))).cumsum(2).cumsum(3)
+        return (s[:, :, window:, window:] - s[:, :, :-window, window:]
+                - s[:, :, window:, :-window] + s[:, :, :-window, :-window])
+
+    x64 = x.astype(np.float64)
+    n = box(xp.ones((1, 1) + x.shape[2:]))                          # pixels inside, (1,1,H,W)
+    mean = box(x64) / n
+    var = xp.maximum((box(x64 * x64) / n - mean * mean) * (n / (n - 1)), 0.0)
+    return ((x64 - mean) / xp.sqrt(var + 1e-6)).astype(x.dtype)

@@ -239,3 +239,58 @@ def test_simmim_input_validation(rng):
         losses.simmim_loss(p, T(randn(rng, 2, 1, 4, 2)), np.ones((2, 4, 4)))
     with pytest.raises(TypeError, match="simmim_loss: mask"):
         losses.simmim_loss(p, p, [[1]])
+
+
+# ------------------------------------------------------------------------------------------
+# simmim_norm_targets
+# ------------------------------------------------------------------------------------------
+
+
+def ref_norm_targets(x, window):
+    """The definition, pixel by pixel: the square of ``window`` around each pixel, cut to the
+    image, its mean and unbiased variance."""
+    r = window // 2
+    out = np.empty(x.shape)
+    B, C, H, W = x.shape
+    for b in range(B):
+        for c in range(C):
+            for i in range(H):
+                for j in range(W):
+                    square = x[b, c, max(0, i - r):i + r + 1, max(0, j - r):j + r + 1]
+                    var = max(square.var(ddof=1), 0.0)
+                    out[b, c, i, j] = (x[b, c, i, j] - square.mean()) / math.sqrt(var + 1e-6)
+    return out
+
+
+@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 9), st.integers(1, 9),
+       st.sampled_from([3, 5, 7, 11]), st.integers(0, 2 ** 16))
+def test_norm_targets_match_the_definition(b, c, h, w, window, seed):
+    h += h * w < 2          # a 1x1 image has no variance (refused below)
+    x = np.random.default_rng(seed).random((b, c, h, w)) * 3 - 1
+    got = losses.simmim_norm_targets(x, window)
+    np.testing.assert_allclose(got, ref_norm_targets(x, window), rtol=1e-9, atol=1e-9)
+
+
+def test_norm_targets_ignore_brightness_and_contrast(rng):
+    x = rng.random((2, 3, 8, 8))
+    base = losses.simmim_norm_targets(x, 5)
+    scaled = losses.simmim_norm_targets(4.0 * x + np.array([1.0, -2.0, 0.5])[:, None, None], 5)
+    np.testing.assert_allclose(scaled, base, rtol=1e-4, atol=1e-4)   # up to the 1e-6
+    flat = losses.simmim_norm_targets(np.full((1, 1, 6, 6), 0.7), 3)
+    assert np.abs(flat).max() < 1e-6                                   # no contrast: zero
+    x32 = x.astype(np.float32)
+    got = losses.simmim_norm_targets(x32, 5)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    np.testing.assert_allclose(got, base, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("window, x, match", [
+    (4, np.zeros((1, 1, 4, 4)), "window must be an odd integer >= 3"),
+    (1, np.zeros((1, 1, 4, 4)), "window must be an odd integer >= 3"),
+    (3.0, np.zeros((1, 1, 4, 4)), "window must be an odd integer >= 3"),
+    (3, np.zeros((4, 4)), r"x must be a float array \(B, C, H, W\) of 2 or more pixels"),
+    (3, np.zeros((1, 1, 4, 4), np.int64), "x must be a float array"),
+    (3, np.zeros((2, 3, 1, 1)), "of 2 or more pixels, got \\(2, 3, 1, 1\\)")])
+def test_norm_targets_refuse_bad_input(window, x, match):
+    with pytest.raises(ValueError, match=match):
+        losses.simmim_norm_targets(x, window)

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from minissl import data, methods
+from minissl import data, losses, methods
 
 try:
     import torch
@@ -92,6 +92,23 @@ def test_simmim_conv_recipe_is_minissls_simmim_on_the_cnn(bench, mask_patch_size
     enc.double(), decoder.double()
     same_step(mim, ours, mim.simmim_pairs(enc, decoder), step,
               d.train_x[:8].astype(np.float64), seed=4)
+
+
+@needs_torch
+def test_simmim_recipe_with_norm_targets_is_minissls(bench):
+    # The official norm_targets (avg_pool2d) against minissl's box sums, inside one step of
+    # the CNN recipe, and alone on a batch.
+    mim, _ = bench
+    d = data.shapes(n_train=8, n_test=2, size=8, seed=0)
+    ours = mim.build("simmim", d, encoder="conv", norm_target_window=5).double()
+    enc, decoder, step = mim.torch_simmim(torch, ours)
+    enc.double(), decoder.double()
+    same_step(mim, ours, mim.simmim_pairs(enc, decoder), step,
+              d.train_x[:8].astype(np.float64), seed=4)
+    x = np.random.default_rng(0).random((2, 3, 9, 7))
+    official = mim.torch_norm_targets(torch.nn.functional, torch.from_numpy(x), 5).numpy()
+    np.testing.assert_allclose(losses.simmim_norm_targets(x, 5), official, rtol=1e-9,
+                               atol=1e-9)
 
 
 @needs_torch

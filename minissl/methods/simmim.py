@@ -15,6 +15,11 @@ embedding, then predicts each patch's pixels from its encoded token with one lin
     x_rec = PixelShuffle_p(Conv1x1(h))                    (B, C, H, W)
     loss  = losses.simmim_loss(x_rec, x, mask upsampled to pixels)   L1 on masked pixels only
 
+With ``norm_target_window`` the target is not x but each pixel standardised over the square
+of that many pixels around it (``losses.simmim_norm_targets``: the official code's
+``NORM_TARGET`` option, which its SwinV2 configs turn on), so colour and brightness need not be
+predicted, only local contrast.
+
 The mask (``mask_generator``, official ``MaskGenerator``): the image is cut into squares of
 ``mask_patch_size`` pixels, ceil(ratio * count) of them are chosen uniformly per image (one
 ``rng.permutation(count)`` per image, as ``np.random.permutation``), each square covering
@@ -67,6 +72,10 @@ class SimMIMConfig:
     depth: int = 4                # encoder blocks (ViT-B: 12)
     num_heads: int = 4            # encoder heads (ViT-B: 12)
     mlp_ratio: float = 4.0        # MLP hidden width / width
+    norm_target_window: int = 0   # 0: the targets are the pixels (the paper); an odd window
+                                  # >= 3: each pixel standardised over that square around it
+                                  # (losses.simmim_norm_targets; official NORM_TARGET, 47 px
+                                  # at 192 px in the SwinV2 configs)
 
 
 def mask_generator(rng, batch_size, input_size, mask_patch_size, model_patch_size, mask_ratio):
@@ -169,6 +178,10 @@ class SimMIM(SSLMethod):
         C, H, W = image_shape
         if not 0 < c.mask_ratio < 1:
             raise ValueError(f"SimMIM: mask_ratio must be in (0, 1), got {c.mask_ratio}")
+        w = c.norm_target_window
+        if w != 0 and (w < 3 or w % 2 == 0):
+            raise ValueError(f"SimMIM: norm_target_window must be 0 or an odd number >= 3, "
+                             f"got {w}")
         rng = get_generator(rng)
         if encoder is None:      # the ViT: masks and the decoder at its patch size
             p = stride = c.patch_size or choose_patch_size(H)
@@ -239,9 +252,16 @@ class SimMIM(SSLMethod):
         t = t * (1 - w) + self.mask_token * w
         return self.decoder(_run(body, t))                              # (B, C, H, W)
 
+    def targets(self, x):
+        """What the decoder learns to predict of images x (B, C, H, W) array: the pixels, or
+        their local standardisation (``norm_target_window``)."""
+        w = self.config.norm_target_window
+        return losses.simmim_norm_targets(x, w) if w else x
+
     def picture_rows(self, x, rng=0):
         """Rows of a picture of images x (B, C, H, W): the masked input (hidden squares at 0),
-        the reconstruction pasted into the hidden squares, the target; masks from ``rng``."""
+        the reconstruction pasted into the hidden squares of the target, the target (the
+        pixels, or their standardisation with ``norm_target_window``); masks from ``rng``."""
         x = np.asarray(to_device(x, "cpu"), np.float32)
         mask = self.masks(len(x), get_generator(rng))                  # (B, g, g)
         hidden = mask.repeat(self.patch_size, 1).repeat(self.patch_size, 2)[:, None]
@@ -250,7 +270,8 @@ class SimMIM(SSLMethod):
         with no_grad():
             rec = to_device(self.reconstruct(x, mask).data, "cpu")     # (B, C, H, W)
         self.train(was_training)
-        return [x * (1 - hidden), x * (1 - hidden) + rec * hidden, x], \
+        target = self.targets(x)
+        return [x * (1 - hidden), target * (1 - hidden) + rec * hidden, target], \
             ["input", "output", "target"]
 
     def training_step(self, x, rng):
@@ -267,7 +288,8 @@ class SimMIM(SSLMethod):
         x_rec = dist.all_gather(self.reconstruct(*dist.shard(x.data, mask)))  # (B, C, H, W)
         pixel_mask = mask.repeat(self.patch_size, 1).repeat(self.patch_size, 2)  # (B, H, W)
         xp = get_array_module(x.data)
-        loss = losses.simmim_loss(x_rec, x, xp.asarray(pixel_mask))
+        target = Tensor(self.targets(x.data))                   # (B, C, H, W), a constant
+        loss = losses.simmim_loss(x_rec, target, xp.asarray(pixel_mask))
         return loss, {}
 
 

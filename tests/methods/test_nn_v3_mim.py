@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from minissl import cli, data, methods, nn, optim, random
+from minissl import cli, data, losses, methods, nn, optim, random
 from minissl.autograd import no_grad
 from minissl.methods import simmim
 from minissl.methods.base import cosine_tau
@@ -202,6 +202,27 @@ def test_simmim_loss_counts_masked_pixels_only(digits):
     rec = m.reconstruct(x, mask).numpy()
     want = (np.abs(rec - x) * pix).sum() / (pix.sum() + 1e-5)
     assert loss.item() == pytest.approx(want, rel=1e-10)
+
+
+def test_simmim_with_norm_targets_predicts_the_standardised_pixels(digits):
+    # norm_target_window: the official NORM_TARGET option; the loss is the L1 to the
+    # standardised pixels, the reconstruction picture shows them as the target.
+    random.manual_seed(0)
+    m = methods.build("simmim", digits, norm_target_window=3, **SMALL["simmim"]).double()
+    m.transform = lambda x, rng: x                                 # no augmentation
+    x = digits.train_x[:4].astype(np.float64)
+    loss, _ = m.training_step(x, np.random.default_rng(3))
+    mask = m.masks(4, np.random.default_rng(3))
+    pix = mask.repeat(2, 1).repeat(2, 2)[:, None]
+    rec = m.reconstruct(x, mask).numpy()
+    target = losses.simmim_norm_targets(x, 3)
+    want = (np.abs(rec - target) * pix).sum() / (pix.sum() + 1e-5)
+    assert loss.item() == pytest.approx(want, rel=1e-10)
+    assert loss.item() != pytest.approx((np.abs(rec - x) * pix).sum() / (pix.sum() + 1e-5))
+    rows, names = m.picture_rows(x, rng=0)
+    np.testing.assert_allclose(rows[2], target.astype(np.float32), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="norm_target_window must be 0 or an odd number"):
+        methods.build("simmim", digits, norm_target_window=4, **SMALL["simmim"])
 
 
 def _small_cnn(in_channels=3):
