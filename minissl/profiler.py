@@ -105,8 +105,10 @@ class Profile:
         lines.append(("(wall)", "", f"{1e3 * self.wall / steps:.2f}", "100.0"))
         head = ("op", "calls", "ms", "%")
         widths = [max(len(x[i]) for x in lines + [head]) for i in range(4)]
-        fmt = lambda x: "  ".join([x[0].ljust(widths[0])] + [v.rjust(w) for v, w in
-                                                              zip(x[1:], widths[1:])])
+
+        def fmt(cells):
+            return "  ".join([cells[0].ljust(widths[0])]
+                             + [v.rjust(w) for v, w in zip(cells[1:], widths[1:])])
         return "\n".join([fmt(head)] + [fmt(x) for x in lines])
 
 
