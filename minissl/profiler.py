@@ -27,7 +27,7 @@ from collections import namedtuple
 from contextlib import contextmanager
 
 from . import autograd
-from .backend import device_of
+from .backend import cupy, device_of
 
 __all__ = ["profile", "Profile", "OpTime"]
 
@@ -119,8 +119,7 @@ def _no_sync():
 def _synchronizer(arrays):
     for a in arrays:
         if hasattr(a, "shape") and device_of(a) == "cuda":
-            import cupy
-            return cupy.cuda.get_current_stream().synchronize
+            return cupy().cuda.get_current_stream().synchronize
     return _no_sync
 
 
