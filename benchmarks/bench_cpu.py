@@ -1,6 +1,6 @@
 """minissl against PyTorch on the three CPU workloads, measured the way users run code.
 
-    python benchmarks/bench_cpu.py [--mode fresh|one-process|all|ops] [--rounds 3] [--reps 10]
+    python benchmarks/bench_cpu.py [--mode fresh|one-process|paired|all|ops] [--rounds 3] [--reps 10]
                                    [--only NAME] [--no-torch] [--json FILE] [--top 12]
 
 The workloads (one full training step each) are built in benchmarks/minissl_workloads.py and,
@@ -16,6 +16,15 @@ leaks into what is measured:
            environment (``HEAP_TUNABLES``).
 ``one-process``  Both libraries in ONE process, PyTorch imported first (a user porting a
            model and comparing), taking turns each round; no ``tune()``.
+``paired``  (not part of ``all``) The fresh mode's main comparison, minissl as a user runs it
+           against PyTorch with minissl's heap settings, measured so that the machine's drift
+           cancels: per round one fresh process per library, both alive at once, taking turns
+           of about 0.25 s of timed steps while the other process waits on its pipe; each turn
+           opens with 0.6 s of untimed steps (for waking the process's threads, the caches the
+           other process left, and minissl's load guard, which would otherwise still see the
+           other process's turn: ``LEAD_SECONDS``). The turns alternate which library goes
+           first, so both see the same minutes of the machine; each round's ratio is the
+           median of minissl's timed steps over the median of PyTorch's.
 ``ops``    Where each library's step time goes (not part of ``all``): each library in its own
            fresh process profiles ``--reps`` steps after 3 warm-up, minissl with
            ``minissl.profiler`` (self time per op and phase), PyTorch, with minissl's heap
@@ -39,6 +48,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -156,6 +166,61 @@ def profile_torch(names, reps):
     return out
 
 
+def build_step(library, name):
+    """(step, FLOPs or None) of workload ``name`` in ``library`` ("minissl" or "torch"), seeded
+    as in ``time_minissl`` and ``time_torch``."""
+    if library == "minissl":
+        import numpy as np
+        import minissl as ms
+        import minissl_workloads
+        ms.random.manual_seed(0)
+        return minissl_workloads.WORKLOADS[name](np.random.default_rng(0))
+    import torch
+    import torch_workloads
+    torch.manual_seed(0)
+    return torch_workloads.WORKLOADS[name](), None
+
+
+def serve(library):
+    """The worker of ``paired``: read requests on stdin, one a line, and answer each with one
+    ``RESULT`` line, until stdin closes. ``build NAME``: build the workload, run 3 warm-up
+    steps, answer the last one's seconds (and the FLOPs); ``run N LEAD``: untimed steps for
+    LEAD seconds (one at least), then N timed ones, answer their seconds; ``sgemm``: numpy's
+    sgemm GFLOP/s."""
+    if library == "torch":
+        import torch  # noqa: F401
+    else:
+        import numpy  # noqa: F401  (NumPy before minissl, as a script usually has it)
+        import minissl  # noqa: F401
+    step = None
+    for line in sys.stdin:
+        what, _, arg = line.strip().partition(" ")
+        if what == "build":
+            step, flops = build_step(library, arg)
+            for _ in range(3):
+                t = time.perf_counter()
+                step()
+                last = time.perf_counter() - t
+            answer = {"step_s": last, "flops": flops}
+        elif what == "run":
+            count, lead = arg.split()
+            start = time.perf_counter()
+            step()
+            while time.perf_counter() - start < float(lead):
+                step()
+            times = []
+            for _ in range(int(count)):
+                t = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - t)
+            answer = {"times": times}
+        elif what == "sgemm":
+            answer = {"sgemm_gflops": sgemm_gflops()}
+        else:
+            answer = {"error": f"unknown request {line.strip()!r}"}
+        print(RESULT + json.dumps(answer), flush=True)
+
+
 def worker(kind, names, reps, rounds, with_torch=True):
     """Run in a child process: time one configuration (``fresh``: one round) and print the
     result as one JSON line. The imports below are the measured process's import order."""
@@ -166,6 +231,8 @@ def worker(kind, names, reps, rounds, with_torch=True):
         profiled = (profile_minissl if kind == "ops-minissl" else profile_torch)(names, reps)
         print(RESULT + json.dumps({"ops": profiled}), flush=True)
         return
+    if kind.startswith("serve-"):
+        return serve(kind[len("serve-"):])
     library = kind.split("+")[0]        # "torch+heap" times PyTorch, "minissl+tune" minissl
     with_torch = with_torch and library in ("torch", "one-process")
     with_minissl = library in ("minissl", "one-process")
@@ -244,6 +311,103 @@ def measure_one_process(args, names, with_torch, **worker):
             "tuning": None, "errors": res.get("errors", [])}
 
 
+class Served:
+    """A worker process (``--worker serve-LIBRARY``) that builds and runs steps on request."""
+
+    def __init__(self, library, env=None):
+        self.library = library
+        self.errors = tempfile.TemporaryFile(mode="w+")   # never a full pipe to block on
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"serve-{library}",
+               "--reps", "1", "--names", "-"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.errors, text=True,
+                                     env={**os.environ, **(env or {})})
+
+    def ask(self, request):
+        try:
+            self.proc.stdin.write(request + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass                  # it has ended: the loop below finds no answer
+        for line in self.proc.stdout:
+            if line.startswith(RESULT):
+                answer = json.loads(line[len(RESULT):])
+                if "error" in answer:
+                    raise RuntimeError(f"{self.library} worker: {answer['error']}")
+                return answer
+        self.proc.wait()
+        self.errors.seek(0)
+        tail = self.errors.read().strip().splitlines() or [f"exit {self.proc.returncode}"]
+        raise RuntimeError(f"{self.library} worker failed: {tail[-1]}")
+
+    def close(self):
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.errors.close()
+
+
+# Paired mode: the timed steps of one turn take about TURN_SECONDS, after LEAD_SECONDS of
+# untimed ones. The lead-in is longer than two looks of minissl's load guard (it averages the
+# cores other processes kept busy over its last LOAD_CHECK_SECONDS, 0.25 s, and runs serially
+# while they are busy): without it, the guard of a minissl process that waited while PyTorch
+# ran its turn went serial at the start of every turn (measured: mlp_simclr 1.57x PyTorch's
+# step time paired, 0.92x with the threads fixed). Both libraries get the same lead-in.
+TURN_SECONDS = 0.25
+LEAD_SECONDS = 0.6
+
+
+def paired_round(workers, names, reps):
+    """One round of ``paired``: {config: {name: median ms}} and the FLOPs. Both libraries
+    take the same number of turns (the slower step sets it), alternating who goes first."""
+    steps, flops = {c: {} for c in workers}, {}
+    for name in names:
+        built = {c: w.ask(f"build {name}") for c, w in workers.items()}
+        if built["minissl"]["flops"]:
+            flops[name] = built["minissl"]["flops"]
+        turns = max(-(-reps // max(1, round(TURN_SECONDS / b["step_s"])))
+                    for b in built.values())
+        per_turn = -(-reps // turns)
+        times = {c: [] for c in workers}
+        order = list(workers)
+        for turn in range(turns):
+            for c in order if turn % 2 == 0 else order[::-1]:
+                times[c] += workers[c].ask(f"run {per_turn} {LEAD_SECONDS}")["times"]
+        for c in workers:
+            steps[c][name] = 1e3 * statistics.median(times[c])
+    return steps, flops
+
+
+def measure_paired(args, names, with_torch):
+    """Per round, fresh minissl and PyTorch (+ heap settings) processes taking turns."""
+    runs = {"minissl": [], "torch+heap": []}
+    sgemm, flops, errors = [], {}, []
+    for _ in range(args.rounds):
+        workers = {"minissl": Served("minissl")}
+        if with_torch:
+            workers["torch+heap"] = Served("torch", {"GLIBC_TUNABLES": HEAP_TUNABLES})
+        try:
+            steps, flops = paired_round(workers, names, args.reps)
+            sgemm.append(workers["minissl"].ask("sgemm")["sgemm_gflops"])
+        except RuntimeError as e:
+            errors.append(str(e))
+            steps = {}
+            sgemm.append(None)
+        finally:
+            for w in workers.values():
+                w.close()
+        for config in runs:
+            runs[config].append(steps.get(config, {}))
+    return {"runs": runs, "sgemm_gflops": sgemm, "flops": flops, "tuning": None,
+            "errors": errors}
+
+
 def summarise(m, names, ratios):
     """The tables' numbers: per configuration and workload, and per ratio and workload."""
     table = {}
@@ -287,14 +451,14 @@ def print_table(columns, names, cell, width=30):
         print(f"{name:12s}" + "".join(c.rjust(width) for c in cells[name]))
 
 
-def print_mode(title, m, table, ratio_table, names, args):
+def print_mode(title, m, table, ratio_table, names, args, note=None):
     print(f"\n== {title}")
     rates = [g for g in m["sgemm_gflops"] if g]
     roofline = (f" and % of numpy's sgemm rate (median {statistics.median(rates):.0f} "
                 "GFLOP/s)" if rates else "")
     print(f"step ms: median of {args.rounds} rounds [min-max across rounds]{roofline}; "
-          + getattr(args, "steps_note", f"each round the median of {args.reps} steps after "
-                                          "3 warm-up"))
+          + (note or getattr(args, "steps_note", f"each round the median of {args.reps} "
+                                                  "steps after 3 warm-up")))
     if m["tuning"]:
         print(f"minissl.runtime.tune() applied: {m['tuning']}")
 
@@ -354,15 +518,18 @@ def print_ops(found, names, top):
             print("   ".join(f"{(c[i] if i < len(c) else ''):61s}" for c in columns).rstrip())
 
 
-def run_modes(args, names, with_torch, **worker):
-    """Measure and print every mode ``args.mode`` names (``worker``: see ``measure_fresh``);
-    the report ``--json`` writes."""
+ALL = ("fresh", "one-process", "paired")   # what --mode all runs
+
+
+def run_modes(args, names, with_torch, all_modes=ALL, **worker):
+    """Measure and print every mode ``args.mode`` names (``all``: ``all_modes``; ``worker``:
+    see ``measure_fresh``); the report ``--json`` writes."""
     env = {k: os.environ[k] for k in SETTINGS if k in os.environ}
     print(f"minissl vs PyTorch, CPU; environment: {env or 'none of ' + ', '.join(SETTINGS)}")
     if not with_torch:
         print("(PyTorch not measured: " + ("--no-torch)" if args.no_torch else
                                            "torch is not installed: pip install torch)"))
-    modes = ("fresh", "one-process") if args.mode == "all" else (args.mode,)
+    modes = all_modes if args.mode == "all" else (args.mode,)
     report = {"rounds": args.rounds, "reps": args.reps, "environment": env, "modes": {}}
     for mode in modes:
         if mode == "ops":
@@ -370,17 +537,26 @@ def run_modes(args, names, with_torch, **worker):
             print_ops(found, names, args.top)
             report["modes"]["ops"] = found
             continue
+        note = None
         if mode == "fresh":
             m = measure_fresh(args, names, with_torch, **worker)
             title = ("fresh processes: one per library per round, in the order "
                      f"{', '.join(FRESH)}; `import numpy` before `import minissl`")
             ratios = FRESH_RATIOS
+        elif mode == "paired":
+            m = measure_paired(args, names, with_torch)
+            title = ("paired: per round a fresh minissl and a fresh PyTorch + heap process, "
+                     "alive together, taking turns")
+            ratios = (("minissl", "torch+heap"),)
+            note = (f"each round the median of {args.reps} or more steps after 3 warm-up, in "
+                    f"turns of about {TURN_SECONDS:g} s, each opened by {LEAD_SECONDS:g} s of "
+                    "untimed steps")
         else:
             m = measure_one_process(args, names, with_torch, **worker)
             title = "one process: `import torch`, then numpy, then minissl; no tune()"
             ratios = (("minissl", "torch"),)
         table, ratio_table = summarise(m, names, ratios)
-        print_mode(title, m, table, ratio_table, names, args)
+        print_mode(title, m, table, ratio_table, names, args, note)
         report["modes"][mode] = {"steps": table, "ratios": ratio_table,
                                  "sgemm_gflops": m["sgemm_gflops"], "gflop": m["flops"],
                                  "tuning": m["tuning"], "errors": m["errors"]}
@@ -389,7 +565,7 @@ def run_modes(args, names, with_torch, **worker):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mode", choices=("fresh", "one-process", "all", "ops"), default="all")
+    ap.add_argument("--mode", choices=ALL + ("all", "ops"), default="all")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of alternating libraries")
     ap.add_argument("--reps", type=int, default=10, help="timed steps per workload and round")
     ap.add_argument("--only", choices=NAMES)

@@ -265,7 +265,9 @@ def timing_modes(args):
     print(f"digits {args.method} recipe, {args.epochs} epochs of batch {BATCH} per run, "
           f"seed {args.seeds[0]}; a step includes making its views")
     extra = ["--method", args.method, "--epochs", str(args.epochs), "--seeds", str(args.seeds[0])]
-    report = bench_cpu.run_modes(args, [args.method], with_torch, script=__file__, extra=extra)
+    report = bench_cpu.run_modes(args, [args.method], with_torch,
+                                 all_modes=("fresh", "one-process"), script=__file__,
+                                 extra=extra)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

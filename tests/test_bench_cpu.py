@@ -33,29 +33,31 @@ def ratio(report, mode, key):
 
 def test_without_torch_minissl_is_timed_and_the_ratios_are_n_a(tmp_path):
     report, stdout = bench(tmp_path, "--mode", "all", "--no-torch")
-    assert set(report["modes"]) == {"fresh", "one-process"}
-    for mode, mine in (("fresh", "minissl"), ("fresh", "minissl+tune"),
-                       ("one-process", "minissl")):
+    assert set(report["modes"]) == {"fresh", "one-process", "paired"}
+    for mode, mine, theirs in (("fresh", "minissl", "torch"), ("fresh", "minissl+tune", "torch"),
+                               ("one-process", "minissl", "torch"),
+                               ("paired", "minissl", "torch+heap")):
         s = step(report, mode, mine)
         assert s["median_ms"] > 0 and len(s["rounds_ms"]) == 1 and 0 < s["roofline"]
-        assert step(report, mode, "torch")["median_ms"] is None
-        assert ratio(report, mode, f"{mine} vs torch") == {"median": None, "rounds": [None]}
+        assert step(report, mode, theirs)["median_ms"] is None
+        assert ratio(report, mode, f"{mine} vs {theirs}") == {"median": None, "rounds": [None]}
     assert report["modes"]["fresh"]["tuning"]["heap"] in (True, False)
     assert "n/a" in stdout and "PyTorch not measured: --no-torch" in stdout
 
 
 @needs_torch
-@pytest.mark.parametrize("mode", ["fresh", "one-process"])
+@pytest.mark.parametrize("mode", ["fresh", "one-process", "paired"])
 def test_each_mode_times_both_libraries_and_their_ratio(tmp_path, mode):
     report, stdout = bench(tmp_path, "--mode", mode)
     assert list(report["modes"]) == [mode]
-    configs = (["minissl", "torch", "minissl+tune", "torch+heap"] if mode == "fresh"
-               else ["minissl", "torch"])
+    configs = {"fresh": ["minissl", "torch", "minissl+tune", "torch+heap"],
+               "one-process": ["minissl", "torch"], "paired": ["minissl", "torch+heap"]}[mode]
     assert list(report["modes"][mode]["steps"]) == configs
     for config in configs:
         assert step(report, mode, config)["median_ms"] > 0
-    r = ratio(report, mode, "minissl vs torch")
-    mine, theirs = step(report, mode, "minissl"), step(report, mode, "torch")
+    other = configs[1]
+    r = ratio(report, mode, f"minissl vs {other}")
+    mine, theirs = step(report, mode, "minissl"), step(report, mode, other)
     assert r["median"] == pytest.approx(mine["median_ms"] / theirs["median_ms"])
     assert report["modes"][mode]["errors"] == [] and "n/a" not in stdout
 
@@ -99,12 +101,60 @@ def test_each_fresh_worker_times_its_own_library_only(config):
     assert set(timed) - {"sgemm_gflops"} == {config.split("+")[0]}
 
 
-def test_tables_keep_their_columns_apart_with_many_rounds(capsys):
-    """A ratio cell lists every round: with 5 rounds it is wider than the default column,
-    and the columns must still be separated (the table widens, it does not run together)."""
+def _bench_module():
     spec = importlib.util.spec_from_file_location("bench_cpu", BENCH)
     bench_cpu = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_cpu)
+    return bench_cpu
+
+
+class FakeWorker:
+    """Answers ``paired_round``'s requests as a served worker would, with fixed step times,
+    and logs them (into a log shared by both workers, to see the turns' order)."""
+
+    def __init__(self, name, step_s, log):
+        self.name, self.step_s, self.log, self.step = name, step_s, log, 0
+
+    def ask(self, request):
+        self.log.append((self.name, request))
+        what, _, arg = request.partition(" ")
+        if what == "build":
+            return {"step_s": self.step_s, "flops": 7 if self.name == "minissl" else None}
+        count, lead = arg.split()
+        self.step += int(count)     # step k takes k ms: the median shows which were timed
+        return {"times": [k / 1e3 for k in range(self.step - int(count) + 1, self.step + 1)]}
+
+
+def test_paired_turns_alternate_and_both_libraries_take_the_same_number():
+    bench_cpu = _bench_module()
+    log = []
+    workers = {"minissl": FakeWorker("minissl", 0.02, log),
+               "torch+heap": FakeWorker("torch+heap", 0.1, log)}
+    steps, flops = bench_cpu.paired_round(workers, ["w"], reps=10)
+    runs = [(who, r) for who, r in log if r.startswith("run")]
+    # The slower step sets the turns: 0.25 s holds 2 of PyTorch's 0.1 s steps -> 5 turns,
+    # and minissl takes 10 / 5 = 2 timed steps a turn too (never more turns than PyTorch).
+    assert [who for who, _ in runs] == ["minissl", "torch+heap", "torch+heap", "minissl"] * 2 \
+        + ["minissl", "torch+heap"]
+    assert {r for _, r in runs} == {f"run 2 {bench_cpu.LEAD_SECONDS}"}
+    assert steps == {"minissl": {"w": 5.5}, "torch+heap": {"w": 5.5}} and flops == {"w": 7}
+
+
+def test_a_served_worker_names_a_bad_request():
+    served = _bench_module().Served("minissl")
+    try:
+        with pytest.raises(RuntimeError, match="minissl worker: unknown request 'fly'"):
+            served.ask("fly")
+        with pytest.raises(RuntimeError, match="minissl worker failed: .*KeyError"):
+            served.ask("build no_such_workload")
+    finally:
+        served.close()
+
+
+def test_tables_keep_their_columns_apart_with_many_rounds(capsys):
+    """A ratio cell lists every round: with 5 rounds it is wider than the default column,
+    and the columns must still be separated (the table widens, it does not run together)."""
+    bench_cpu = _bench_module()
     rounds = [1.11, 1.24, 1.06, 0.80, 1.03]
     cell = {"median": 1.06, "rounds": rounds}
     columns = {"minissl vs torch": {"w": cell}, "minissl+tune vs torch+heap": {"w": cell}}
