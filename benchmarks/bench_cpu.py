@@ -20,9 +20,8 @@ leaks into what is measured:
            against PyTorch with minissl's heap settings, measured so that the machine's drift
            cancels: per round one fresh process per library, both alive at once, taking turns
            of about 0.25 s of timed steps while the other process waits on its pipe; each turn
-           opens with 0.6 s of untimed steps (for waking the process's threads, the caches the
-           other process left, and minissl's load guard, which would otherwise still see the
-           other process's turn: ``LEAD_SECONDS``). The turns alternate which library goes
+           opens with 0.6 s of untimed steps (``LEAD_SECONDS``: the process's threads awake
+           and its data back in the caches, as in a training loop). The turns alternate which library goes
            first, so both see the same minutes of the machine; each round's ratio is the
            median of minissl's timed steps over the median of PyTorch's.
 ``ops``    Where each library's step time goes (not part of ``all``): each library in its own
@@ -354,11 +353,12 @@ class Served:
 
 
 # Paired mode: the timed steps of one turn take about TURN_SECONDS, after LEAD_SECONDS of
-# untimed ones. The lead-in is longer than two looks of minissl's load guard (it averages the
-# cores other processes kept busy over its last LOAD_CHECK_SECONDS, 0.25 s, and runs serially
-# while they are busy): without it, the guard of a minissl process that waited while PyTorch
-# ran its turn went serial at the start of every turn (measured: mlp_simclr 1.57x PyTorch's
-# step time paired, 0.92x with the threads fixed). Both libraries get the same lead-in.
+# untimed ones, so that each turn is timed in its process's steady state (threads awake, its
+# own data back in the caches), as a user's training loop runs; both libraries get the same.
+# (The first version had one untimed step and turns of 0.1 s, and found minissl 1.57x
+# PyTorch's mlp_simclr step: minissl's load guard counted PyTorch's turn as a neighbour's
+# load and ran the next turn serially. The guard now puts its decision off after a pause:
+# minissl/kernels/_dispatch.py.)
 TURN_SECONDS = 0.25
 LEAD_SECONDS = 0.6
 

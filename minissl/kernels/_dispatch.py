@@ -60,6 +60,8 @@ _threads = None    # threads of the compiled kernels' parallel loops; None: not 
 _explicit = False  # set by set_num_threads: then the load guard below leaves it alone
 _running = 1       # threads the parallel loops use now: _threads, or 1 while the cores are busy
 _next_check = 0.0  # time.monotonic() of the load guard's next look at /proc/stat
+_last_call = 0.0   # time.monotonic() of the last kernel lookup (``compiled``)
+_deferred = False  # whether the guard's last look put its decision off (a pause before it)
 LOAD_CHECK_SECONDS = 0.25
 _cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
 _cores = len(_cpus) if _cpus is not None else (os.cpu_count() or 1)
@@ -102,9 +104,11 @@ def cpu_times():
 
 
 NEIGHBOUR_CORES = 0.5   # others' average use of the cores the loops tolerate beside their own
+PAUSE_SECONDS = 0.1     # no kernel call for this long: minissl paused (see _guard)
+FRESH_SECONDS = 0.05    # after a pause the guard decides on a window this long
 
 
-def _guard(sample=cpu_times):
+def _guard(sample=cpu_times, paused=False):
     """The load guard of the default thread count. A parallel loop's threads wait for each
     other at its end, spinning; when other processes want the cores too, a thread of the
     loop is descheduled and the others spin until it runs again: on 2 cores with 5 busy
@@ -115,10 +119,15 @@ def _guard(sample=cpu_times):
     exceed the cores by more than NEIGHBOUR_CORES, and back when they fit. An average, not
     an instant: a snapshot of the runnable tasks (/proc/loadavg, the first guard) caught
     brief blips (a shell, a monitor) and made a quiet machine's steps serial about a sixth
-    of the time. Only for the default (``set_num_threads`` fixes the count); results do not
+    of the time. After a pause (``paused``: no kernel call for PAUSE_SECONDS; a notebook
+    between cells, another process's turn), what the others did while minissl had no thread
+    running is history, not load: the guard keeps the threads, takes a new sample and decides
+    on the FRESH_SECONDS after it (at most one such deferral between two decisions). Without
+    this, a benchmark taking turns with PyTorch found minissl serial at the start of every
+    turn (docs/performance.md). Only for the default (``set_num_threads`` fixes the count); results do not
     depend on it (the kernels give the same bits whatever the thread count, and the
     products' split does not change)."""
-    global _next_check, _last
+    global _next_check, _last, _deferred
     _next_check = time.monotonic() + LOAD_CHECK_SECONDS
     if _explicit or _threads is None or _threads == 1:
         return
@@ -126,6 +135,11 @@ def _guard(sample=cpu_times):
     previous, _last = _last, now
     if now is None or previous is None or now[0] <= previous[0]:
         return
+    if paused and not _deferred:
+        _deferred = True
+        _next_check = time.monotonic() + FRESH_SECONDS
+        return
+    _deferred = False
     others = max(0.0, (now[1] - previous[1]) - (now[2] - previous[2])) / (now[0] - previous[0])
     want = _threads if others + _threads <= _cores + NEIGHBOUR_CORES else 1
     if want != _running:
@@ -186,8 +200,11 @@ def compiled(family, *arrays, contiguous=False):
         return None
     if family not in _modules:
         _modules[family] = load(family)
-    if time.monotonic() >= _next_check:
-        _guard()
+    global _last_call
+    now = time.monotonic()
+    if now >= _next_check:
+        _guard(paused=now - _last_call > PAUSE_SECONDS)
+    _last_call = now
     return _modules[family]
 
 

@@ -4,6 +4,7 @@ Serial is the default (``minissl.runtime.set_num_threads``); these tests run eve
 parallel loops, forward and backward, on shapes above their parallel thresholds, and compare
 them bit for bit with the serial run."""
 import os
+import time
 
 import numpy as np
 import pytest
@@ -172,6 +173,60 @@ def test_load_guard_ignores_a_brief_blip(default_threads, monkeypatch):
     m.advance(0.25, others=0.4)                  # a light neighbour, under NEIGHBOUR_CORES
     _dispatch._guard(sample=m)
     assert _dispatch.running_threads() == 2
+
+
+def test_load_guard_judges_the_cores_by_now_not_by_a_pause(default_threads, monkeypatch):
+    """minissl paused (a user reading a notebook's output, another library's turn in a
+    benchmark) while a neighbour used the cores: that is history, not load. The guard keeps
+    the threads, takes a new sample and decides on a fresh window; a neighbour still busy is
+    caught by that look."""
+    monkeypatch.setattr(_dispatch, "_last", None)
+    monkeypatch.setattr(_dispatch, "_deferred", False)
+    m = Machine()
+    _dispatch._guard(sample=m)
+    m.advance(0.25, others=0.0)
+    _dispatch._guard(sample=m)
+    assert _dispatch.running_threads() == 2
+    m.advance(2.0, others=2.0, own=0.0)          # minissl paused; a neighbour had both cores
+    _dispatch._guard(sample=m, paused=True)
+    assert _dispatch.running_threads() == 2
+    assert _dispatch._next_check - time.monotonic() <= _dispatch.FRESH_SECONDS
+    m.advance(_dispatch.FRESH_SECONDS, others=0.0)   # it has gone
+    _dispatch._guard(sample=m)
+    assert _dispatch.running_threads() == 2
+    m.advance(2.0, others=2.0, own=0.0)          # again, but this time it stays
+    _dispatch._guard(sample=m, paused=True)
+    assert _dispatch.running_threads() == 2
+    m.advance(_dispatch.FRESH_SECONDS, others=2.0)
+    _dispatch._guard(sample=m)
+    assert _dispatch.running_threads() == 1
+
+
+def test_load_guard_puts_a_decision_off_once_only(default_threads, monkeypatch):
+    """Kernel calls in bursts with pauses between them must not put the decision off for
+    ever: a look after a deferral decides, pause or not."""
+    monkeypatch.setattr(_dispatch, "_last", None)
+    monkeypatch.setattr(_dispatch, "_deferred", False)
+    m = Machine()
+    _dispatch._guard(sample=m)
+    m.advance(0.3, others=2.0, own=0.5)
+    _dispatch._guard(sample=m, paused=True)
+    assert _dispatch.running_threads() == 2
+    m.advance(0.3, others=2.0, own=0.5)
+    _dispatch._guard(sample=m, paused=True)
+    assert _dispatch.running_threads() == 1
+
+
+def test_a_kernel_lookup_tells_the_guard_whether_minissl_paused(monkeypatch):
+    looks = []
+    monkeypatch.setattr(_dispatch, "_guard", lambda paused=False: looks.append(paused))
+    x = np.ones((4, 4), dtype=np.float32)
+    monkeypatch.setattr(_dispatch, "_last_call", time.monotonic() - 1.0)
+    monkeypatch.setattr(_dispatch, "_next_check", 0.0)
+    _dispatch.compiled("softmax", x)             # the last lookup a second ago: a pause
+    monkeypatch.setattr(_dispatch, "_next_check", 0.0)
+    _dispatch.compiled("softmax", x)             # just now: none
+    assert looks == [True, False]
 
 
 def test_load_guard_leaves_an_explicit_count_alone(default_threads, monkeypatch):
