@@ -25,12 +25,17 @@ few minutes on one core):
   the decoder's 1x1 convolution keeps each library's default.
 
 ``--diagnose`` adds, after each minissl SimMIM run, why it probes as it does (``diagnose``);
-``--same-init`` starts PyTorch from minissl's initial weights.
+``--same-init`` starts PyTorch from minissl's initial weights; ``--finetune EPOCHS`` adds,
+after each minissl run, the protocol SimMIM's paper reports: the encoder fine-tuned with a
+new linear head on 1, 5, 10 labels per class (``evaluate.finetune``, mean of 3 draws),
+and the same from the untrained encoder of that seed.
 
     python benchmarks/bench_nn_v3_mim.py --method nnclr --data digits --seeds 0 1 2
     python benchmarks/bench_nn_v3_mim.py --method simmim --batch-size 32 --seeds 0 1 2
     python benchmarks/bench_nn_v3_mim.py --method mocov3 --data shapes --encoder conv --epochs 20
     python benchmarks/bench_nn_v3_mim.py --method simmim --data shapes --encoder conv --seeds 0 1 2
+    python benchmarks/bench_nn_v3_mim.py --method simmim --data shapes --encoder conv \
+        --norm-target-window 5 --libraries minissl --finetune 100 --seeds 0 1 2
 """
 import minissl
 
@@ -44,7 +49,7 @@ import sys
 
 import numpy as np
 
-from minissl import augment, data, methods, random
+from minissl import augment, data, evaluate, methods, nn, random
 from minissl.methods.base import build_encoder, cosine_tau
 from minissl.methods.masked import sincos_pos_embed_2d
 from minissl.methods.simmim import SimMIMEncoder
@@ -81,6 +86,29 @@ def minissl_run(d, epochs, method, seed, batch=BATCH, build=build, encoder="mlp"
         build = functools.partial(build, encoder=encoder)
     _, loss, features = bench_digits.minissl_run(d, epochs, method, seed, build, batch)
     return loss, features
+
+
+def finetuned(method, d, epochs, draws=3, labels=LABELS):
+    """Test accuracy per number of labels per class of ``method``'s encoder fine-tuned with a
+    new linear head (``evaluate.finetune``, ``epochs`` epochs), the mean over ``draws`` draws
+    of the labelled images, each draw from the same weights; the weights are restored after."""
+    start = method.encoder.state_dict()
+    out = []
+    for k in labels:
+        accs = []
+        for draw in range(draws):
+            method.encoder.load_state_dict(start)
+            accs.append(evaluate.finetune(method, d.train_x, d.train_y, d.test_x, d.test_y, k,
+                                          epochs=epochs, seed=draw))
+        out.append(float(np.mean(accs)))
+    method.encoder.load_state_dict(start)
+    return out
+
+
+def untrained(d, method, seed, build=build, encoder="mlp"):
+    """The method as ``minissl_run`` builds it for ``seed``, before any training step."""
+    random.manual_seed(seed)
+    return nn.fuse(build(method, d, encoder=encoder) if encoder != "mlp" else build(method, d))
 
 
 # ----------------------------------------------------------------------------- PyTorch
@@ -456,6 +484,9 @@ def main(recipes=RECIPES, build=build, torch_recipes=None, doc=__doc__):
                     help="SimMIM, MAE: PyTorch starts from minissl's initial weights")
     ap.add_argument("--diagnose", action="store_true",
                     help="after each minissl run, its reconstruction and per-depth probes")
+    ap.add_argument("--finetune", type=int, default=0, metavar="EPOCHS",
+                    help="minissl runs: also fine-tune the encoder (and the untrained one of "
+                         "the same seed) on 1, 5, 10 labels per class, EPOCHS epochs, 3 draws")
     ap.add_argument("--norm-target-window", type=int, default=0, metavar="W",
                     help="SimMIM: targets standardised over W x W squares (odd; the official "
                          "NORM_TARGET option), in both libraries")
@@ -474,7 +505,10 @@ def main(recipes=RECIPES, build=build, torch_recipes=None, doc=__doc__):
                                             same_init=args.same_init, encoder=args.encoder)}
     print(f"raw pixels {args.data} probe 1/5/10: " + " ".join(
         f"{a:.3f}" for a in probe(lambda x: x.reshape(len(x), -1), d, LABELS)), flush=True)
+    if args.finetune < 0:
+        ap.error("--finetune: EPOCHS must be >= 0")
     accs = {lib: [] for lib in args.libraries}
+    tuned = {"trained": [], "untrained": []}
     for seed in args.seeds:
         for lib in args.libraries:
             loss, features = runs[lib](d, args.epochs, args.method, seed, args.batch_size)
@@ -484,9 +518,20 @@ def main(recipes=RECIPES, build=build, torch_recipes=None, doc=__doc__):
                   flush=True)
             if args.diagnose and lib == "minissl":
                 diagnose(features.__self__, d)      # the trained method of ``features``
+            if args.finetune and lib == "minissl":
+                start = untrained(d, args.method, seed, build, args.encoder)
+                for which, m in (("trained", features.__self__), ("untrained", start)):
+                    tuned[which].append(finetuned(m, d, args.finetune))
+                    print(f"minissl  {args.method} {args.data} seed {seed}: {which} encoder "
+                          f"fine-tuned 1/5/10: " + " ".join(f"{a:.3f}" for a in tuned[which][-1]),
+                          flush=True)
     for lib in args.libraries:
         print(f"{lib:8s} {args.method} {args.data} over {len(accs[lib])} seed(s): probe "
               "1/5/10 " + bench_digits.seeds_summary(accs[lib]))
+    for which, found in tuned.items():
+        if found:
+            print(f"minissl  {args.method} {args.data} over {len(found)} seed(s): {which} "
+                  "encoder fine-tuned 1/5/10 " + bench_digits.seeds_summary(found))
 
 
 if __name__ == "__main__":

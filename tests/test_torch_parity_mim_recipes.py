@@ -195,3 +195,33 @@ def test_mae_pytorch_draw_is_the_pytorch_runs_initial_weights(bench):
     for tp, name in mae_bench.mae_pairs(r):
         np.testing.assert_array_equal(np.asarray(named[name].data), tp.detach().numpy(),
                                       err_msg=name)
+
+
+def test_finetune_starts_every_draw_from_the_same_weights_and_restores_them(bench, monkeypatch):
+    """``--finetune``: each draw of each number of labels fine-tunes the encoder from the
+    weights it was given (fine-tuning changes them in place), and hands them back after;
+    the untrained encoder is the one ``minissl_run`` starts from for that seed."""
+    mim, _ = bench
+    d = data.digits()
+    method = mim.untrained(d, "simmim", 1, encoder="conv")
+    again = mim.untrained(d, "simmim", 1, encoder="conv")
+    before = method.encoder.state_dict()
+    for k, v in again.encoder.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    seen = []
+
+    def fake_finetune(m, train_x, train_y, test_x, test_y, k, epochs, seed):
+        seen.append((k, seed, [v.copy() for v in m.encoder.state_dict().values()]))
+        for p in m.encoder.parameters():      # as training would: the weights move
+            p.data += 1.0
+        return k / 100 + seed / 1000
+
+    monkeypatch.setattr(mim.evaluate, "finetune", fake_finetune)
+    accs = mim.finetuned(method, d, epochs=7, draws=3)
+    assert [(k, s) for k, s, _ in seen] == [(k, s) for k in (1, 5, 10) for s in range(3)]
+    for _, _, weights in seen:
+        for got, want in zip(weights, before.values()):
+            np.testing.assert_array_equal(got, want)
+    assert accs == pytest.approx([k / 100 + 0.001 for k in (1, 5, 10)])
+    for k, v in method.encoder.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
