@@ -105,7 +105,8 @@ def cpu_times():
 
 NEIGHBOUR_CORES = 0.5   # others' average use of the cores the loops tolerate beside their own
 PAUSE_SECONDS = 0.1     # no kernel call for this long: minissl paused (see _guard)
-FRESH_SECONDS = 0.05    # after a pause the guard decides on a window this long
+FRESH_SECONDS = 0.1     # after a pause the guard decides on a window this long (10 ticks
+                        # of /proc/stat's 10 ms per core: the others' use to +-0.2 cores)
 
 
 def _guard(sample=cpu_times, paused=False):
