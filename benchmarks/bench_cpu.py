@@ -1,7 +1,8 @@
 """minissl against PyTorch on the three CPU workloads, measured the way users run code.
 
-    python benchmarks/bench_cpu.py [--mode fresh|one-process|paired|all|ops] [--rounds 3] [--reps 10]
-                                   [--only NAME] [--no-torch] [--json FILE] [--top 12]
+    python benchmarks/bench_cpu.py [--mode fresh|one-process|paired|all|ops] [--rounds 3]
+                                   [--reps 10] [--only NAME] [--no-torch] [--json FILE]
+                                   [--top 12]
 
 The workloads (one full training step each) are built in benchmarks/minissl_workloads.py and,
 with the same architectures, shapes, optimisers and loss, in benchmarks/torch_workloads.py.
@@ -16,14 +17,15 @@ leaks into what is measured:
            environment (``HEAP_TUNABLES``).
 ``one-process``  Both libraries in ONE process, PyTorch imported first (a user porting a
            model and comparing), taking turns each round; no ``tune()``.
-``paired``  (not part of ``all``) The fresh mode's main comparison, minissl as a user runs it
-           against PyTorch with minissl's heap settings, measured so that the machine's drift
-           cancels: per round one fresh process per library, both alive at once, taking turns
-           of about 0.25 s of timed steps while the other process waits on its pipe; each turn
-           opens with 0.6 s of untimed steps (``LEAD_SECONDS``: the process's threads awake
-           and its data back in the caches, as in a training loop). The turns alternate which library goes
-           first, so both see the same minutes of the machine; each round's ratio is the
+``paired``  The fresh mode's main comparison, minissl as a user runs it against PyTorch with
+           minissl's heap settings, measured so that the machine's drift cancels: per round
+           one fresh process per library, both alive at once, taking turns of about 0.25 s of
+           timed steps while the other process waits on its pipe; each turn opens with 0.6 s
+           of untimed steps (``LEAD_SECONDS``: the process's threads awake and its data back
+           in the caches, as in a training loop). The turns alternate which library goes
+           first, so both see the same seconds of the machine; each round's ratio is the
            median of minissl's timed steps over the median of PyTorch's.
+``all``    The three above (the default).
 ``ops``    Where each library's step time goes (not part of ``all``): each library in its own
            fresh process profiles ``--reps`` steps after 3 warm-up, minissl with
            ``minissl.profiler`` (self time per op and phase), PyTorch, with minissl's heap
