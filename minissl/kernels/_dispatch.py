@@ -125,9 +125,9 @@ def _guard(sample=cpu_times, paused=False):
     running is history, not load: the guard keeps the threads, takes a new sample and decides
     on the FRESH_SECONDS after it (at most one such deferral between two decisions). Without
     this, a benchmark taking turns with PyTorch found minissl serial at the start of every
-    turn (docs/performance.md). Only for the default (``set_num_threads`` fixes the count); results do not
-    depend on it (the kernels give the same bits whatever the thread count, and the
-    products' split does not change)."""
+    turn (docs/performance.md). Only for the default (``set_num_threads`` fixes the count);
+    results do not depend on it (the kernels give the same bits whatever the thread count,
+    and the products' split does not change)."""
     global _next_check, _last, _deferred
     _next_check = time.monotonic() + LOAD_CHECK_SECONDS
     if _explicit or _threads is None or _threads == 1:
