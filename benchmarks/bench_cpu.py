@@ -97,40 +97,41 @@ def sgemm_gflops(n=1024, reps=10):
     return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
+def build_step(library, name):
+    """(step, FLOPs or None) of workload ``name`` in ``library`` ("minissl" or "torch"), each
+    library seeded with 0."""
+    if library == "minissl":
+        import numpy as np
+        import minissl as ms
+        import minissl_workloads
+        ms.random.manual_seed(0)
+        return minissl_workloads.WORKLOADS[name](np.random.default_rng(0))
+    import torch
+    import torch_workloads
+    torch.manual_seed(0)
+    return torch_workloads.WORKLOADS[name](), None
+
+
 def time_minissl(names, reps):
     """{name: median ms}, {name: matrix-product FLOPs}, numpy's sgemm GFLOP/s."""
-    import numpy as np
-    import minissl as ms
-    import minissl_workloads
     ms_times, flops = {}, {}
     for name in names:
-        ms.random.manual_seed(0)
-        step, flops[name] = minissl_workloads.WORKLOADS[name](np.random.default_rng(0))
+        step, flops[name] = build_step("minissl", name)
         ms_times[name] = 1e3 * time_step(step, reps)[0]
     return ms_times, flops, sgemm_gflops()
 
 
 def time_torch(names, reps):
-    import torch
-    import torch_workloads
-    out = {}
-    for name in names:
-        torch.manual_seed(0)
-        out[name] = 1e3 * time_step(torch_workloads.WORKLOADS[name](), reps)[0]
-    return out
+    return {name: 1e3 * time_step(build_step("torch", name)[0], reps)[0] for name in names}
 
 
 def profile_minissl(names, reps):
     """{name: {"wall_ms", "rows": [[op.phase, calls, ms], ...]}} per step, longest first
     (what no op accounts for is ``wall_ms`` minus the rows)."""
-    import numpy as np
-    import minissl as ms
-    import minissl_workloads
     from minissl import profiler
     out = {}
     for name in names:
-        ms.random.manual_seed(0)
-        step, _ = minissl_workloads.WORKLOADS[name](np.random.default_rng(0))
+        step, _ = build_step("minissl", name)
         for _ in range(3):
             step()
         with profiler.profile() as prof:
@@ -144,13 +145,10 @@ def profile_minissl(names, reps):
 
 def profile_torch(names, reps):
     """As ``profile_minissl``, with torch.profiler's self CPU time per aten op."""
-    import torch
-    import torch_workloads
     from torch.profiler import ProfilerActivity, profile
     out = {}
     for name in names:
-        torch.manual_seed(0)
-        step = torch_workloads.WORKLOADS[name]()
+        step, _ = build_step("torch", name)
         for _ in range(3):
             step()
         with profile(activities=[ProfilerActivity.CPU]):   # the profiler's own start-up
@@ -165,21 +163,6 @@ def profile_torch(names, reps):
                 if e.self_cpu_time_total > 0]
         out[name] = {"wall_ms": 1e3 * wall / reps, "rows": rows}
     return out
-
-
-def build_step(library, name):
-    """(step, FLOPs or None) of workload ``name`` in ``library`` ("minissl" or "torch"), seeded
-    as in ``time_minissl`` and ``time_torch``."""
-    if library == "minissl":
-        import numpy as np
-        import minissl as ms
-        import minissl_workloads
-        ms.random.manual_seed(0)
-        return minissl_workloads.WORKLOADS[name](np.random.default_rng(0))
-    import torch
-    import torch_workloads
-    torch.manual_seed(0)
-    return torch_workloads.WORKLOADS[name](), None
 
 
 def serve(library):
