@@ -186,6 +186,8 @@ def serve(library):
                 step()
                 last = time.perf_counter() - t
             answer = {"step_s": last, "flops": flops}
+        elif what == "run" and step is None:
+            answer = {"error": "run before build"}
         elif what == "run":
             count, lead = arg.split()
             start = time.perf_counter()

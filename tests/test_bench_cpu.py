@@ -145,6 +145,8 @@ def test_a_served_worker_names_a_bad_request():
     try:
         with pytest.raises(RuntimeError, match="minissl worker: unknown request 'fly'"):
             served.ask("fly")
+        with pytest.raises(RuntimeError, match="minissl worker: run before build"):
+            served.ask("run 1 0")
         with pytest.raises(RuntimeError, match="minissl worker failed: .*KeyError"):
             served.ask("build no_such_workload")
     finally:
