@@ -190,6 +190,7 @@ def compiled(family, *arrays, contiguous=False):
     The module is cached after the first lookup (``load`` imports it again on every call,
     microseconds that matter for small arrays).
     """
+    global _last_call
     for a in arrays:
         if type(a) is not np.ndarray:
             return None
@@ -201,7 +202,6 @@ def compiled(family, *arrays, contiguous=False):
         return None
     if family not in _modules:
         _modules[family] = load(family)
-    global _last_call
     now = time.monotonic()
     if now >= _next_check:
         _guard(paused=now - _last_call > PAUSE_SECONDS)
