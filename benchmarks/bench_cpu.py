@@ -423,6 +423,12 @@ def summarise(m, names, ratios):
     return table, ratio_table
 
 
+def spread(xs):
+    """max / min - 1 of the numbers in ``xs`` (None ignored)."""
+    ok = [x for x in xs if x is not None]
+    return max(ok) / min(ok) - 1
+
+
 def _fmt(x, spec, width):
     return format(x, spec).rjust(width) if x is not None else "n/a".rjust(width)
 
@@ -461,6 +467,13 @@ def print_mode(title, m, table, ratio_table, names, args, note=None):
         return f"{_fmt(r['median'], '.2f', 4)} ({each})"
 
     print_table(table, names, step_cell)
+    if len(rates) > 1:
+        # The machine's own speed, sampled once a round: a step time spreads with it.
+        mine = {f"{c} {n}": spread(table[c][n]["rounds_ms"]) for c in table
+                if c.startswith("minissl") for n in names if table[c][n]["median_ms"]}
+        print(f"spread across rounds (max/min - 1): numpy's sgemm rate {spread(rates):.0%} "
+              f"({' '.join(f'{g:.0f}' for g in rates)} GFLOP/s); "
+              + ", ".join(f"{k} {v:.0%}" for k, v in mine.items()))
     print("ratio minissl / PyTorch: median (each round)")
     print_table(ratio_table, names, ratio_cell)
     for e in dict.fromkeys(m["errors"]):

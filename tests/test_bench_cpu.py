@@ -185,3 +185,21 @@ def test_ops_mode_profiles_pytorch_beside_minissl(tmp_path):
     theirs = report["modes"]["ops"]["torch"]["mlp_simclr"]
     assert any(row[0] == "aten::mm" for row in theirs["rows"]) and theirs["wall_ms"] > 0
     assert "torch.profiler" in stdout and "minissl.profiler" in stdout
+
+
+def test_each_mode_prints_the_machines_spread_beside_minissls(capsys):
+    """With several rounds the report shows how much numpy's sgemm rate moved between rounds
+    next to how much minissl's step times did (max/min - 1), so that a spread can be read
+    against the machine's own."""
+    bench_cpu = _bench_module()
+    m = {"runs": {"minissl": [{"w": 10.0}, {"w": 12.0}, {"w": 11.0}],
+                  "torch+heap": [{"w": 20.0}, {"w": 20.0}, {"w": 30.0}]},
+         "sgemm_gflops": [100.0, 150.0, None], "flops": {"w": 1e9}, "tuning": None,
+         "errors": []}
+    table, ratios = bench_cpu.summarise(m, ["w"], (("minissl", "torch+heap"),))
+    args = type("Args", (), {"rounds": 3, "reps": 5})()
+    bench_cpu.print_mode("t", m, table, ratios, ["w"], args)
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("spread")]
+    assert line == ["spread across rounds (max/min - 1): numpy's sgemm rate 50% (100 150 "
+                    "GFLOP/s); minissl w 20%"]
+    assert bench_cpu.spread([3.0, None, 4.0]) == pytest.approx(1 / 3)
