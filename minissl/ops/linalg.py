@@ -6,7 +6,7 @@ binary op, so their gradients are summed back with ``sum_to``.
 import math
 
 from ..autograd import Function, Tensor, as_tensor_like
-from ..kernels.gemm import matmul as _mm
+from ..kernels.gemm import addmm as _addmm, matmul as _mm, sum_rows as _sum_rows
 from .elementwise import sum_to
 
 
@@ -80,24 +80,24 @@ class Linear(Function):
 
     dx = g W;  dW = g2^T x2;  db = sum of g over rows, with x2, g2 the inputs viewed as
     matrices (rows = all leading dims). One fused op saves the transpose and the broadcast add
-    of the unfused form.
+    of the unfused form: the bias goes into the product (``kernels.gemm.addmm``, as PyTorch's
+    ``addmm``) and db is ``kernels.gemm.sum_rows``, each thread on the rows it computed.
     """
 
     __slots__ = ("x", "w", "has_bias")
 
     def forward(self, x, w, b=None):
         self.x, self.w, self.has_bias = x, w, b is not None
-        y = _mm(_rows(x), w.T).reshape(*x.shape[:-1], w.shape[0])   # one product (see _rows)
-        if b is not None:
-            y += b
-        return y
+        x2 = _rows(x)                                       # one product (see _rows)
+        y = _mm(x2, w.T) if b is None else _addmm(b, x2, w.T)
+        return y.reshape(*x.shape[:-1], w.shape[0])
 
     def backward(self, g):
         x, w = self.x, self.w
         g2 = _rows(g)
         gx = _mm(g2, w).reshape(x.shape) if self.needs_grad[0] else None
         gw = _mm(g2.T, _rows(x)) if self.needs_grad[1] else None
-        gb = g2.sum(axis=0) if self.has_bias and self.needs_grad[2] else None
+        gb = _sum_rows(g2) if self.has_bias and self.needs_grad[2] else None
         return (gx, gw, gb) if self.has_bias else (gx, gw)
 
 
@@ -111,6 +111,8 @@ def linear(x, weight, bias=None):
                          f"{weight.shape}")
     if x.dtype != weight.dtype:
         raise TypeError(f"linear: input dtype {x.dtype} differs from weight dtype {weight.dtype}")
+    if bias is not None and bias.dtype != weight.dtype:
+        raise TypeError(f"linear: bias dtype {bias.dtype} differs from weight dtype {weight.dtype}")
     if bias is None:
         return Linear()(x, weight)
     return Linear()(x, weight, bias)

@@ -56,12 +56,18 @@ def test_batched_products_match_numpy(seed, batch, m, k, n, la, lb, dtype, broad
                                          ((2, 2), 3, 500, 2), ((), 70, 300, 200),
                                          ((), 40, 600, 900)])
 def test_large_enough_to_split(threads, batch, m, k, n):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(batch + (m, k)).astype(np.float32)
+    b = rng.standard_normal(batch + (k, n)).astype(np.float32)
+    with_threads(threads, lambda: check(a, b))
+
+
+def with_threads(threads, fn):
+    """fn() with the kernels' thread count set to ``threads``, then restored."""
     from minissl.kernels import _dispatch
     previous = _dispatch.set_num_threads(threads)
     try:
-        rng = np.random.default_rng(0)
-        check(rng.standard_normal(batch + (m, k)).astype(np.float32),
-              rng.standard_normal(batch + (k, n)).astype(np.float32))
+        return fn()
     finally:
         _dispatch.set_num_threads(previous)
 
@@ -142,3 +148,80 @@ def test_compiled_entry_rejects_bad_offsets():
     a = np.zeros((2, 2), np.float32)
     with pytest.raises(ValueError, match="offsets"):
         EXT.gemm(a, a, a, np.zeros(3, np.int64), 111, 111, 2, 2, 2, 2, 2, 2, 1, 1)
+
+
+# ---- addmm and sum_rows: a linear layer's bias, written and summed by the rows' own threads
+
+@needs_blas
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,k,n,la,lb", [
+    (4096, 128, 384, "contiguous", "transposed"),   # gpt_char's qkv: split by rows
+    (300, 700, 900, "contiguous", "contiguous"),    # split by columns (n > m)
+    (7, 5, 3, "contiguous", "contiguous"),          # small: one thread, no split
+    (64, 40, 33, "sliced", "strided")])             # operands BLAS cannot read in place
+def test_addmm_is_the_product_plus_the_bias_on_every_row(dtype, m, k, n, la, lb):
+    rng = np.random.default_rng(1)
+    a, b = operand(rng, (), m, k, dtype, la), operand(rng, (), k, n, dtype, lb)
+    bias = rng.standard_normal(n).astype(dtype) * 10
+    expected = a.astype(np.float64) @ b.astype(np.float64) + bias
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    for threads in (1, 2):
+        c = with_threads(threads, lambda: G.addmm(bias, a, b))
+        assert c.shape == (m, n) and c.dtype == dtype and c.flags.c_contiguous
+        np.testing.assert_allclose(c, expected, rtol=tol, atol=tol * max(1, k) * 10)
+    # The split follows the shape, not the threads: the same bits on 1 and 2 threads.
+    np.testing.assert_array_equal(with_threads(1, lambda: G.addmm(bias, a, b)),
+                                  with_threads(2, lambda: G.addmm(bias, a, b)))
+
+
+@needs_blas
+def test_addmm_adds_the_bias_it_is_given_not_the_previous_contents_of_c():
+    """BLAS adds the product to what C holds (beta 1): C must hold exactly the bias first,
+    in every row of every thread's block, also where malloc hands back a dirty block."""
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((1000, 64)).astype(np.float32)
+    b = rng.standard_normal((64, 300)).astype(np.float32)
+    junk = np.full((1000, 300), 1e6, np.float32)
+    del junk
+    c = G.addmm(np.zeros(300, np.float32), a, b)
+    np.testing.assert_allclose(c, a @ b, rtol=1e-5, atol=1e-4)
+
+
+def test_addmm_names_bad_arguments():
+    a, b = np.zeros((4, 3), np.float32), np.zeros((3, 5), np.float32)
+    with pytest.raises(ValueError, match="addmm: needs matrices"):
+        G.addmm(np.zeros(4, np.float32), a, b)
+    with pytest.raises(TypeError, match="addmm: bias dtype float64"):
+        G.addmm(np.zeros(5), a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,n", [(4096, 128), (100, 3), (1, 7), (0, 4), (65, 1)])
+def test_sum_rows_is_the_sum_over_rows_and_does_not_depend_on_the_threads(dtype, m, n):
+    g = np.random.default_rng(3).standard_normal((m, n)).astype(dtype)
+    expected = g.astype(np.float64).sum(axis=0)
+    one = with_threads(1, lambda: G.sum_rows(g))
+    two = with_threads(2, lambda: G.sum_rows(g))
+    assert one.shape == (n,) and one.dtype == dtype
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(one, expected, rtol=tol, atol=tol * max(1, m) ** 0.5)
+    np.testing.assert_array_equal(one, two)
+
+
+def test_sum_rows_of_other_matrices_is_numpys():
+    g = np.arange(12, dtype=np.int64).reshape(3, 4)
+    np.testing.assert_array_equal(G.sum_rows(g), g.sum(axis=0))
+    s = np.random.default_rng(4).standard_normal((6, 8)).astype(np.float32)[:, ::2]
+    np.testing.assert_allclose(G.sum_rows(s), s.sum(axis=0), rtol=1e-6)
+    with pytest.raises(ValueError, match="sum_rows: needs a matrix"):
+        G.sum_rows(np.zeros(3))
+
+
+@needs_blas
+def test_compiled_entries_reject_a_bad_bias_or_output():
+    a = np.zeros((2, 2), np.float32)
+    offsets = np.zeros((3, 1), np.int64)
+    with pytest.raises(ValueError, match="bias"):
+        EXT.gemm(a, a, a, offsets, 111, 111, 2, 2, 2, 2, 2, 2, 1, 1, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="sum_rows"):
+        EXT.sum_rows(a, np.zeros(3, np.float32), 1)

@@ -450,6 +450,9 @@ def test_linear_errors():
         F.linear(T(np.ones((2, 3))), T(np.ones((4, 5))))
     with pytest.raises(ValueError, match=r"linear: bias of shape \(3,\)"):
         F.linear(T(np.ones((2, 5))), T(np.ones((4, 5))), T(np.ones(3)))
+    with pytest.raises(TypeError, match="linear: bias dtype float32 differs from weight dtype "
+                                        "float64"):
+        F.linear(T(np.ones((2, 5))), T(np.ones((4, 5))), T(np.ones(4, np.float32)))
 
 
 # =========================================================================== convolution

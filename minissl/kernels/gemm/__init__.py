@@ -3,7 +3,11 @@ dimensions, on minissl's own threads: one pool for the products and the kernels.
 
 Math: for each matrix of the (broadcast) batch, C = A B, C_ij = sum_k A_ik B_kj; with A of
 (..., M, K) and B of (..., K, N), C is (..., M, N). Its adjoints are products too (dA = G B^T,
-dB = A^T G: minissl/ops/linalg.py).
+dB = A^T G: minissl/ops/linalg.py). A linear layer's two other pieces live here as well:
+``addmm(bias, A, B)`` = A B + bias on every row (PyTorch's ``addmm``), and ``sum_rows(G)``,
+its bias gradient, sum_i G_ij; both are split over the threads as the product's rows are, so
+that each thread writes and reads back its own rows (docs/performance.md, "Two speeds of one
+machine").
 
 Versions, as in every family: ``matmul_ref`` (reference.py: the array module's ``matmul``,
 what ``MINISSL_REFERENCE=1`` runs); the compiled one (_cpu.pyx); on the GPU CuPy's ``matmul``
@@ -46,7 +50,7 @@ from .. import _dispatch
 from .._dispatch import compiled, on_device, reference_forced
 from .reference import matmul_ref
 
-__all__ = ["matmul", "matmul_ref", "blas_info"]
+__all__ = ["matmul", "addmm", "sum_rows", "matmul_ref", "blas_info"]
 
 # A product of fewer multiply-adds than this runs on the calling thread alone: starting the
 # other threads costs microseconds.
@@ -207,14 +211,55 @@ def matmul(a, b, out=None):
     C-contiguous array, or written into ``out`` (which may be a strided view) and returned.
     Other operands (1-D, integer, mixed dtypes, GPU arrays) get their array module's
     ``matmul``."""
+    return _matmul(a, b, out)
+
+
+def addmm(bias, a, b):
+    """``bias + a @ b`` (PyTorch's ``addmm``) for matrices a (m, k), b (k, n) and a bias
+    (n,) of their dtype, added to every row: a new C-contiguous (m, n) array. Compiled, each
+    thread writes the bias into its block of rows (or columns) of C and has BLAS add its
+    product to it (beta 1, as PyTorch's ``addmm``): C is written once, by the thread that
+    will read that block next (docs/performance.md), and BLAS need not clear it first. The
+    result agrees with ``a @ b + bias`` to rounding (BLAS adds partial products over blocks
+    of k to the bias rather than to zero); it does not depend on the thread count."""
+    if a.ndim != 2 or b.ndim != 2 or getattr(bias, "shape", None) != (b.shape[-1],):
+        raise ValueError(f"addmm: needs matrices a (m, k), b (k, n) and a bias (n,), got "
+                         f"shapes {tuple(a.shape)}, {tuple(b.shape)} and "
+                         f"{tuple(getattr(bias, 'shape', ()))}")
+    if bias.dtype != a.dtype:
+        raise TypeError(f"addmm: bias dtype {bias.dtype} differs from the operands' {a.dtype}")
+    return _matmul(a, b, None, bias)
+
+
+def sum_rows(g):
+    """``g.sum(axis=0)`` of a matrix g (m, n): the bias gradient of a linear layer. Compiled:
+    blocks of 64 rows summed in float64 by the thread that wrote them (the products' row
+    split), the blocks' sums added in order, so the bits do not depend on the thread count
+    (they differ from NumPy's float32 sum by its rounding error only). Other arrays (GPU,
+    integer, not C-contiguous) get their array module's sum."""
+    if g.ndim != 2:
+        raise ValueError(f"sum_rows: needs a matrix (m, n), got shape {tuple(g.shape)}")
+    module = None
+    if (type(g) is np.ndarray and g.dtype in (np.float32, np.float64)
+            and g.flags.c_contiguous and not reference_forced()):
+        module = compiled("gemm", g)
+    if module is None or g.size == 0:
+        return g.sum(axis=0)
+    out = np.empty(g.shape[1], dtype=g.dtype)
+    module.sum_rows(g, out, _dispatch.running_threads())
+    return out
+
+
+def _matmul(a, b, out, bias=None):
     if on_device(a) or on_device(b):
         from . import cuda
-        return _written(cuda.matmul(a, b), out)
+        c = cuda.matmul(a, b)
+        return _written(c if bias is None else c + bias, out)
     module = None
     if a.ndim >= 2 and b.ndim >= 2 and a.dtype == b.dtype and not reference_forced():
         module = compiled("gemm", a, b)
     if module is None or not _bind(module):
-        return _written(_numpy(a, b), out)
+        return _plus(_written(_numpy(a, b), out), bias)
     (m, k), (k2, n) = a.shape[-2:], b.shape[-2:]
     if k != k2:
         raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned "
@@ -226,7 +271,7 @@ def matmul(a, b, out=None):
                          "broadcast") from None
     nb = math.prod(batch)
     if m == 0 or n == 0 or k == 0 or nb == 0:
-        return _written(matmul_ref(a, b), out)
+        return _plus(_written(matmul_ref(a, b), out), bias)
     a, ta, lda = _layout(a)
     b, tb, ldb = _layout(b)
     shape = batch + (m, n)
@@ -238,7 +283,16 @@ def matmul(a, b, out=None):
     # One product is split into blocks of rows (or columns) by its shape and the machine's
     # cores, never by the threads running now, so its bits do not depend on them.
     parts = min(_dispatch._cores, max(1, max(m, n) // MIN_PART)) if big and nb == 1 else 1
+    if bias is not None:
+        bias = np.ascontiguousarray(bias)
     with _lock:
         module.gemm(a, b, c, offsets, ta, tb, m, n, k, lda, ldb, c.strides[-2] // c.itemsize,
-                    threads, parts)
+                    threads, parts, bias)
     return c if out is None or c is out else _written(c, out)
+
+
+def _plus(c, bias):
+    """c += bias (the fallbacks of ``addmm``)."""
+    if bias is not None:
+        c += bias
+    return c

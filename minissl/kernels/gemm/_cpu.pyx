@@ -15,6 +15,8 @@ NumPy's ``matmul`` to rounding: BLAS's blocking of K may differ with the part's 
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy
 
 cnp.import_array()
 
@@ -35,42 +37,63 @@ def bind(size_t sgemm, size_t dgemm, size_t set_local):
 
 
 cdef void _product(bint dbl, char* A, char* B, char* C, int ta, int tb, int64_t m, int64_t n,
-                   int64_t k, int64_t lda, int64_t ldb, int64_t ldc) noexcept nogil:
-    """C (m, n) = op(A) op(B) on the calling thread (``gemm`` has told BLAS to use one)."""
+                   int64_t k, int64_t lda, int64_t ldb, int64_t ldc,
+                   double beta=0.0) noexcept nogil:
+    """C (m, n) = op(A) op(B) + beta C on the calling thread (``gemm`` has told BLAS to use
+    one). With beta 0 BLAS first clears C, with 1 it adds to what C holds."""
     if dbl:
-        DGEMM(ROW_MAJOR, ta, tb, m, n, k, 1.0, <double*>A, lda, <double*>B, ldb, 0.0,
+        DGEMM(ROW_MAJOR, ta, tb, m, n, k, 1.0, <double*>A, lda, <double*>B, ldb, beta,
               <double*>C, ldc)
     else:
-        SGEMM(ROW_MAJOR, ta, tb, m, n, k, 1.0, <float*>A, lda, <float*>B, ldb, 0.0,
+        SGEMM(ROW_MAJOR, ta, tb, m, n, k, 1.0, <float*>A, lda, <float*>B, ldb, <float>beta,
               <float*>C, ldc)
+
+
+cdef void _fill_bias(bint dbl, char* C, const char* bias, int64_t r0, int64_t r1, int64_t c0,
+                     int64_t c1, int64_t ldc) noexcept nogil:
+    """C[r0:r1, c0:c1] = bias[c0:c1] on every row."""
+    cdef int64_t isz = 8 if dbl else 4
+    cdef int64_t i
+    for i in range(r0, r1):
+        memcpy(C + (i * ldc + c0) * isz, bias + c0 * isz, (c1 - c0) * isz)
 
 
 cdef void _part(bint dbl, char* A, char* B, char* C, int ta, int tb, int64_t m, int64_t n,
                 int64_t k, int64_t lda, int64_t ldb, int64_t ldc, int64_t part,
-                int64_t parts, bint by_rows) noexcept nogil:
-    """Part ``part`` of ``parts`` of C: a block of whole rows (``by_rows``) or columns."""
+                int64_t parts, bint by_rows, const char* bias) noexcept nogil:
+    """Part ``part`` of ``parts`` of C: a block of whole rows (``by_rows``) or columns. With
+    a ``bias`` (n,) the thread first writes it into every row of its block and has BLAS add
+    the product to it (beta 1, as PyTorch's ``addmm`` does): no pass that clears C, none that
+    adds the bias after, and each thread writes only its own block."""
     cdef int64_t isz = 8 if dbl else 4
     cdef int64_t total = m if by_rows else n
     cdef int64_t lo = total * part // parts
     cdef int64_t hi = total * (part + 1) // parts
+    cdef double beta = 0.0 if bias == NULL else 1.0
     if hi <= lo:
         return
     if by_rows:   # rows lo:hi of op(A) and of C
+        if bias != NULL:
+            _fill_bias(dbl, C, bias, lo, hi, 0, n, ldc)
         _product(dbl, A + (lo * lda if ta == NO_TRANS else lo) * isz, B, C + lo * ldc * isz,
-                 ta, tb, hi - lo, n, k, lda, ldb, ldc)
+                 ta, tb, hi - lo, n, k, lda, ldb, ldc, beta)
     else:         # columns lo:hi of op(B) and of C
+        if bias != NULL:
+            _fill_bias(dbl, C, bias, 0, m, lo, hi, ldc)
         _product(dbl, A, B + (lo if tb == NO_TRANS else lo * ldb) * isz, C + lo * isz,
-                 ta, tb, m, hi - lo, k, lda, ldb, ldc)
+                 ta, tb, m, hi - lo, k, lda, ldb, ldc, beta)
 
 
 def gemm(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, cnp.ndarray offsets, int ta, int tb,
          int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc,
-         int threads, int64_t parts):
+         int threads, int64_t parts, cnp.ndarray bias=None):
     """C_i = op(A_i) op(B_i) for each matrix i of a batch, row-major; the matrices start at
     byte offsets ``offsets[0, i]``, ``offsets[1, i]``, ``offsets[2, i]`` from the data of
     ``a``, ``b`` and ``c``. With ``parts`` > 1 each matrix is split into that many blocks of
-    rows or columns (the longer side), shared out over ``threads``; else whole matrices are. The caller (__init__.py) has checked every shape,
-    stride and offset against the arrays."""
+    rows or columns (the longer side), shared out over ``threads``; else whole matrices are.
+    ``bias`` (n,), for one matrix only (``addmm``), is written into every row of C by the
+    thread that computes the row's block, before BLAS adds the product to it. The caller (__init__.py) has checked every shape, stride and
+    offset against the arrays, and the bias's dtype and length."""
     if SGEMM == NULL:
         raise RuntimeError("minissl.kernels.gemm._cpu.gemm: no BLAS bound (call bind first)")
     if offsets.ndim != 2 or offsets.shape[0] != 3 or offsets.dtype != 'int64' \
@@ -85,6 +108,13 @@ def gemm(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, cnp.ndarray offsets, int t
     cdef int64_t nb = offsets.shape[1], i, p
     cdef bint by_rows = m >= n
     cdef int previous
+    cdef const char* pbias = NULL
+    if bias is not None:
+        if nb != 1 or bias.dtype != c.dtype or bias.ndim != 1 or bias.shape[0] != n \
+                or not bias.flags.c_contiguous:
+            raise ValueError("minissl.kernels.gemm._cpu.gemm: bias must be one C-contiguous "
+                             "(n,) row of C's dtype, for one matrix")
+        pbias = <const char*>cnp.PyArray_DATA(bias)
     with nogil:
         previous = SET_LOCAL(1)
         if parts > 1:       # one product, in blocks of rows or columns shared out
@@ -92,13 +122,78 @@ def gemm(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, cnp.ndarray offsets, int t
                 for p in prange(parts, schedule="static", num_threads=threads,
                                 use_threads_if=threads > 1):
                     _part(dbl, A + off[i], B + off[nb + i], C + off[2 * nb + i], ta, tb,
-                          m, n, k, lda, ldb, ldc, p, parts, by_rows)
+                          m, n, k, lda, ldb, ldc, p, parts, by_rows, pbias)
         elif threads > 1 and nb > 1:   # whole matrices shared out
             for i in prange(nb, schedule="static", num_threads=threads):
                 _product(dbl, A + off[i], B + off[nb + i], C + off[2 * nb + i], ta, tb,
                          m, n, k, lda, ldb, ldc)
+        elif pbias != NULL:            # one matrix, one thread, plus the bias
+            _fill_bias(dbl, C + off[2 * nb], pbias, 0, m, 0, n, ldc)
+            _product(dbl, A + off[0], B + off[nb], C + off[2 * nb], ta, tb, m, n, k, lda, ldb,
+                     ldc, 1.0)
         else:
             for i in range(nb):
                 _product(dbl, A + off[i], B + off[nb + i], C + off[2 * nb + i], ta, tb,
                          m, n, k, lda, ldb, ldc)
         SET_LOCAL(previous)
+
+
+# ---- sum of a matrix's rows (a linear layer's bias gradient) ----------------------------------
+
+cdef int64_t ROWS_PER_BLOCK = 64
+cdef int64_t SUM_PARALLEL_MIN = 32768   # below this many elements one thread sums
+
+
+cdef void _sum_block(bint dbl, const char* G, double* acc, int64_t lo, int64_t hi,
+                     int64_t n) noexcept nogil:
+    """acc[:n] += the rows lo:hi of G (row length n)."""
+    cdef int64_t i, j
+    cdef const float* rf
+    cdef const double* rd
+    for i in range(lo, hi):
+        if dbl:
+            rd = <const double*>G + i * n
+            for j in range(n):
+                acc[j] += rd[j]
+        else:
+            rf = <const float*>G + i * n
+            for j in range(n):
+                acc[j] += rf[j]
+
+
+def sum_rows(cnp.ndarray g, cnp.ndarray out, int threads):
+    """out (n,) = the sum of the rows of g (m, n), both C-contiguous of one float dtype.
+
+    Each block of ROWS_PER_BLOCK rows is summed by one thread into its own float64 partial
+    sums, blocks shared out by OpenMP's static schedule (thread 0 the first run of rows, as in
+    the products' row split, so each thread reads rows it wrote itself); the partials are
+    added in block order at the end. The bits do not depend on the thread count."""
+    if g.ndim != 2 or out.ndim != 1 or out.shape[0] != g.shape[1] or g.dtype != out.dtype \
+            or g.dtype not in ('float32', 'float64') or not g.flags.c_contiguous \
+            or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("minissl.kernels.gemm._cpu.sum_rows: g (m, n) and out (n,) must be "
+                         "C-contiguous arrays of one float dtype")
+    cdef int64_t m = g.shape[0], n = g.shape[1], nblocks, blk, i, j, lo, hi
+    nblocks = (m + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
+    cdef bint dbl = g.dtype == 'float64'
+    cdef char* G = <char*>cnp.PyArray_DATA(g)
+    cdef char* O = <char*>cnp.PyArray_DATA(out)
+    cdef double* part = <double*>calloc(max(nblocks, 1) * max(n, 1), sizeof(double))
+    cdef double s
+    if part == NULL:
+        raise MemoryError("minissl.kernels.gemm._cpu.sum_rows: out of memory")
+    with nogil:
+        for blk in prange(nblocks, schedule="static", num_threads=threads,
+                          use_threads_if=threads > 1 and m * n >= SUM_PARALLEL_MIN):
+            lo = blk * ROWS_PER_BLOCK
+            hi = min(lo + ROWS_PER_BLOCK, m)
+            _sum_block(dbl, G, part + blk * n, lo, hi, n)
+        for j in range(n):
+            s = 0
+            for blk in range(nblocks):
+                s = s + part[blk * n + j]
+            if dbl:
+                (<double*>O)[j] = s
+            else:
+                (<float*>O)[j] = <float>s
+    free(part)
