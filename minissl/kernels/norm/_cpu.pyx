@@ -43,9 +43,10 @@ cdef extern from "norm.h":
     void mssl_ln_forward_row_f32(const float* x, const float* w, const float* b, double eps,
                                 float* y, Py_ssize_t n, double* mean_out,
                                 double* rstd_out) noexcept nogil
-    void mssl_ln_backward_row_f32(const float* g, const float* x, const float* w, double mean,
-                                 double rstd, float* dx, double* dw_acc, double* db_acc,
-                                 Py_ssize_t n) noexcept nogil
+    void mssl_ln_backward_block_f32(const float* g, const float* x, const float* w,
+                                   const double* mean, const double* rstd, float* dx,
+                                   double* dw_part, double* db_part, Py_ssize_t rows,
+                                   Py_ssize_t n) noexcept nogil
     void mssl_grad_sums_f32(const float* g, const float* x, const float* ym, double mean,
                            double rstd, Py_ssize_t n, double* sum_g,
                            double* sum_gx) noexcept nogil
@@ -70,9 +71,10 @@ cdef extern from "norm.h":
     void mssl_ln_forward_row_f64(const double* x, const double* w, const double* b, double eps,
                                 double* y, Py_ssize_t n, double* mean_out,
                                 double* rstd_out) noexcept nogil
-    void mssl_ln_backward_row_f64(const double* g, const double* x, const double* w, double mean,
-                                 double rstd, double* dx, double* dw_acc, double* db_acc,
-                                 Py_ssize_t n) noexcept nogil
+    void mssl_ln_backward_block_f64(const double* g, const double* x, const double* w,
+                                   const double* mean, const double* rstd, double* dx,
+                                   double* dw_part, double* db_part, Py_ssize_t rows,
+                                   Py_ssize_t n) noexcept nogil
     void mssl_grad_sums_f64(const double* g, const double* x, const double* ym, double mean,
                            double rstd, Py_ssize_t n, double* sum_g,
                            double* sum_gx) noexcept nogil
@@ -196,13 +198,15 @@ cdef int _layer_norm_backward_rows(const floating* g, const floating* x, const d
     for blk in prange(nblocks, schedule="static",
                       use_threads_if=THREADS > 1 and M * D >= PARALLEL_MIN,
                       num_threads=THREADS):
-        for i in range(blk * ROWS_PER_BLOCK, min((blk + 1) * ROWS_PER_BLOCK, M)):
-            if floating is float:
-                mssl_ln_backward_row_f32(g + i * D, x + i * D, w, mean[i], rstd[i], dx + i * D,
-                                         dw_part + blk * D, db_part + blk * D, D)
-            else:
-                mssl_ln_backward_row_f64(g + i * D, x + i * D, w, mean[i], rstd[i], dx + i * D,
-                                         dw_part + blk * D, db_part + blk * D, D)
+        i = blk * ROWS_PER_BLOCK
+        if floating is float:
+            mssl_ln_backward_block_f32(g + i * D, x + i * D, w, mean + i, rstd + i, dx + i * D,
+                                       dw_part + blk * D, db_part + blk * D,
+                                       min(ROWS_PER_BLOCK, M - i), D)
+        else:
+            mssl_ln_backward_block_f64(g + i * D, x + i * D, w, mean + i, rstd + i, dx + i * D,
+                                       dw_part + blk * D, db_part + blk * D,
+                                       min(ROWS_PER_BLOCK, M - i), D)
     for j in range(D):
         sw = 0
         sb = 0

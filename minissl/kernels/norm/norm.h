@@ -17,6 +17,10 @@ MSSL_INLINE double mssl_lanes_total(const double* a) {
     return ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]));
 }
 
+/* Columns whose sums over a block of rows layer norm's backward keeps in registers at once
+   (two AVX-512 registers of doubles per sum). */
+#define MSSL_LN_STRIP 16
+
 /* The kernels, written once for an element type T and instantiated for float (suffix f32)
    and double (f64) at the end. All arithmetic is in double; T is only loaded and stored.
    Pointers marked restrict never overlap (the wrapper allocates every output). */

@@ -133,31 +133,63 @@ MSSL_CLONES static void MSSL_FN(mssl_ln_forward_row)(const T* restrict x, const 
     }
 }
 
-/* Layer-norm backward of one row, with xhat_j = (x_j - mean) rstd, gh_j = g_j w_j:
-   dx_j = rstd (gh_j - mean(gh) - xhat_j mean(gh xhat));
-   dw_acc_j += g_j xhat_j and db_acc_j += g_j (partial sums over rows). w may be NULL. */
-MSSL_CLONES static void MSSL_FN(mssl_ln_backward_row)(const T* restrict g, const T* restrict x,
-                                                 const T* restrict w, double mean,
-                                                 double rstd, T* restrict dx,
-                                                 double* restrict dw_acc,
-                                                 double* restrict db_acc, Py_ssize_t n) {
-    double sum_gh, sum_ghx;
-    MSSL_FN(mssl_grad_sums_inl)(g, x, w, mean, rstd, n, &sum_gh, &sum_ghx);
-    const double c1 = sum_gh / n, c2 = sum_ghx / n;
-    if (w) {
-        #pragma omp simd
-        for (Py_ssize_t j = 0; j < n; j++) {
-            double xhat = (x[j] - mean) * rstd;
-            dx[j] = (T)(rstd * ((double)g[j] * w[j] - c1 - xhat * c2));
-            dw_acc[j] += g[j] * xhat;
-            db_acc[j] += g[j];
+/* Layer-norm backward of a block of rows (row-major, n values a row), with
+   xhat_ij = (x_ij - mean_i) rstd_i and gh_ij = g_ij w_j:
+     dx_ij = rstd_i (gh_ij - mean_j(gh_i.) - xhat_ij mean_j(gh_i. xhat_i.))   row by row;
+     dw_part_j = sum_i g_ij xhat_ij,  db_part_j = sum_i g_ij                  over the rows,
+   each column summed in row order from zero. The column sums run a strip of MSSL_LN_STRIP
+   columns at a time with the sums in registers, stored once a block: summed into memory
+   row by row they were a read-modify-write of 2 n doubles per row, which made this kernel
+   twice as slow, and 3-4x in the windows when this machine's two vCPUs slow each other down
+   (docs/performance.md). w may be NULL (then dw_part is not written). */
+MSSL_CLONES static void MSSL_FN(mssl_ln_backward_block)(const T* restrict g,
+                                                   const T* restrict x, const T* restrict w,
+                                                   const double* restrict mean,
+                                                   const double* restrict rstd,
+                                                   T* restrict dx, double* restrict dw_part,
+                                                   double* restrict db_part,
+                                                   Py_ssize_t rows, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < rows; i++) {
+        const T* gi = g + i * n;
+        const T* xi = x + i * n;
+        T* dxi = dx + i * n;
+        const double mu = mean[i], rs = rstd[i];
+        double sum_gh, sum_ghx;
+        MSSL_FN(mssl_grad_sums_inl)(gi, xi, w, mu, rs, n, &sum_gh, &sum_ghx);
+        const double c1 = sum_gh / n, c2 = sum_ghx / n;
+        if (w) {
+            #pragma omp simd
+            for (Py_ssize_t j = 0; j < n; j++)
+                dxi[j] = (T)(rs * ((double)gi[j] * w[j] - c1 - (xi[j] - mu) * rs * c2));
+        } else {
+            #pragma omp simd
+            for (Py_ssize_t j = 0; j < n; j++)
+                dxi[j] = (T)(rs * (gi[j] - c1 - (xi[j] - mu) * rs * c2));
         }
-    } else {
-        #pragma omp simd
-        for (Py_ssize_t j = 0; j < n; j++) {
-            double xhat = (x[j] - mean) * rstd;
-            dx[j] = (T)(rstd * (g[j] - c1 - xhat * c2));
-            db_acc[j] += g[j];
+    }
+    for (Py_ssize_t j0 = 0; j0 < n; j0 += MSSL_LN_STRIP) {
+        const Py_ssize_t m = n - j0 < MSSL_LN_STRIP ? n - j0 : MSSL_LN_STRIP;
+        double aw[MSSL_LN_STRIP] = {0}, ab[MSSL_LN_STRIP] = {0};
+        for (Py_ssize_t i = 0; i < rows; i++) {
+            const T* gi = g + i * n + j0;
+            const T* xi = x + i * n + j0;
+            const double mu = mean[i], rs = rstd[i];
+            if (m == MSSL_LN_STRIP) {
+                #pragma omp simd
+                for (int k = 0; k < MSSL_LN_STRIP; k++) {
+                    aw[k] += gi[k] * ((xi[k] - mu) * rs);
+                    ab[k] += gi[k];
+                }
+            } else {
+                for (int k = 0; k < m; k++) {
+                    aw[k] += gi[k] * ((xi[k] - mu) * rs);
+                    ab[k] += gi[k];
+                }
+            }
+        }
+        for (int k = 0; k < m; k++) {
+            if (dw_part) dw_part[j0 + k] = aw[k];
+            db_part[j0 + k] = ab[k];
         }
     }
 }
