@@ -14,10 +14,13 @@ the backward are float64) whose shapes the wrapper has checked, with every dimen
   results are deterministic there.
 - Layer norm runs rows in parallel. Its weight and bias gradients are sums over rows: each
   block of ``ROWS_PER_BLOCK`` rows (a fixed number, so the summation order never depends on
-  the thread count) accumulates its own partial sums, which are added in block order.
+  the thread count) accumulates its own partial sums, which are added in block order. Within
+  a block the partial sums of 16 columns at a time stay in registers over the block's rows
+  and are stored once (``mssl_ln_backward_block``), not read and written back every row.
 - Batch norm runs channels in parallel; each channel is reduced by one thread, in order.
   (N, C, 1) input, BatchNorm1d's case, is reduced row by row instead so that the loads stay
-  contiguous: lanes then hold channels, each summed sequentially over n.
+  contiguous: lanes then hold channels, each summed sequentially over n, 16 channels at a
+  time in registers (``mssl_col_sums`` and its siblings).
 """
 cimport numpy as cnp
 from cython cimport floating
@@ -52,12 +55,13 @@ cdef extern from "norm.h":
                            double* sum_gx) noexcept nogil
     void mssl_bn_dx_f32(const float* g, const float* x, const float* ym, double mean, double k,
                         double c1, double rc2, float* dx, Py_ssize_t n) noexcept nogil
-    void mssl_col_add_f32(const float* x, double* acc, Py_ssize_t n) noexcept nogil
-    void mssl_col_add_sq_dev_f32(const float* x, const double* mean, double* acc,
-                                Py_ssize_t n) noexcept nogil
-    void mssl_col_grad_add_f32(const float* g, const float* x, const float* ym, const double* mean,
-                              const double* rstd, double* sum_g, double* sum_gx,
-                              Py_ssize_t n) noexcept nogil
+    void mssl_col_sums_f32(const float* x, Py_ssize_t N, Py_ssize_t ld, double* acc,
+                          Py_ssize_t n) noexcept nogil
+    void mssl_col_sums_sq_dev_f32(const float* x, Py_ssize_t N, Py_ssize_t ld, const double* mean,
+                                 double* acc, Py_ssize_t n) noexcept nogil
+    void mssl_col_grad_sums_f32(const float* g, const float* x, const float* ym, Py_ssize_t N,
+                               Py_ssize_t ld, const double* mean, const double* rstd,
+                               double* sum_g, double* sum_gx, Py_ssize_t n) noexcept nogil
     void mssl_row_affine_f32(const float* x, const double* mean, const double* scale,
                             const double* shift, float* y, Py_ssize_t n, int relu) noexcept nogil
     void mssl_row_bn_dx_f32(const float* g, const float* x, const float* ym, const double* mean,
@@ -80,12 +84,14 @@ cdef extern from "norm.h":
                            double* sum_gx) noexcept nogil
     void mssl_bn_dx_f64(const double* g, const double* x, const double* ym, double mean, double k,
                         double c1, double rc2, double* dx, Py_ssize_t n) noexcept nogil
-    void mssl_col_add_f64(const double* x, double* acc, Py_ssize_t n) noexcept nogil
-    void mssl_col_add_sq_dev_f64(const double* x, const double* mean, double* acc,
-                                Py_ssize_t n) noexcept nogil
-    void mssl_col_grad_add_f64(const double* g, const double* x, const double* ym,
-                              const double* mean, const double* rstd, double* sum_g,
-                              double* sum_gx, Py_ssize_t n) noexcept nogil
+    void mssl_col_sums_f64(const double* x, Py_ssize_t N, Py_ssize_t ld, double* acc,
+                          Py_ssize_t n) noexcept nogil
+    void mssl_col_sums_sq_dev_f64(const double* x, Py_ssize_t N, Py_ssize_t ld,
+                                 const double* mean, double* acc, Py_ssize_t n) noexcept nogil
+    void mssl_col_grad_sums_f64(const double* g, const double* x, const double* ym,
+                               Py_ssize_t N, Py_ssize_t ld, const double* mean,
+                               const double* rstd, double* sum_g, double* sum_gx,
+                               Py_ssize_t n) noexcept nogil
     void mssl_row_affine_f64(const double* x, const double* mean, const double* scale,
                             const double* shift, double* y, Py_ssize_t n, int relu) noexcept nogil
     void mssl_row_bn_dx_f64(const double* g, const double* x, const double* ym, const double* mean,
@@ -278,19 +284,17 @@ def layer_norm_backward(grad_y, x, mean, rstd, weight, dx, dw, db):
 cdef void _column_moments(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0,
                           Py_ssize_t c1, double* mean, double* var) noexcept nogil:
     """Mean and biased variance of columns c0..c1-1 of the (N, C) matrix x, two passes."""
-    cdef Py_ssize_t n, c
-    for n in range(N):
-        if floating is float:
-            mssl_col_add_f32(x + n * C + c0, mean + c0, c1 - c0)
-        else:
-            mssl_col_add_f64(x + n * C + c0, mean + c0, c1 - c0)
+    cdef Py_ssize_t c
+    if floating is float:
+        mssl_col_sums_f32(x + c0, N, C, mean + c0, c1 - c0)
+    else:
+        mssl_col_sums_f64(x + c0, N, C, mean + c0, c1 - c0)
     for c in range(c0, c1):
         mean[c] /= N
-    for n in range(N):
-        if floating is float:
-            mssl_col_add_sq_dev_f32(x + n * C + c0, mean + c0, var + c0, c1 - c0)
-        else:
-            mssl_col_add_sq_dev_f64(x + n * C + c0, mean + c0, var + c0, c1 - c0)
+    if floating is float:
+        mssl_col_sums_sq_dev_f32(x + c0, N, C, mean + c0, var + c0, c1 - c0)
+    else:
+        mssl_col_sums_sq_dev_f64(x + c0, N, C, mean + c0, var + c0, c1 - c0)
     for c in range(c0, c1):
         var[c] /= N
 
@@ -382,14 +386,12 @@ cdef void _column_grad_sums(const floating* g, const floating* x, const floating
                             double* sum_gx) noexcept nogil:
     """sum_g[c] = sum_n g[n, c], sum_gx[c] = sum_n g[n, c] xhat[n, c] for c0 <= c < c1
     (g masked by ym > 0 when ym is given)."""
-    cdef Py_ssize_t n
-    for n in range(N):
-        if floating is float:
-            mssl_col_grad_add_f32(g + n * C + c0, x + n * C + c0, _at(ym, n * C + c0), mean + c0,
-                                  rstd + c0, sum_g + c0, sum_gx + c0, c1 - c0)
-        else:
-            mssl_col_grad_add_f64(g + n * C + c0, x + n * C + c0, _at(ym, n * C + c0), mean + c0,
-                                  rstd + c0, sum_g + c0, sum_gx + c0, c1 - c0)
+    if floating is float:
+        mssl_col_grad_sums_f32(g + c0, x + c0, _at(ym, c0), N, C, mean + c0, rstd + c0,
+                               sum_g + c0, sum_gx + c0, c1 - c0)
+    else:
+        mssl_col_grad_sums_f64(g + c0, x + c0, _at(ym, c0), N, C, mean + c0, rstd + c0,
+                               sum_g + c0, sum_gx + c0, c1 - c0)
 
 
 cdef void _channel_grad_sums(const floating* g, const floating* x, const floating* ym,

@@ -212,41 +212,67 @@ MSSL_CLONES static void MSSL_FN(mssl_bn_dx)(const T* restrict g, const T* restri
     }
 }
 
-/* The same passes for one row of an (N, C) matrix whose columns are the channels
-   (batch norm with L = 1); the per-channel values are arrays indexed like the row. Each
-   channel is a vector lane, summed over the rows in order. */
-MSSL_CLONES static void MSSL_FN(mssl_col_add)(const T* restrict x, double* restrict acc,
-                                         Py_ssize_t n) {
-    #pragma omp simd
-    for (Py_ssize_t j = 0; j < n; j++) acc[j] += x[j];
+/* Column sums of rows 0..N-1 of a matrix with row stride ld, over n columns (batch norm with
+   L = 1: the columns are the channels). Each column is summed over the rows in order, from
+   zero, into ``acc`` (written, not added to). A strip of MSSL_LN_STRIP columns is summed at
+   a time with its sums in registers and stored once: summed into memory row by row they
+   were a read-modify-write per row (see mssl_ln_backward_block). */
+#define MSSL_COL_STRIPS(BODY_FULL, BODY_TAIL, STORE)                                        \
+    for (Py_ssize_t j0 = 0; j0 < n; j0 += MSSL_LN_STRIP) {                                  \
+        const Py_ssize_t m = n - j0 < MSSL_LN_STRIP ? n - j0 : MSSL_LN_STRIP;               \
+        double a[MSSL_LN_STRIP] = {0}, b[MSSL_LN_STRIP] = {0};                              \
+        (void)b;                                                                             \
+        for (Py_ssize_t r = 0; r < N; r++) {                                                 \
+            const Py_ssize_t o = r * ld + j0;                                                \
+            if (m == MSSL_LN_STRIP) {                                                        \
+                _Pragma("omp simd")                                                          \
+                for (int k = 0; k < MSSL_LN_STRIP; k++) { BODY_FULL }                        \
+            } else {                                                                         \
+                for (int k = 0; k < m; k++) { BODY_TAIL }                                    \
+            }                                                                                \
+        }                                                                                    \
+        for (int k = 0; k < m; k++) { STORE }                                                \
+    }
+
+/* acc_j = sum_r x_rj */
+MSSL_CLONES static void MSSL_FN(mssl_col_sums)(const T* restrict x, Py_ssize_t N,
+                                          Py_ssize_t ld, double* restrict acc, Py_ssize_t n) {
+    MSSL_COL_STRIPS(a[k] += x[o + k];, a[k] += x[o + k];, acc[j0 + k] = a[k];)
 }
-MSSL_CLONES static void MSSL_FN(mssl_col_add_sq_dev)(const T* restrict x,
-                                                const double* restrict mean,
-                                                double* restrict acc, Py_ssize_t n) {
-    #pragma omp simd
-    for (Py_ssize_t j = 0; j < n; j++) { double d = x[j] - mean[j]; acc[j] += d * d; }
+
+/* acc_j = sum_r (x_rj - mean_j)^2 */
+MSSL_CLONES static void MSSL_FN(mssl_col_sums_sq_dev)(const T* restrict x, Py_ssize_t N,
+                                                 Py_ssize_t ld, const double* restrict mean,
+                                                 double* restrict acc, Py_ssize_t n) {
+    MSSL_COL_STRIPS({ double d = x[o + k] - mean[j0 + k]; a[k] += d * d; },
+                    { double d = x[o + k] - mean[j0 + k]; a[k] += d * d; },
+                    acc[j0 + k] = a[k];)
 }
-MSSL_CLONES static void MSSL_FN(mssl_col_grad_add)(const T* restrict g, const T* restrict x,
-                                              const T* restrict ym,
-                                              const double* restrict mean,
-                                              const double* restrict rstd,
-                                              double* restrict sum_g,
-                                              double* restrict sum_gx, Py_ssize_t n) {
+
+/* sum_g_j = sum_r gm_rj and sum_gx_j = sum_r gm_rj xhat_rj, with xhat_rj =
+   (x_rj - mean_j) rstd_j and gm = g, or g masked by ym > 0 when ym is given */
+MSSL_CLONES static void MSSL_FN(mssl_col_grad_sums)(const T* restrict g, const T* restrict x,
+                                               const T* restrict ym, Py_ssize_t N,
+                                               Py_ssize_t ld, const double* restrict mean,
+                                               const double* restrict rstd,
+                                               double* restrict sum_g,
+                                               double* restrict sum_gx, Py_ssize_t n) {
     if (ym) {
-        #pragma omp simd
-        for (Py_ssize_t j = 0; j < n; j++) {
-            double gm = (double)g[j] * (ym[j] > 0);
-            sum_g[j] += gm;
-            sum_gx[j] += gm * ((x[j] - mean[j]) * rstd[j]);
-        }
+        MSSL_COL_STRIPS(
+            { double gm = (double)g[o + k] * (ym[o + k] > 0);
+              a[k] += gm; b[k] += gm * ((x[o + k] - mean[j0 + k]) * rstd[j0 + k]); },
+            { double gm = (double)g[o + k] * (ym[o + k] > 0);
+              a[k] += gm; b[k] += gm * ((x[o + k] - mean[j0 + k]) * rstd[j0 + k]); },
+            { sum_g[j0 + k] = a[k]; sum_gx[j0 + k] = b[k]; })
     } else {
-        #pragma omp simd
-        for (Py_ssize_t j = 0; j < n; j++) {
-            sum_g[j] += g[j];
-            sum_gx[j] += g[j] * ((x[j] - mean[j]) * rstd[j]);
-        }
+        MSSL_COL_STRIPS(
+            { a[k] += g[o + k]; b[k] += g[o + k] * ((x[o + k] - mean[j0 + k]) * rstd[j0 + k]); },
+            { a[k] += g[o + k]; b[k] += g[o + k] * ((x[o + k] - mean[j0 + k]) * rstd[j0 + k]); },
+            { sum_g[j0 + k] = a[k]; sum_gx[j0 + k] = b[k]; })
     }
 }
+#undef MSSL_COL_STRIPS
+
 MSSL_CLONES static void MSSL_FN(mssl_row_affine)(const T* restrict x,
                                             const double* restrict mean,
                                             const double* restrict scale,
