@@ -225,3 +225,22 @@ def test_compiled_entries_reject_a_bad_bias_or_output():
         EXT.gemm(a, a, a, offsets, 111, 111, 2, 2, 2, 2, 2, 2, 1, 1, np.zeros(3, np.float32))
     with pytest.raises(ValueError, match="sum_rows"):
         EXT.sum_rows(a, np.zeros(3, np.float32), 1)
+
+
+@pytest.mark.skipif(EXT is None, reason="Cython build missing or reference forced")
+@pytest.mark.parametrize("m,n", [(4096, 128), (130, 37), (64, 16), (1, 3)])
+def test_sum_rows_is_the_documented_blocked_float64_sum_bit_for_bit(m, n):
+    """Blocks of 64 rows, each column summed in row order in float64, the blocks' sums added
+    in block order, then rounded once to float32."""
+    g = np.random.default_rng(5).standard_normal((m, n)).astype(np.float32)
+    blocks = [g[i:i + 64].astype(np.float64) for i in range(0, m, 64)]
+    partial = []
+    for blk in blocks:
+        acc = np.zeros(n)
+        for row in blk:
+            acc = acc + row
+        partial.append(acc)
+    total = np.zeros(n)
+    for p in partial:
+        total = total + p
+    np.testing.assert_array_equal(G.sum_rows(g), total.astype(np.float32))

@@ -92,8 +92,9 @@ def gemm(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, cnp.ndarray offsets, int t
     ``a``, ``b`` and ``c``. With ``parts`` > 1 each matrix is split into that many blocks of
     rows or columns (the longer side), shared out over ``threads``; else whole matrices are.
     ``bias`` (n,), for one matrix only (``addmm``), is written into every row of C by the
-    thread that computes the row's block, before BLAS adds the product to it. The caller (__init__.py) has checked every shape, stride and
-    offset against the arrays, and the bias's dtype and length."""
+    thread that computes the row's block, before BLAS adds the product to it. The caller
+    (__init__.py) has checked every shape, stride and offset against the arrays, and the
+    bias's dtype and length."""
     if SGEMM == NULL:
         raise RuntimeError("minissl.kernels.gemm._cpu.gemm: no BLAS bound (call bind first)")
     if offsets.ndim != 2 or offsets.shape[0] != 3 or offsets.dtype != 'int64' \
@@ -142,23 +143,37 @@ def gemm(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, cnp.ndarray offsets, int t
 
 cdef int64_t ROWS_PER_BLOCK = 64
 cdef int64_t SUM_PARALLEL_MIN = 32768   # below this many elements one thread sums
+cdef enum:
+    STRIP = 16                          # columns summed at once, in registers
 
 
 cdef void _sum_block(bint dbl, const char* G, double* acc, int64_t lo, int64_t hi,
                      int64_t n) noexcept nogil:
-    """acc[:n] += the rows lo:hi of G (row length n)."""
-    cdef int64_t i, j
+    """acc[:n] = the sums of the rows lo:hi of G (row length n), each column in row order
+    from zero, STRIP columns at a time with the sums in registers and stored once (summed
+    into memory row by row they would be read and written back every row: the pattern that
+    made layer norm's backward slow, docs/performance.md)."""
+    cdef double a[STRIP]
+    cdef int64_t i, j0, k, m
     cdef const float* rf
     cdef const double* rd
-    for i in range(lo, hi):
-        if dbl:
-            rd = <const double*>G + i * n
-            for j in range(n):
-                acc[j] += rd[j]
-        else:
-            rf = <const float*>G + i * n
-            for j in range(n):
-                acc[j] += rf[j]
+    j0 = 0
+    while j0 < n:
+        m = min(<int64_t>STRIP, n - j0)
+        for k in range(STRIP):
+            a[k] = 0
+        for i in range(lo, hi):
+            if dbl:
+                rd = <const double*>G + i * n + j0
+                for k in range(m):
+                    a[k] += rd[k]
+            else:
+                rf = <const float*>G + i * n + j0
+                for k in range(m):
+                    a[k] += rf[k]
+        for k in range(m):
+            acc[j0 + k] = a[k]
+        j0 += STRIP
 
 
 def sum_rows(cnp.ndarray g, cnp.ndarray out, int threads):
