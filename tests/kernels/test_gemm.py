@@ -244,3 +244,15 @@ def test_sum_rows_is_the_documented_blocked_float64_sum_bit_for_bit(m, n):
     for p in partial:
         total = total + p
     np.testing.assert_array_equal(G.sum_rows(g), total.astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_addmm_and_sum_rows_agree_with_their_references(dtype):
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((300, 70)).astype(dtype)
+    b = rng.standard_normal((70, 50)).astype(dtype)
+    bias = rng.standard_normal(50).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(G.addmm(bias, a, b), G.addmm_ref(bias, a, b), rtol=tol,
+                               atol=tol * 10)
+    np.testing.assert_allclose(G.sum_rows(a), G.sum_rows_ref(a), rtol=tol, atol=tol * 10)

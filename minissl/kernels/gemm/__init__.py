@@ -48,9 +48,10 @@ import numpy as np
 
 from .. import _dispatch
 from .._dispatch import compiled, on_device, reference_forced
-from .reference import matmul_ref
+from .reference import addmm_ref, matmul_ref, sum_rows_ref
 
-__all__ = ["matmul", "addmm", "sum_rows", "matmul_ref", "blas_info"]
+__all__ = ["matmul", "addmm", "sum_rows", "matmul_ref", "addmm_ref", "sum_rows_ref",
+           "blas_info"]
 
 # A product of fewer multiply-adds than this runs on the calling thread alone: starting the
 # other threads costs microseconds.
@@ -244,7 +245,7 @@ def sum_rows(g):
             and g.flags.c_contiguous and not reference_forced()):
         module = compiled("gemm", g)
     if module is None or g.size == 0:
-        return g.sum(axis=0)
+        return sum_rows_ref(g)
     out = np.empty(g.shape[1], dtype=g.dtype)
     module.sum_rows(g, out, _dispatch.running_threads())
     return out
@@ -253,13 +254,12 @@ def sum_rows(g):
 def _matmul(a, b, out, bias=None):
     if on_device(a) or on_device(b):
         from . import cuda
-        c = cuda.matmul(a, b)
-        return _written(c if bias is None else c + bias, out)
+        return _written(cuda.matmul(a, b) if bias is None else cuda.addmm(bias, a, b), out)
     module = None
     if a.ndim >= 2 and b.ndim >= 2 and a.dtype == b.dtype and not reference_forced():
         module = compiled("gemm", a, b)
     if module is None or not _bind(module):
-        return _plus(_written(_numpy(a, b), out), bias)
+        return _written(_numpy(a, b) if bias is None else addmm_ref(bias, a, b), out)
     (m, k), (k2, n) = a.shape[-2:], b.shape[-2:]
     if k != k2:
         raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned "
@@ -271,7 +271,7 @@ def _matmul(a, b, out, bias=None):
                          "broadcast") from None
     nb = math.prod(batch)
     if m == 0 or n == 0 or k == 0 or nb == 0:
-        return _plus(_written(matmul_ref(a, b), out), bias)
+        return _written(matmul_ref(a, b) if bias is None else addmm_ref(bias, a, b), out)
     a, ta, lda = _layout(a)
     b, tb, ldb = _layout(b)
     shape = batch + (m, n)
@@ -289,10 +289,3 @@ def _matmul(a, b, out, bias=None):
         module.gemm(a, b, c, offsets, ta, tb, m, n, k, lda, ldb, c.strides[-2] // c.itemsize,
                     threads, parts, bias)
     return c if out is None or c is out else _written(c, out)
-
-
-def _plus(c, bias):
-    """c += bias (the fallbacks of ``addmm``)."""
-    if bias is not None:
-        c += bias
-    return c
