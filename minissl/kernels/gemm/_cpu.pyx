@@ -128,10 +128,9 @@ def gemm(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, cnp.ndarray offsets, int t
             for i in prange(nb, schedule="static", num_threads=threads):
                 _product(dbl, A + off[i], B + off[nb + i], C + off[2 * nb + i], ta, tb,
                          m, n, k, lda, ldb, ldc)
-        elif pbias != NULL:            # one matrix, one thread, plus the bias
-            _fill_bias(dbl, C + off[2 * nb], pbias, 0, m, 0, n, ldc)
-            _product(dbl, A + off[0], B + off[nb], C + off[2 * nb], ta, tb, m, n, k, lda, ldb,
-                     ldc, 1.0)
+        elif pbias != NULL:            # one matrix, one thread, plus the bias: one part
+            _part(dbl, A + off[0], B + off[nb], C + off[2 * nb], ta, tb, m, n, k, lda, ldb, ldc,
+                  0, 1, True, pbias)
         else:
             for i in range(nb):
                 _product(dbl, A + off[i], B + off[nb + i], C + off[2 * nb + i], ta, tb,

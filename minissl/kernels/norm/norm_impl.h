@@ -133,6 +133,28 @@ MSSL_CLONES static void MSSL_FN(mssl_ln_forward_row)(const T* restrict x, const 
     }
 }
 
+/* Column sums of rows 0..N-1 of a matrix with row stride ld, over n columns (batch norm with
+   L = 1: the columns are the channels). Each column is summed over the rows in order, from
+   zero, into ``acc`` (written, not added to). A strip of MSSL_LN_STRIP columns is summed at
+   a time with its sums in registers and stored once: summed into memory row by row they
+   were a read-modify-write per row (see mssl_ln_backward_block, which uses it too). */
+#define MSSL_COL_STRIPS(BODY_FULL, BODY_TAIL, STORE)                                        \
+    for (Py_ssize_t j0 = 0; j0 < n; j0 += MSSL_LN_STRIP) {                                  \
+        const Py_ssize_t m = n - j0 < MSSL_LN_STRIP ? n - j0 : MSSL_LN_STRIP;               \
+        double a[MSSL_LN_STRIP] = {0}, b[MSSL_LN_STRIP] = {0};                              \
+        (void)b;                                                                             \
+        for (Py_ssize_t r = 0; r < N; r++) {                                                 \
+            const Py_ssize_t o = r * ld + j0;                                                \
+            if (m == MSSL_LN_STRIP) {                                                        \
+                _Pragma("omp simd")                                                          \
+                for (int k = 0; k < MSSL_LN_STRIP; k++) { BODY_FULL }                        \
+            } else {                                                                         \
+                for (int k = 0; k < m; k++) { BODY_TAIL }                                    \
+            }                                                                                \
+        }                                                                                    \
+        for (int k = 0; k < m; k++) { STORE }                                                \
+    }
+
 /* Layer-norm backward of a block of rows (row-major, n values a row), with
    xhat_ij = (x_ij - mean_i) rstd_i and gh_ij = g_ij w_j:
      dx_ij = rstd_i (gh_ij - mean_j(gh_i.) - xhat_ij mean_j(gh_i. xhat_i.))   row by row;
@@ -167,31 +189,10 @@ MSSL_CLONES static void MSSL_FN(mssl_ln_backward_block)(const T* restrict g,
                 dxi[j] = (T)(rs * (gi[j] - c1 - (xi[j] - mu) * rs * c2));
         }
     }
-    for (Py_ssize_t j0 = 0; j0 < n; j0 += MSSL_LN_STRIP) {
-        const Py_ssize_t m = n - j0 < MSSL_LN_STRIP ? n - j0 : MSSL_LN_STRIP;
-        double aw[MSSL_LN_STRIP] = {0}, ab[MSSL_LN_STRIP] = {0};
-        for (Py_ssize_t i = 0; i < rows; i++) {
-            const T* gi = g + i * n + j0;
-            const T* xi = x + i * n + j0;
-            const double mu = mean[i], rs = rstd[i];
-            if (m == MSSL_LN_STRIP) {
-                #pragma omp simd
-                for (int k = 0; k < MSSL_LN_STRIP; k++) {
-                    aw[k] += gi[k] * ((xi[k] - mu) * rs);
-                    ab[k] += gi[k];
-                }
-            } else {
-                for (int k = 0; k < m; k++) {
-                    aw[k] += gi[k] * ((xi[k] - mu) * rs);
-                    ab[k] += gi[k];
-                }
-            }
-        }
-        for (int k = 0; k < m; k++) {
-            if (dw_part) dw_part[j0 + k] = aw[k];
-            db_part[j0 + k] = ab[k];
-        }
-    }
+    const Py_ssize_t N = rows, ld = n;      /* the names MSSL_COL_STRIPS reads */
+    MSSL_COL_STRIPS({ a[k] += g[o + k] * ((x[o + k] - mean[r]) * rstd[r]); b[k] += g[o + k]; },
+                    { a[k] += g[o + k] * ((x[o + k] - mean[r]) * rstd[r]); b[k] += g[o + k]; },
+                    { if (dw_part) dw_part[j0 + k] = a[k]; db_part[j0 + k] = b[k]; })
 }
 
 /* Batch-norm input gradient: dx_j = k (g_j - c1 - (x_j - mean) rc2), with g_j masked by
@@ -211,28 +212,6 @@ MSSL_CLONES static void MSSL_FN(mssl_bn_dx)(const T* restrict g, const T* restri
             dx[j] = (T)(k * (g[j] - c1 - (x[j] - mean) * rc2));
     }
 }
-
-/* Column sums of rows 0..N-1 of a matrix with row stride ld, over n columns (batch norm with
-   L = 1: the columns are the channels). Each column is summed over the rows in order, from
-   zero, into ``acc`` (written, not added to). A strip of MSSL_LN_STRIP columns is summed at
-   a time with its sums in registers and stored once: summed into memory row by row they
-   were a read-modify-write per row (see mssl_ln_backward_block). */
-#define MSSL_COL_STRIPS(BODY_FULL, BODY_TAIL, STORE)                                        \
-    for (Py_ssize_t j0 = 0; j0 < n; j0 += MSSL_LN_STRIP) {                                  \
-        const Py_ssize_t m = n - j0 < MSSL_LN_STRIP ? n - j0 : MSSL_LN_STRIP;               \
-        double a[MSSL_LN_STRIP] = {0}, b[MSSL_LN_STRIP] = {0};                              \
-        (void)b;                                                                             \
-        for (Py_ssize_t r = 0; r < N; r++) {                                                 \
-            const Py_ssize_t o = r * ld + j0;                                                \
-            if (m == MSSL_LN_STRIP) {                                                        \
-                _Pragma("omp simd")                                                          \
-                for (int k = 0; k < MSSL_LN_STRIP; k++) { BODY_FULL }                        \
-            } else {                                                                         \
-                for (int k = 0; k < m; k++) { BODY_TAIL }                                    \
-            }                                                                                \
-        }                                                                                    \
-        for (int k = 0; k < m; k++) { STORE }                                                \
-    }
 
 /* acc_j = sum_r x_rj */
 MSSL_CLONES static void MSSL_FN(mssl_col_sums)(const T* restrict x, Py_ssize_t N,
