@@ -37,7 +37,10 @@ For each configuration the tables give the median step time over the rounds (eac
 median of ``--reps`` steps after 3 warm-up), the spread across rounds (min-max), and the share
 of numpy's sgemm rate, measured in the same round, that the step's matrix products reach. A
 ratio is minissl / PyTorch within one round (below 1.0: minissl is faster); the median and
-every round's ratio are shown. The machine's speed drifts by 10-30 % over minutes: read the
+every round's ratio are shown. Every timing process also gauges the machine's speed just
+before and after each workload's timing (``machine_level``); a fresh or one-process round
+whose two timings found the machine at different speeds is marked ``*``, and the median of the unmarked rounds is
+printed beneath. The machine's speed drifts by 10-30 % over minutes: read the
 per-round ratios and the spread, never one number. Without torch, minissl's columns still
 print and PyTorch's say n/a. The environment is passed to every child unchanged (apart from
 the heap settings of ``torch+heap``); the header lists the settings in it that matter.
@@ -60,12 +63,23 @@ HEAP_TUNABLES = "glibc.malloc.trim_threshold=1073741824:glibc.malloc.mmap_max=0"
 SETTINGS = ("OPENBLAS_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS",
             "OMP_WAIT_POLICY", "GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_",
             "MALLOC_MMAP_THRESHOLD_", "MINISSL_RUNTIME", "MINISSL_REFERENCE")
-# Fresh-process configurations in their order within a round (the libraries alternate), and
-# the comparisons of the ratio table.
-FRESH = ("minissl", "torch", "minissl+tune", "torch+heap")
+# Fresh-process configurations in their order within a round (the libraries alternate; the
+# main comparison, minissl as users run it against PyTorch with equal heap settings, next to
+# each other in time), and the comparisons of the ratio table.
+FRESH = ("minissl", "torch+heap", "minissl+tune", "torch")
 FRESH_RATIOS = (("minissl", "torch"), ("minissl", "torch+heap"),
                 ("minissl+tune", "torch"), ("minissl+tune", "torch+heap"))
 RESULT = "BENCH_RESULT "   # prefix of a worker's one line of JSON on stdout
+# The machine's speed level, taken by every timing worker just before and just after each
+# workload's timed steps. On the shared virtual machines these figures come from, two threads working together
+# run at one of two speeds, each holding for seconds to minutes, while one thread alone keeps
+# its speed (docs/performance.md, "Two speeds of one machine"); a step's time moves with it
+# (minissl's mlp_simclr 21 or 27 ms, PyTorch's 23 or 25). NumPy's 512 x 512 float32 product
+# on BLAS's own threads is a sensitive gauge of it (1.3 or 1.85 ms there). A ratio of two
+# processes whose gauges differ by more than LEVEL_TOLERANCE compares two speeds of the
+# machine, not two libraries: the tables mark it.
+LEVEL_N = 512
+LEVEL_TOLERANCE = 0.10
 
 
 # ----------------------------------------------------------------------------- in a worker
@@ -97,6 +111,22 @@ def sgemm_gflops(n=1024, reps=10):
     return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
+def machine_level(n=LEVEL_N, reps=15, rest=0.2):
+    """The machine's speed level now: GFLOP/s of the median of ``reps`` of numpy's n x n
+    float32 products on BLAS's own threads; then ``rest`` s of sleep, as BLAS's threads spin
+    for about 0.1 s after a product and would take the cores from what is timed next."""
+    import numpy as np
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    a @ a
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ a
+        ts.append(time.perf_counter() - t)
+    time.sleep(rest)
+    return 2 * n ** 3 / statistics.median(ts) / 1e9
+
+
 def build_step(library, name):
     """(step, FLOPs or None) of workload ``name`` in ``library`` ("minissl" or "torch"), each
     library seeded with 0."""
@@ -112,17 +142,29 @@ def build_step(library, name):
     return torch_workloads.WORKLOADS[name](), None
 
 
+def time_gauged(step, reps):
+    """(median ms of ``step``, [the machine's level just before, just after])."""
+    before = machine_level()
+    ms = 1e3 * time_step(step, reps)[0]
+    return ms, [before, machine_level()]
+
+
 def time_minissl(names, reps):
-    """{name: median ms}, {name: matrix-product FLOPs}, numpy's sgemm GFLOP/s."""
-    ms_times, flops = {}, {}
+    """{name: median ms}, {name: matrix-product FLOPs}, numpy's sgemm GFLOP/s, {name: the
+    machine's levels around that workload's timing}."""
+    ms_times, flops, levels = {}, {}, {}
     for name in names:
         step, flops[name] = build_step("minissl", name)
-        ms_times[name] = 1e3 * time_step(step, reps)[0]
-    return ms_times, flops, sgemm_gflops()
+        ms_times[name], levels[name] = time_gauged(step, reps)
+    return ms_times, flops, sgemm_gflops(), levels
 
 
 def time_torch(names, reps):
-    return {name: 1e3 * time_step(build_step("torch", name)[0], reps)[0] for name in names}
+    """{name: median ms}, {name: the machine's levels around that workload's timing}."""
+    times, levels = {}, {}
+    for name in names:
+        times[name], levels[name] = time_gauged(build_step("torch", name)[0], reps)
+    return times, levels
 
 
 def profile_minissl(names, reps):
@@ -230,11 +272,12 @@ def worker(kind, names, reps, rounds, with_torch=True):
     tuning = minissl.runtime.tune()._asdict() if kind == "minissl+tune" else None
     result = {"tuning": tuning, "rounds": []}
     for _ in range(rounds):
-        r = {}
+        r = {"levels": {}}
         if with_minissl:
-            r["minissl"], result["flops"], r["sgemm_gflops"] = time_minissl(names, reps)
+            (r["minissl"], result["flops"], r["sgemm_gflops"],
+             r["levels"]["minissl"]) = time_minissl(names, reps)
         if with_torch:
-            r["torch"] = time_torch(names, reps)
+            r["torch"], r["levels"]["torch"] = time_torch(names, reps)
         result["rounds"].append(r)
     print(RESULT + json.dumps(result), flush=True)
 
@@ -261,28 +304,33 @@ def measure_fresh(args, names, with_torch, **worker):
     """Per configuration, per round: {name: ms}; plus the rounds' sgemm rates and FLOPs.
     ``worker``: ``script`` and ``extra`` arguments of ``run_worker``."""
     runs = {c: [] for c in FRESH}
+    levels = {c: [] for c in FRESH}
     sgemm, flops, tuning, errors = [], {}, None, []
     for _ in range(args.rounds):
         rates = []
         for config in FRESH:
             if config.startswith("torch") and not with_torch:
                 runs[config].append({})
+                levels[config].append({})
                 continue
             env = {"GLIBC_TUNABLES": HEAP_TUNABLES} if config == "torch+heap" else None
             res = run_worker(config, args, names, env=env, **worker)
             if "error" in res:
                 errors.append(res["error"])
                 runs[config].append({})
+                levels[config].append({})
                 continue
             r = res["rounds"][0]
-            runs[config].append(r[config.split("+")[0]])
+            library = config.split("+")[0]
+            runs[config].append(r[library])
+            levels[config].append(r.get("levels", {}).get(library, {}))
             if "sgemm_gflops" in r:
                 rates.append(r["sgemm_gflops"])
                 flops = res["flops"]
             tuning = res["tuning"] or tuning
         sgemm.append(statistics.median(rates) if rates else None)
     return {"runs": runs, "sgemm_gflops": sgemm, "flops": flops, "tuning": tuning,
-            "errors": errors}
+            "errors": errors, "levels": levels}
 
 
 def measure_one_process(args, names, with_torch, **worker):
@@ -292,9 +340,12 @@ def measure_one_process(args, names, with_torch, **worker):
     if "error" in res:
         res = {"rounds": [{}] * args.rounds, "flops": {}, "errors": [res["error"]]}
     rounds = res["rounds"]
-    return {"runs": {lib: [r.get(lib, {}) for r in rounds] for lib in ("minissl", "torch")},
+    libraries = ("minissl", "torch")
+    return {"runs": {lib: [r.get(lib, {}) for r in rounds] for lib in libraries},
             "sgemm_gflops": [r.get("sgemm_gflops") for r in rounds], "flops": res["flops"],
-            "tuning": None, "errors": res.get("errors", [])}
+            "tuning": None, "errors": res.get("errors", []),
+            "levels": {lib: [r.get("levels", {}).get(lib, {}) for r in rounds]
+                       for lib in libraries}}
 
 
 class Served:
@@ -411,6 +462,7 @@ def summarise(m, names, ratios):
                 "rounds_ms": times,
                 "roofline": statistics.median(roof) if roof else None}
     ratio_table = {}
+    levels = m.get("levels", {})   # none in the paired mode, whose turns share the machine
     for mine, theirs in ratios:
         key = f"{mine} vs {theirs}"
         ratio_table[key] = {}
@@ -418,8 +470,15 @@ def summarise(m, names, ratios):
             per = [a[name] / b[name] if a.get(name) and b.get(name) else None for a, b in
                    zip(m["runs"].get(mine, []), m["runs"].get(theirs, []))]
             ok = [p for p in per if p is not None]
-            ratio_table[key][name] = {"median": statistics.median(ok) if ok else None,
-                                      "rounds": per}
+            apart = [bool(p is not None and la.get(name) and lb.get(name)
+                          and spread(la[name] + lb[name]) > LEVEL_TOLERANCE)
+                     for p, la, lb in zip(per, levels.get(mine, [{}] * len(per)),
+                                          levels.get(theirs, [{}] * len(per)))]
+            same = [p for p, a in zip(per, apart) if p is not None and not a]
+            ratio_table[key][name] = {
+                "median": statistics.median(ok) if ok else None, "rounds": per,
+                "levels_apart": apart,
+                "median_same_level": statistics.median(same) if same else None}
     return table, ratio_table
 
 
@@ -463,7 +522,9 @@ def print_mode(title, m, table, ratio_table, names, args, note=None):
                 + (f" {_fmt(roof, '.0f', 3)}%" if rates else ""))
 
     def ratio_cell(r):
-        each = " ".join(_fmt(p, ".2f", 0) for p in r["rounds"])
+        apart = r.get("levels_apart") or [False] * len(r["rounds"])
+        each = " ".join(_fmt(p, ".2f", 0) + ("*" if a else "")
+                        for p, a in zip(r["rounds"], apart))
         return f"{_fmt(r['median'], '.2f', 4)} ({each})"
 
     print_table(table, names, step_cell)
@@ -476,6 +537,14 @@ def print_mode(title, m, table, ratio_table, names, args, note=None):
               + ", ".join(f"{k} {v:.0%}" for k, v in mine.items()))
     print("ratio minissl / PyTorch: median (each round)")
     print_table(ratio_table, names, ratio_cell)
+    marked = {f"{key} {name}": r["median_same_level"] for key, col in ratio_table.items()
+              for name, r in col.items() if any(r.get("levels_apart") or ())}
+    if marked:
+        print(f"* the two processes found the machine at different speeds (numpy's "
+              f"{LEVEL_N} x {LEVEL_N} product on BLAS's threads, taken before and after each "
+              f"workload's timing, more than {LEVEL_TOLERANCE:.0%} apart): such a ratio compares the "
+              "machine's speeds more than the libraries. Median of the other rounds: "
+              + ", ".join(f"{k} {_fmt(v, '.2f', 0)}" for k, v in marked.items()))
     for e in dict.fromkeys(m["errors"]):
         print(f"(PyTorch or a worker not measured: {e})")
 

@@ -199,8 +199,12 @@ def worker(kind, method, epochs, seed, rounds, with_torch=True):
     d = data.digits()
     result = {"tuning": tuning, "flops": {}, "rounds": []}
     for _ in range(rounds):
-        result["rounds"].append({lib: {method: run[lib](d, epochs, method, seed)[0][1]}
-                                 for lib in libraries})
+        r = {"levels": {}}
+        for lib in libraries:   # each run's step ms, the machine's speed before and after it
+            before = bench_cpu.machine_level()
+            r[lib] = {method: run[lib](d, epochs, method, seed)[0][1]}
+            r["levels"][lib] = {method: [before, bench_cpu.machine_level()]}
+        result["rounds"].append(r)
     print(bench_cpu.RESULT + json.dumps(result), flush=True)
 
 

@@ -3,6 +3,7 @@ workload, one round of one step: this checks the harness, never a timing)."""
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -40,7 +41,8 @@ def test_without_torch_minissl_is_timed_and_the_ratios_are_n_a(tmp_path):
         s = step(report, mode, mine)
         assert s["median_ms"] > 0 and len(s["rounds_ms"]) == 1 and 0 < s["roofline"]
         assert step(report, mode, theirs)["median_ms"] is None
-        assert ratio(report, mode, f"{mine} vs {theirs}") == {"median": None, "rounds": [None]}
+        assert ratio(report, mode, f"{mine} vs {theirs}") == {
+            "median": None, "rounds": [None], "levels_apart": [False], "median_same_level": None}
     assert report["modes"]["fresh"]["tuning"]["heap"] in (True, False)
     assert "n/a" in stdout and "PyTorch not measured: --no-torch" in stdout
 
@@ -50,7 +52,7 @@ def test_without_torch_minissl_is_timed_and_the_ratios_are_n_a(tmp_path):
 def test_each_mode_times_both_libraries_and_their_ratio(tmp_path, mode):
     report, stdout = bench(tmp_path, "--mode", mode)
     assert list(report["modes"]) == [mode]
-    configs = {"fresh": ["minissl", "torch", "minissl+tune", "torch+heap"],
+    configs = {"fresh": ["minissl", "torch+heap", "minissl+tune", "torch"],
                "one-process": ["minissl", "torch"], "paired": ["minissl", "torch+heap"]}[mode]
     assert list(report["modes"][mode]["steps"]) == configs
     for config in configs:
@@ -98,7 +100,10 @@ def test_each_fresh_worker_times_its_own_library_only(config):
                          timeout=300)
     line, = [x for x in run.stdout.splitlines() if x.startswith("BENCH_RESULT ")]
     (timed,) = json.loads(line.split(" ", 1)[1])["rounds"]
-    assert set(timed) - {"sgemm_gflops"} == {config.split("+")[0]}
+    library = config.split("+")[0]
+    assert set(timed) - {"sgemm_gflops", "levels"} == {library}
+    before, after = timed["levels"][library]["mlp_simclr"]
+    assert set(timed["levels"]) == {library} and before > 0 and after > 0
 
 
 def _bench_module():
@@ -203,3 +208,38 @@ def test_each_mode_prints_the_machines_spread_beside_minissls(capsys):
     assert line == ["spread across rounds (max/min - 1): numpy's sgemm rate 50% (100 150 "
                     "GFLOP/s); minissl w 20%"]
     assert bench_cpu.spread([3.0, None, 4.0]) == pytest.approx(1 / 3)
+
+
+def test_a_ratio_across_the_machines_speed_levels_is_marked(capsys):
+    """Each timing process gauges the machine's speed after each workload; a round whose two
+    processes found it more than LEVEL_TOLERANCE apart is starred, and the median of the
+    other rounds is printed (a round without a gauge, as in the paired mode, is not marked)."""
+    bench_cpu = _bench_module()
+    m = {"runs": {"minissl": [{"w": 10.0}, {"w": 13.0}, {"w": 10.0}, {"w": 11.0}],
+                  "torch+heap": [{"w": 11.0}, {"w": 11.0}, {"w": 12.0}, {"w": 12.0}]},
+         "levels": {"minissl": [{"w": [200.0, 198.0]}, {"w": [140.0, 142.0]},
+                                {"w": [200.0, 201.0]}, {}],
+                    "torch+heap": [{"w": [195.0, 200.0]}, {"w": [200.0, 199.0]},
+                                   {"w": [200.0, 178.0]}, {"w": [150.0, 150.0]}]},
+         "sgemm_gflops": [200.0] * 4, "flops": {"w": 1e9}, "tuning": None, "errors": []}
+    table, ratios = bench_cpu.summarise(m, ["w"], (("minissl", "torch+heap"),))
+    r = ratios["minissl vs torch+heap"]["w"]
+    assert r["levels_apart"] == [False, True, True, False]   # round 3: PyTorch's changed
+    assert r["median_same_level"] == pytest.approx(statistics.median([10 / 11, 11 / 12]))
+    args = type("Args", (), {"rounds": 4, "reps": 5})()
+    bench_cpu.print_mode("t", m, table, ratios, ["w"], args)
+    out = capsys.readouterr().out
+    assert "(0.91 1.18* 0.83* 0.92)" in out
+    note = [x for x in out.splitlines() if x.startswith("*")]
+    assert len(note) == 1 and note[0].endswith("minissl vs torch+heap w 0.91")
+    del m["levels"]
+    table, ratios = bench_cpu.summarise(m, ["w"], (("minissl", "torch+heap"),))
+    assert ratios["minissl vs torch+heap"]["w"]["levels_apart"] == [False] * 4
+    bench_cpu.print_mode("t", m, table, ratios, ["w"], args)
+    assert "*" not in capsys.readouterr().out
+
+
+def test_the_machine_level_gauge_is_a_rate():
+    bench_cpu = _bench_module()
+    gflops = bench_cpu.machine_level(n=64, reps=3, rest=0)
+    assert 0 < gflops < 1e5
