@@ -39,9 +39,9 @@ of numpy's sgemm rate, measured in the same round, that the step's matrix produc
 ratio is minissl / PyTorch within one round (below 1.0: minissl is faster); the median and
 every round's ratio are shown. Every timing process also gauges the machine's speed just
 before and after each workload's timing (``machine_level``); a fresh or one-process round
-whose two timings found the machine at different speeds is marked ``*``, and the median of the unmarked rounds is
-printed beneath. The machine's speed drifts by 10-30 % over minutes: read the
-per-round ratios and the spread, never one number. Without torch, minissl's columns still
+whose two timings found the machine at different speeds is marked ``*``, and the median of
+the unmarked rounds is printed beneath. The machine's speed drifts by 10-30 % over minutes:
+read the per-round ratios and the spread, never one number. Without torch, minissl's columns still
 print and PyTorch's say n/a. The environment is passed to every child unchanged (apart from
 the heap settings of ``torch+heap``); the header lists the settings in it that matter.
 """
@@ -71,13 +71,14 @@ FRESH_RATIOS = (("minissl", "torch"), ("minissl", "torch+heap"),
                 ("minissl+tune", "torch"), ("minissl+tune", "torch+heap"))
 RESULT = "BENCH_RESULT "   # prefix of a worker's one line of JSON on stdout
 # The machine's speed level, taken by every timing worker just before and just after each
-# workload's timed steps. On the shared virtual machines these figures come from, two threads working together
-# run at one of two speeds, each holding for seconds to minutes, while one thread alone keeps
-# its speed (docs/performance.md, "Two speeds of one machine"); a step's time moves with it
-# (minissl's mlp_simclr 21 or 27 ms, PyTorch's 23 or 25). NumPy's 512 x 512 float32 product
-# on BLAS's own threads is a sensitive gauge of it (1.3 or 1.85 ms there). A ratio of two
-# processes whose gauges differ by more than LEVEL_TOLERANCE compares two speeds of the
-# machine, not two libraries: the tables mark it.
+# workload's timed steps. On the shared virtual machines these figures come from, what two
+# cores exchange (a cache line, data one wrote and the other reads) is 3-5x slower for
+# seconds to minutes at a time, while each core alone keeps its speed (docs/performance.md,
+# "What the slow level is"); a step's time moves with it (minissl's mlp_simclr 21 or 27 ms,
+# PyTorch's 23 or 25). NumPy's 512 x 512 float32 product on BLAS's own threads, which share
+# packed panels, is a sensitive gauge of it (1.3 or 1.85 ms there). A ratio of two processes
+# whose gauges differ by more than LEVEL_TOLERANCE compares two speeds of the machine, not
+# two libraries: the tables mark it.
 LEVEL_N = 512
 LEVEL_TOLERANCE = 0.10
 
@@ -114,7 +115,8 @@ def sgemm_gflops(n=1024, reps=10):
 def machine_level(n=LEVEL_N, reps=15, rest=0.2):
     """The machine's speed level now: GFLOP/s of the median of ``reps`` of numpy's n x n
     float32 products on BLAS's own threads; then ``rest`` s of sleep, as BLAS's threads spin
-    for about 0.1 s after a product and would take the cores from what is timed next."""
+    for about 0.1 s after a product and would take the cores from what is timed next. (A
+    PyTorch process has NumPy loaded already: ``import torch`` imports it.)"""
     import numpy as np
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     a @ a
@@ -542,8 +544,9 @@ def print_mode(title, m, table, ratio_table, names, args, note=None):
     if marked:
         print(f"* the two processes found the machine at different speeds (numpy's "
               f"{LEVEL_N} x {LEVEL_N} product on BLAS's threads, taken before and after each "
-              f"workload's timing, more than {LEVEL_TOLERANCE:.0%} apart): such a ratio compares the "
-              "machine's speeds more than the libraries. Median of the other rounds: "
+              f"workload's timing, more than {LEVEL_TOLERANCE:.0%} apart): such a ratio "
+              "compares the machine's speeds more than the libraries. Median of the other "
+              "rounds: "
               + ", ".join(f"{k} {_fmt(v, '.2f', 0)}" for k, v in marked.items()))
     for e in dict.fromkeys(m["errors"]):
         print(f"(PyTorch or a worker not measured: {e})")
