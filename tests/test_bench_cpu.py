@@ -211,9 +211,10 @@ def test_each_mode_prints_the_machines_spread_beside_minissls(capsys):
 
 
 def test_a_ratio_across_the_machines_speed_levels_is_marked(capsys):
-    """Each timing process gauges the machine's speed after each workload; a round whose two
-    processes found it more than LEVEL_TOLERANCE apart is starred, and the median of the
-    other rounds is printed (a round without a gauge, as in the paired mode, is not marked)."""
+    """Each timing process gauges the machine's speed before and after each workload; a
+    round whose two processes' gauges (all four) are more than LEVEL_TOLERANCE apart is
+    starred, and the median of the other rounds is printed (a round without a gauge, as in
+    the paired mode, is not marked)."""
     bench_cpu = _bench_module()
     m = {"runs": {"minissl": [{"w": 10.0}, {"w": 13.0}, {"w": 10.0}, {"w": 11.0}],
                   "torch+heap": [{"w": 11.0}, {"w": 11.0}, {"w": 12.0}, {"w": 12.0}]},
