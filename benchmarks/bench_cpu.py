@@ -102,21 +102,9 @@ def time_step(step, reps, warmup=3, sync=None):
     return ts[len(ts) // 2], ts[0]
 
 
-def sgemm_gflops(n=1024, reps=10):
-    import numpy as np
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    a @ a
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ a
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
-
-
-def machine_level(n=LEVEL_N, reps=15, rest=0.2):
-    """The machine's speed level now: GFLOP/s of the median of ``reps`` of numpy's n x n
-    float32 products on BLAS's own threads; then ``rest`` s of sleep, as BLAS's threads spin
-    for about 0.1 s after a product and would take the cores from what is timed next. (A
-    PyTorch process has NumPy loaded already: ``import torch`` imports it.)"""
+def _product_seconds(n, reps):
+    """Seconds of each of ``reps`` numpy products of an n x n float32 matrix with itself (on
+    BLAS's own threads), after one untimed."""
     import numpy as np
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     a @ a
@@ -125,6 +113,20 @@ def machine_level(n=LEVEL_N, reps=15, rest=0.2):
         t = time.perf_counter()
         a @ a
         ts.append(time.perf_counter() - t)
+    return ts
+
+
+def sgemm_gflops(n=1024, reps=10):
+    """numpy's sgemm rate, GFLOP/s over ``reps`` n x n products: the roofline's reference."""
+    return 2 * n ** 3 * reps / sum(_product_seconds(n, reps)) / 1e9
+
+
+def machine_level(n=LEVEL_N, reps=15, rest=0.2):
+    """The machine's speed level now: GFLOP/s of the median of ``reps`` of numpy's n x n
+    float32 products on BLAS's own threads; then ``rest`` s of sleep, as BLAS's threads spin
+    for about 0.1 s after a product and would take the cores from what is timed next. (A
+    PyTorch process has NumPy loaded already: ``import torch`` imports it.)"""
+    ts = _product_seconds(n, reps)
     time.sleep(rest)
     return 2 * n ** 3 / statistics.median(ts) / 1e9
 
