@@ -42,7 +42,7 @@ if "ln" in which:
     row("LN fwd (4096,128)", bench(lambda: Nm.layer_norm_forward(x, w, b, 1e-5)), bench(lambda: Nm.layer_norm_forward_ref(x, w, b, 1e-5)), bench(lambda: torch.native_layer_norm(tx, [128], tw, tb, 1e-5)))
     row("LN bwd (4096,128)", bench(lambda: Nm.layer_norm_backward(g, x, m, r, w)), bench(lambda: Nm.layer_norm_backward_ref(g, x, m, r, w)), bench(lambda: torch.ops.aten.native_layer_norm_backward(tg, tx, [128], tm, tr, tw, tb, [True, True, True])))
 if "bn" in which:
-  for shape in [(512, 512, 1), (256, 32, 1024)]:
+  for shape in [(512, 512, 1), (256, 32, 1024), (256, 64, 256), (256, 128, 64)]:   # mlp, conv_simclr
     x = rng.standard_normal(shape).astype(np.float32); C = shape[1]; w = rng.standard_normal(C).astype(np.float32); b = rng.standard_normal(C).astype(np.float32)
     g = rng.standard_normal(shape).astype(np.float32)
     y, m, v, r = Nm.batch_norm_forward(x, w, b, 1e-5)
@@ -50,6 +50,10 @@ if "bn" in which:
     _, sm, sr = torch.native_batch_norm(tx, tw, tb, None, None, True, 0.1, 1e-5)[:3]
     row(f"BN fwd {shape}", bench(lambda: Nm.batch_norm_forward(x, w, b, 1e-5)), bench(lambda: Nm.batch_norm_forward_ref(x, w, b, 1e-5)), bench(lambda: torch.native_batch_norm(tx, tw, tb, None, None, True, 0.1, 1e-5)))
     row(f"BN bwd {shape}", bench(lambda: Nm.batch_norm_backward(g, x, m, r, w)), bench(lambda: Nm.batch_norm_backward_ref(g, x, m, r, w)), bench(lambda: torch.ops.aten.native_batch_norm_backward(tg, tx, tw, None, None, sm, sr, True, 1e-5, [True, True, True])))
+    # with the fused ReLU of nn.fuse (PyTorch: batch norm, then relu / threshold_backward)
+    yr = Nm.batch_norm_forward(x, w, b, 1e-5, relu=True)[0]; tyr = torch.from_numpy(yr)
+    row(f"BN+ReLU fwd {shape}", bench(lambda: Nm.batch_norm_forward(x, w, b, 1e-5, relu=True)), bench(lambda: Nm.batch_norm_forward_ref(x, w, b, 1e-5, relu=True)), bench(lambda: torch.relu(torch.native_batch_norm(tx, tw, tb, None, None, True, 0.1, 1e-5)[0])))
+    row(f"BN+ReLU bwd {shape}", bench(lambda: Nm.batch_norm_backward(g, x, m, r, w, relu_output=yr)), bench(lambda: Nm.batch_norm_backward_ref(g, x, m, r, w, relu_output=yr)), bench(lambda: torch.ops.aten.native_batch_norm_backward(torch.ops.aten.threshold_backward(tg, tyr, 0), tx, tw, None, None, sm, sr, True, 1e-5, [True, True, True])))
 if "gelu" in which:
     x = rng.standard_normal((4096, 512)).astype(np.float32); g = rng.standard_normal((4096, 512)).astype(np.float32)
     tx, tg = torch.from_numpy(x), torch.from_numpy(g)

@@ -271,6 +271,21 @@ def test_statistics_are_accurate_far_from_zero(dtype):
     np.testing.assert_allclose(var, exact.var(1), rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch_norm_statistics_merge_blocks_of_images_exactly(dtype):
+    """(N, C, L) with L > 1: each block of images gets its own mean and squared deviations,
+    merged block by block (Chan et al.); with a ragged last block and block means far apart,
+    a merge that weighed a block wrongly or dropped the spread between the blocks' means
+    would be off by far more than these tolerances, as would E[x^2] - E[x]^2 at 1e4."""
+    rng = np.random.default_rng(5)
+    x = 1e4 + 0.01 * rng.standard_normal((11, 3, 50)) + 3.0 * np.arange(11)[:, None, None]
+    x = x.astype(dtype)
+    exact = x.astype(np.float64).transpose(1, 0, 2).reshape(3, -1)
+    _, mean, var, _ = K.batch_norm_forward(x, None, None, 0.0)
+    np.testing.assert_allclose(mean, exact.mean(1), rtol=1e-7)
+    np.testing.assert_allclose(var, exact.var(1), rtol=1e-6)
+
+
 def test_hand_computed_values():
     x = np.array([[1.0, 2.0, 3.0, 6.0]])                 # mean 3, biased var 3.5
     y, mean, rstd = K.layer_norm_forward(x, np.full(4, 2.0), np.full(4, 1.0), 0.0)

@@ -17,10 +17,17 @@ the backward are float64) whose shapes the wrapper has checked, with every dimen
   the thread count) accumulates its own partial sums, which are added in block order. Within
   a block the partial sums of 16 columns at a time stay in registers over the block's rows
   and are stored once (``mssl_ln_backward_block``), not read and written back every row.
-- Batch norm runs channels in parallel; each channel is reduced by one thread, in order.
-  (N, C, 1) input, BatchNorm1d's case, is reduced row by row instead so that the loads stay
-  contiguous: lanes then hold channels, each summed sequentially over n, 16 channels at a
-  time in registers (``mssl_col_sums`` and its siblings).
+- Batch norm over (N, C, L) with L > 1 (BatchNorm2d's case) reads its arrays in memory
+  order, in blocks of ``IMAGES_PER_BLOCK`` images: each block gets every channel's mean and
+  sum of squared deviations from that mean (two passes over the block, the second from the
+  cache), and the blocks are merged in order with Chan, Golub and LeVeque's pairwise update,
+  which forms no sum of squares either; the gradient sums are summed per block and the blocks
+  added in order. (Reduced channel by channel, a thread read L values of every image, then
+  jumped a whole image ahead: 1.2-2x slower on the conv workload's shapes, docs/performance.md.)
+  Over an (N, C) matrix (L == 1, BatchNorm1d's case) the statistics are reduced row by row
+  instead so that the loads stay contiguous: lanes then hold channels, each summed
+  sequentially over n, 16 channels at a time in registers (``mssl_col_sums`` and its
+  siblings).
 """
 cimport numpy as cnp
 from cython cimport floating
@@ -106,6 +113,11 @@ cdef Py_ssize_t PARALLEL_MIN = 32768
 cdef Py_ssize_t ROWS_PER_BLOCK = 64
 # Channels per task when L == 1: wide enough for whole vectors of contiguous loads.
 cdef Py_ssize_t COLUMNS_PER_BLOCK = 64
+# Batch norm's reductions when L > 1 are tasks of IMAGES_PER_BLOCK images by one of
+# CHANNEL_CHUNKS runs of channels (so that a batch of one or two images still has work for
+# every thread); fixed numbers, so the summation order never depends on the thread count.
+cdef Py_ssize_t IMAGES_PER_BLOCK = 4
+cdef Py_ssize_t CHANNEL_CHUNKS = 8
 
 
 # ---- the C kernels of norm.h, dispatched on the fused type ----------------------------------
@@ -278,8 +290,8 @@ def layer_norm_backward(grad_y, x, mean, rstd, weight, dx, dw, db):
 # ---- batch norm -----------------------------------------------------------------------------
 # Per channel c: mean[c], var[c] over the N*L values; then y = (x - mean) * scale + shift with
 # scale = rstd * w and shift = b. Two layouts: L > 1, where each (n, c) is a contiguous segment
-# of L values and a channel is reduced segment by segment; and L == 1, an (N, C) matrix whose
-# columns are the channels, reduced row by row over blocks of columns.
+# of L values, reduced in blocks of images; and L == 1, an (N, C) matrix whose columns are the
+# channels, reduced row by row over blocks of columns.
 
 cdef void _column_moments(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0,
                           Py_ssize_t c1, double* mean, double* var) noexcept nogil:
@@ -299,42 +311,89 @@ cdef void _column_moments(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssiz
         var[c] /= N
 
 
-cdef void _channel_moments(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L,
-                           Py_ssize_t c, double* mean, double* var) noexcept nogil:
-    """Mean and biased variance of channel c of the (N, C, L) array x, two passes."""
-    cdef Py_ssize_t n
-    cdef double s = 0, ss = 0
-    for n in range(N):
-        s += _sum(x + (n * C + c) * L, L)
-    mean[c] = s / (N * L)
-    for n in range(N):
-        ss += _sum_sq_dev(x + (n * C + c) * L, mean[c], L)
-    var[c] = ss / (N * L)
+cdef inline Py_ssize_t _task_range(Py_ssize_t task, Py_ssize_t N, Py_ssize_t C, Py_ssize_t* lo,
+                                   Py_ssize_t* hi, Py_ssize_t* c0, Py_ssize_t* c1) noexcept nogil:
+    """The images lo..hi-1 and channels c0..c1-1 of task ``task`` of batch norm's reductions
+    when L > 1: block task // CHANNEL_CHUNKS of IMAGES_PER_BLOCK images, chunk
+    task % CHANNEL_CHUNKS of the channels (empty when C < CHANNEL_CHUNKS). Returns the block.
+    Consecutive tasks cover one block, so a thread's share is a run of whole images."""
+    cdef Py_ssize_t blk = task // CHANNEL_CHUNKS, k = task % CHANNEL_CHUNKS
+    lo[0] = blk * IMAGES_PER_BLOCK
+    hi[0] = min(lo[0] + IMAGES_PER_BLOCK, N)
+    c0[0] = C * k // CHANNEL_CHUNKS
+    c1[0] = C * (k + 1) // CHANNEL_CHUNKS
+    return blk
+
+
+cdef inline void _merge(double* mean, double* m2, double count, double mean_b, double m2_b,
+                        double count_b) noexcept nogil:
+    """Merge a group of count_b values (mean mean_b, sum of squared deviations m2_b) into
+    the running (mean, m2) of ``count`` values (Chan, Golub and LeVeque's pairwise update):
+    d = mean_b - mean, mean += d count_b / n, m2 += m2_b + d^2 count count_b / n, with
+    n = count + count_b. No sum of squares is formed, so no E[x^2] - E[x]^2 cancellation."""
+    cdef double n = count + count_b, d = mean_b - mean[0]
+    mean[0] += d * (count_b / n)
+    m2[0] += m2_b + d * d * (count * (count_b / n))
+
+
+cdef void _image_block_moments(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L,
+                               Py_ssize_t task, double* part) noexcept nogil:
+    """Task ``task`` (``_task_range``): part[blk, 0, c] and part[blk, 1, c], the mean and the
+    sum of squared deviations from it of channel c over the images of block blk of
+    x (N, C, L), for the task's channels, in two passes over them in memory order (the
+    second finds them in the cache: IMAGES_PER_BLOCK images)."""
+    cdef Py_ssize_t lo, hi, c0, c1, n, c, blk
+    blk = _task_range(task, N, C, &lo, &hi, &c0, &c1)
+    cdef double* mean = part + 2 * blk * C
+    cdef double* m2 = mean + C
+    for c in range(c0, c1):
+        mean[c] = 0
+        m2[c] = 0
+    for n in range(lo, hi):
+        for c in range(c0, c1):
+            mean[c] += _sum(x + (n * C + c) * L, L)
+    for c in range(c0, c1):
+        mean[c] /= (hi - lo) * L
+    for n in range(lo, hi):
+        for c in range(c0, c1):
+            m2[c] += _sum_sq_dev(x + (n * C + c) * L, mean[c], L)
 
 
 cdef int _batch_norm(const floating* x, const floating* w, const floating* b, double eps,
                      floating* y, floating* mean_out, floating* var_out, floating* rstd_out,
                      Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, bint relu) noexcept nogil:
     """y = max(., 0) of the result when relu (a fused ReLU). Returns -1 when out of memory."""
-    cdef Py_ssize_t nblocks = (C + COLUMNS_PER_BLOCK - 1) // COLUMNS_PER_BLOCK, n, c, blk
+    cdef Py_ssize_t nblocks = (C + COLUMNS_PER_BLOCK - 1) // COLUMNS_PER_BLOCK, n, c, blk, task
     cdef bint parallel = THREADS > 1 and N * C * L >= PARALLEL_MIN
+    cdef Py_ssize_t nimg = (N + IMAGES_PER_BLOCK - 1) // IMAGES_PER_BLOCK
     cdef double rstd
-    # per channel, in double: mean, var (accumulated from zero), scale, shift
-    cdef double* mean = <double*>calloc(4 * C, sizeof(double))
+    # per channel, in double: mean, var, scale, shift; then (L > 1) each block of images'
+    # means and m2, (nimg, 2, C)
+    cdef double* mean = <double*>calloc((4 + (2 * nimg if L > 1 else 0)) * C, sizeof(double))
     if mean == NULL:
         return -1
     cdef double* var = mean + C
     cdef double* scale = mean + 2 * C
     cdef double* shift = mean + 3 * C
+    cdef double* part = mean + 4 * C
     if L == 1:
         for blk in prange(nblocks, schedule="static", use_threads_if=parallel,
                           num_threads=THREADS):
             _column_moments(x, N, C, blk * COLUMNS_PER_BLOCK,
                             min((blk + 1) * COLUMNS_PER_BLOCK, C), mean, var)
     else:
-        for c in prange(C, schedule="static", use_threads_if=parallel,
-                        num_threads=THREADS):
-            _channel_moments(x, N, C, L, c, mean, var)
+        for task in prange(nimg * CHANNEL_CHUNKS, schedule="static", use_threads_if=parallel,
+                           num_threads=THREADS):
+            _image_block_moments(x, N, C, L, task, part)
+        for c in range(C):   # the blocks merged in order; var = m2 / (N L)
+            mean[c] = part[c]
+            var[c] = part[C + c]
+            for blk in range(1, nimg):
+                _merge(mean + c, var + c, <double>(blk * IMAGES_PER_BLOCK * L),
+                       part[2 * blk * C + c], part[(2 * blk + 1) * C + c],
+                       <double>((min((blk + 1) * IMAGES_PER_BLOCK, N) - blk * IMAGES_PER_BLOCK)
+                                * L))
+            var[c] /= N * L
     for c in range(C):
         rstd = 1.0 / sqrt(var[c] + eps)
         scale[c] = rstd if w == NULL else rstd * w[c]
@@ -394,20 +453,27 @@ cdef void _column_grad_sums(const floating* g, const floating* x, const floating
                                sum_g + c0, sum_gx + c0, c1 - c0)
 
 
-cdef void _channel_grad_sums(const floating* g, const floating* x, const floating* ym,
-                             Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, Py_ssize_t c,
-                             const double* mean, const double* rstd, double* sum_g,
-                             double* sum_gx) noexcept nogil:
-    """The same sums for channel c of (N, C, L) arrays."""
-    cdef Py_ssize_t n
-    cdef double a = 0, b = 0, sg, sgx
-    for n in range(N):
-        _grad_sums(g + (n * C + c) * L, x + (n * C + c) * L, _at(ym, (n * C + c) * L), mean[c],
-                   rstd[c], L, &sg, &sgx)
-        a += sg
-        b += sgx
-    sum_g[c] = a
-    sum_gx[c] = b
+cdef void _image_block_grad_sums(const floating* g, const floating* x, const floating* ym,
+                                 Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, Py_ssize_t task,
+                                 const double* mean, const double* rstd,
+                                 double* part) noexcept nogil:
+    """Task ``task`` (``_task_range``): part[blk, 0, c] = sum g and part[blk, 1, c] =
+    sum g xhat over channel c's values in the images of block blk of (N, C, L) arrays, for
+    the task's channels, read once in memory order (g masked by ym > 0 when ym is given)."""
+    cdef Py_ssize_t lo, hi, c0, c1, n, c, o, blk
+    blk = _task_range(task, N, C, &lo, &hi, &c0, &c1)
+    cdef double* sum_g = part + 2 * blk * C
+    cdef double* sum_gx = sum_g + C
+    cdef double sg, sgx
+    for c in range(c0, c1):
+        sum_g[c] = 0
+        sum_gx[c] = 0
+    for n in range(lo, hi):
+        for c in range(c0, c1):
+            o = (n * C + c) * L
+            _grad_sums(g + o, x + o, _at(ym, o), mean[c], rstd[c], L, &sg, &sgx)
+            sum_g[c] += sg
+            sum_gx[c] += sgx
 
 
 cdef int _batch_norm_backward(const floating* g, const floating* x, const floating* ym,
@@ -417,26 +483,33 @@ cdef int _batch_norm_backward(const floating* g, const floating* x, const floati
     """dx = k (g - c1 - (x - mean) rc2) with k = w rstd, c1 = sum_g / n and
     rc2 = rstd sum_gx / n, n = N * L; dw = sum_gx, db = sum_g. With ym (the output of a fused
     ReLU), g is first masked by ym > 0 (the ReLU's backward). Returns -1 when out of memory."""
-    cdef Py_ssize_t nblocks = (C + COLUMNS_PER_BLOCK - 1) // COLUMNS_PER_BLOCK, n, c, blk
+    cdef Py_ssize_t nblocks = (C + COLUMNS_PER_BLOCK - 1) // COLUMNS_PER_BLOCK, n, c, blk, task
     cdef bint parallel = THREADS > 1 and N * C * L >= PARALLEL_MIN
+    cdef Py_ssize_t nimg = (N + IMAGES_PER_BLOCK - 1) // IMAGES_PER_BLOCK
     cdef double count = <double>(N * L)
-    # per channel, in double: sum_g, sum_gx (accumulated from zero), k, c1, rc2
-    cdef double* sum_g = <double*>calloc(5 * C, sizeof(double))
+    # per channel, in double: sum_g, sum_gx (accumulated from zero), k, c1, rc2; then (L > 1)
+    # each block of images' two sums, (nimg, 2, C)
+    cdef double* sum_g = <double*>calloc((5 + (2 * nimg if L > 1 else 0)) * C, sizeof(double))
     if sum_g == NULL:
         return -1
     cdef double* sum_gx = sum_g + C
     cdef double* k = sum_g + 2 * C
     cdef double* c1 = sum_g + 3 * C
     cdef double* rc2 = sum_g + 4 * C
+    cdef double* part = sum_g + 5 * C
     if L == 1:
         for blk in prange(nblocks, schedule="static", use_threads_if=parallel,
                           num_threads=THREADS):
             _column_grad_sums(g, x, ym, N, C, blk * COLUMNS_PER_BLOCK,
                               min((blk + 1) * COLUMNS_PER_BLOCK, C), mean, rstd, sum_g, sum_gx)
     else:
-        for c in prange(C, schedule="static", use_threads_if=parallel,
-                        num_threads=THREADS):
-            _channel_grad_sums(g, x, ym, N, C, L, c, mean, rstd, sum_g, sum_gx)
+        for task in prange(nimg * CHANNEL_CHUNKS, schedule="static", use_threads_if=parallel,
+                           num_threads=THREADS):
+            _image_block_grad_sums(g, x, ym, N, C, L, task, mean, rstd, part)
+        for c in range(C):   # the blocks added in order
+            for blk in range(nimg):
+                sum_g[c] += part[2 * blk * C + c]
+                sum_gx[c] += part[(2 * blk + 1) * C + c]
     for c in range(C):
         if w != NULL:
             dw[c] = <floating>sum_gx[c]
