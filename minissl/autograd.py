@@ -476,6 +476,9 @@ class Tensor:
     def masked_fill(self, mask, value):
         return _ew.masked_fill(self, mask, value)
 
+    def fill_diagonal(self, value):
+        return _ew.fill_diagonal(self, value)
+
     def sum(self, dim=None, keepdim=False):
         return _reduce.Sum(dim, keepdim)(self)
 

@@ -84,7 +84,7 @@ def nt_xent(z1, z2, temperature=0.5):
     xp = get_array_module(z1.data)
     z = F.normalize(cat([z1, z2], dim=0), dim=1)             # (2N, D), unit rows
     logits = z @ (z.T / temperature)                         # (2N, 2N), cos / T
-    logits = logits.masked_fill(xp.eye(2 * n, dtype=bool), -math.inf)  # no self-similarity
+    logits = logits.fill_diagonal(-math.inf)                 # no self-similarity
     # The positive of row i is row i + N, and of row i + N is row i.
     target = _indices((xp.arange(2 * n) + n) % (2 * n))            # (2N,) the other view
     return F.cross_entropy(logits, target)
@@ -323,10 +323,10 @@ def barlow_twins_loss(z1, z2, lambd=5e-3):
     return (diff * diff * weight).sum()
 
 
-def _off_diagonal_sq_sum(m, xp):
+def _off_diagonal_sq_sum(m):
     """sum_{i != j} m_ij^2 of a square (D, D) matrix (the diagonal masked out, not subtracted,
     so no cancellation)."""
-    off = m.masked_fill(xp.eye(m.shape[0], dtype=bool), 0.0)
+    off = m.fill_diagonal(0.0)
     return (off * off).sum()
 
 
@@ -362,7 +362,6 @@ def vicreg_loss(z1, z2, sim_weight=25.0, var_weight=25.0, cov_weight=1.0, eps=1e
     var_weight = _number(fn, "var_weight", var_weight)
     cov_weight = _number(fn, "cov_weight", cov_weight)
     n, d = z1.shape
-    xp = get_array_module(z1.data)
     invariance = F.mse_loss(z1, z2)
 
     def var_and_cov(z):
@@ -370,7 +369,7 @@ def vicreg_loss(z1, z2, sim_weight=25.0, var_weight=25.0, cov_weight=1.0, eps=1e
         std = (zc.var(dim=0) + eps).sqrt()                     # (D,), unbiased variance
         hinge = (1 - std).relu().mean()
         cov = (zc.T @ zc) / (n - 1)                            # (D, D)
-        return hinge, _off_diagonal_sq_sum(cov, xp) / d
+        return hinge, _off_diagonal_sq_sum(cov) / d
 
     var1, cov1 = var_and_cov(z1)
     var2, cov2 = var_and_cov(z2)

