@@ -5,6 +5,8 @@ Batch norm (Ioffe & Szegedy 2015), per channel c over the N*L values of the batc
     dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),  dxhat = g * weight
 Layer norm (Ba et al. 2016) is the same algebra over the last dims of each row instead.
 """
+import math
+
 import numpy as np
 
 from ..autograd import Function, Tensor
@@ -186,25 +188,36 @@ class Normalize(Function):
 
     dx = (g - y <g, y>) / n where n = ||x|| > eps, and g / eps where the norm was clamped, so an
     all-zero row gets a finite gradient (an unfused sqrt would give 0 * inf = NaN there).
+    The rows (``dim`` moved last) go to the norm kernels' ``l2_normalize_forward`` and
+    ``_backward`` (minissl/kernels/norm: one pass a row, sums in float64).
     """
 
-    __slots__ = ("dim", "eps", "y", "n", "clamped")
+    __slots__ = ("dim", "eps", "y", "n")
 
     def __init__(self, dim, eps):
         self.dim, self.eps = dim, eps
 
     def forward(self, x):
-        xp = get_array_module(x)
-        n = xp.sqrt((x * x).sum(axis=self.dim, keepdims=True))
-        self.clamped = n <= self.eps
-        self.n = xp.maximum(n, x.dtype.type(self.eps))
-        self.y = x / self.n
-        return self.y
+        rows = _rows(x, self.dim)
+        y, self.n = _k.l2_normalize_forward(rows, self.eps)
+        self.y = y
+        return _unrows(y, x.shape, self.dim)
 
     def backward(self, g):
-        proj = (g * self.y).sum(axis=self.dim, keepdims=True)
-        proj = get_array_module(g).where(self.clamped, 0, proj)
-        return ((g - self.y * proj) / self.n).astype(g.dtype, copy=False)
+        dx = _k.l2_normalize_backward(_rows(g, self.dim), self.y, self.n, self.eps)
+        return _unrows(dx, g.shape, self.dim)
+
+
+def _rows(a, dim):
+    """``a`` with axis ``dim`` moved last, as a matrix (rows = every other index)."""
+    a = get_array_module(a).moveaxis(a, dim, -1)
+    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
+
+
+def _unrows(rows, shape, dim):
+    """The inverse of ``_rows`` for an array of ``shape``."""
+    moved = shape[:dim] + shape[dim + 1:] + (shape[dim],)
+    return get_array_module(rows).moveaxis(rows.reshape(moved), -1, dim)
 
 
 def normalize(x, p=2, dim=1, eps=1e-12):

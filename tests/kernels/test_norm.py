@@ -1,4 +1,5 @@
-"""Layer-norm and batch-norm kernels: the compiled kernels against the NumPy reference, the
+"""Layer-norm, batch-norm and L2-normalisation kernels: the compiled kernels against the NumPy
+reference, the
 reference against PyTorch, the backward against central finite differences, the accuracy of
 the statistics, size-0 input and input validation."""
 import numpy as np
@@ -56,7 +57,7 @@ def test_layer_norm_matches_reference(shape, dtype, layout, affine, seed):
        dtype=st.sampled_from(DTYPES), layout=st.sampled_from(LAYOUTS),
        affine=st.sampled_from(AFFINE), seed=st.integers(0, 2**31))
 def test_batch_norm_matches_reference(shape, dtype, layout, affine, seed):
-    """L = 1 (BatchNorm1d, reduced row by row) and L > 1 (reduced channel by channel)."""
+    """L = 1 (BatchNorm1d, reduced row by row) and L > 1 (reduced in blocks of images)."""
     rng = np.random.default_rng(seed)
     x = make_array(rng, shape, dtype, layout, loc=rng.normal(0, 5), scale=rng.uniform(0.1, 3))
     g = make_array(rng, shape, dtype, layout)
@@ -252,6 +253,48 @@ def test_batch_norm_backward_matches_finite_differences(affine, shape, seed):
         np.testing.assert_allclose(dw, numerical_grad(lambda z: loss(x, z, b), w), atol=1e-7)
     bias = np.zeros(shape[1]) if b is None else b
     np.testing.assert_allclose(db, numerical_grad(lambda z: loss(x, w, z), bias), atol=1e-7)
+
+
+@needs_ext
+@given(shape=st.tuples(st.integers(1, 9), st.integers(1, 40)), dtype=st.sampled_from(DTYPES),
+       layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**31))
+def test_l2_normalize_matches_reference(shape, dtype, layout, seed):
+    rng = np.random.default_rng(seed)
+    x = make_array(rng, shape, dtype, layout, loc=rng.normal(0, 2), scale=rng.uniform(0.1, 3))
+    g = make_array(rng, shape, dtype, layout)
+    (y, norm), (ry, rnorm) = K.l2_normalize_forward(x), K.l2_normalize_forward_ref(x)
+    assert y.dtype == x.dtype and norm.dtype == np.float64
+    assert_close(y, ry, dtype)
+    assert_close(norm, rnorm, np.float64)
+    assert_close(K.l2_normalize_backward(g, y, norm), K.l2_normalize_backward_ref(g, y, norm),
+                 dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_l2_normalize_clamped_and_nan_rows(dtype):
+    """A zero row and a row below eps are divided by eps and get the gradient g / eps; a NaN
+    row stays NaN (NumPy's maximum keeps a NaN norm); the others are unit rows."""
+    x = np.array([[0, 0, 0], [3, 4, 0], [np.nan, 1, 0], [1e-13, 0, 0]], dtype)
+    g = np.array([[1, 2, 3], [1, 0, -1], [1, 1, 1], [2, 0, 1]], dtype)
+    eps = 1e-12
+    (y, norm), (ry, rnorm) = K.l2_normalize_forward(x, eps), K.l2_normalize_forward_ref(x, eps)
+    np.testing.assert_array_equal(norm, rnorm)
+    assert norm[0] == norm[3] == eps and norm[1] == 5 and np.isnan(norm[2])
+    np.testing.assert_allclose(y, ry, rtol=1e-6)
+    dx = K.l2_normalize_backward(g, y, norm, eps)
+    np.testing.assert_allclose(dx, K.l2_normalize_backward_ref(g, y, norm, eps), rtol=1e-6)
+    np.testing.assert_allclose(dx[[0, 3]], g[[0, 3]] / dtype(eps), rtol=1e-6)
+    assert np.isnan(dx[2]).all() and np.isfinite(dx[[0, 1, 3]]).all()
+
+
+def test_l2_normalize_rejects_mismatched_arguments():
+    y = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match="l2_normalize_backward.*grad_y"):
+        K.l2_normalize_backward(np.ones((3, 5), np.float32), y, np.ones(3))
+    with pytest.raises(ValueError, match="l2_normalize_backward.*norm"):
+        K.l2_normalize_backward(y, y, np.ones(4))
+    with pytest.raises((TypeError, ValueError), match="l2_normalize_forward"):
+        K.l2_normalize_forward(np.ones(3, np.float32))
 
 
 # -------------------------------------------------------------------------- statistics, edge cases

@@ -1,4 +1,5 @@
-"""Layer norm over the rows of (M, D) and training-mode batch norm over (N, C, L).
+"""Layer norm over the rows of (M, D) and training-mode batch norm over (N, C, L); and the L2
+normalisation of rows (``l2_normalize_forward``/``_backward``, with its math there).
 
 Both normalise a group of n values x_1..x_n (a row for layer norm; the N*L values of a channel
 for batch norm) with their own statistics, then apply an optional per-feature affine map:
@@ -38,13 +39,14 @@ import numpy as np
 
 from .._dispatch import check_float as _check_float, check_same as _check_same
 from .._dispatch import compiled, gpu, on_device
-from .reference import (batch_norm_backward_ref, batch_norm_forward_ref, layer_norm_backward_ref,
-                        layer_norm_forward_ref)
+from .reference import (batch_norm_backward_ref, batch_norm_forward_ref, l2_normalize_backward_ref,
+                        l2_normalize_forward_ref, layer_norm_backward_ref, layer_norm_forward_ref)
 
 __all__ = [
     "layer_norm_forward", "layer_norm_backward", "batch_norm_forward", "batch_norm_backward",
+    "l2_normalize_forward", "l2_normalize_backward",
     "layer_norm_forward_ref", "layer_norm_backward_ref", "batch_norm_forward_ref",
-    "batch_norm_backward_ref",
+    "batch_norm_backward_ref", "l2_normalize_forward_ref", "l2_normalize_backward_ref",
 ]
 
 
@@ -179,3 +181,49 @@ def batch_norm_backward(grad_y, x, mean, rstd, weight=None, relu_output=None):
     ext.batch_norm_backward(grad_y, x, _contig(mean, np.float64), _contig(rstd, np.float64),
                             _contig(weight, x.dtype), dx, dw, db, relu_output)
     return dx, dw, db
+
+
+def l2_normalize_forward(x, eps=1e-12):
+    """Each row of x (M, D) over its L2 norm, clamped below at eps:
+
+        norm_i = max(||x_i||_2, eps),    y_i = x_i / norm_i
+
+    (``torch.nn.functional.normalize`` with p = 2 along the rows). Returns ``(y, norm)``: y in
+    x's dtype, norm (M,) float64, the norms' squares summed in float64.
+    """
+    fn = "l2_normalize_forward"
+    _check_float(fn, "x", x, 2)
+    if on_device(x):
+        return gpu("norm", fn)(x, eps)
+    ext = compiled("norm", x)
+    if ext is None or x.size == 0:
+        return l2_normalize_forward_ref(x, eps)
+    x = np.ascontiguousarray(x)
+    y = np.empty_like(x)
+    norm = np.empty(x.shape[0], dtype=np.float64)
+    ext.l2_normalize_forward(x, float(eps), y, norm)
+    return y, norm
+
+
+def l2_normalize_backward(grad_y, y, norm, eps=1e-12):
+    """The input gradient of l2_normalize_forward, from its y and norm:
+
+        dx_i = (g_i - y_i <g_i, y_i>) / norm_i
+
+    with <g_i, y_i> taken as 0 on a row whose norm was clamped (norm_i <= eps): there
+    y_i = x_i / eps is linear in x_i, and an all-zero row gets the finite gradient g_i / eps.
+    """
+    fn = "l2_normalize_backward"
+    _check_float(fn, "y", y, 2)
+    _check_float(fn, "grad_y", grad_y, 2)
+    _check_same(fn, ("grad_y", "y"), (grad_y, y))
+    _check_vector(fn, "norm", norm, y.shape[0], y, dtype=False)
+    if on_device(y):
+        return gpu("norm", fn)(grad_y, y, norm, eps)
+    ext = compiled("norm", y)
+    if ext is None or y.size == 0:
+        return l2_normalize_backward_ref(grad_y, y, norm, eps)
+    grad_y, y = np.ascontiguousarray(grad_y), np.ascontiguousarray(y)
+    dx = np.empty_like(y)
+    ext.l2_normalize_backward(grad_y, y, _contig(norm, np.float64), float(eps), dx)
+    return dx

@@ -1,4 +1,5 @@
-"""Cython kernels: layer norm over rows of (M, D), training-mode batch norm over (N, C, L).
+"""Cython kernels: layer norm and L2 normalisation over rows of (M, D), training-mode batch norm
+over (N, C, L).
 
 The math and the validation live in __init__.py, the reference in reference.py; these loops
 expect C-contiguous arrays of one float dtype (weight and bias may be None; mean and rstd passed to
@@ -71,6 +72,10 @@ cdef extern from "norm.h":
                                double* sum_g, double* sum_gx, Py_ssize_t n) noexcept nogil
     void mssl_row_affine_f32(const float* x, const double* mean, const double* scale,
                             const double* shift, float* y, Py_ssize_t n, int relu) noexcept nogil
+    void mssl_l2n_forward_row_f32(const float* x, double eps, float* y, Py_ssize_t n,
+                                 double* norm_out) noexcept nogil
+    void mssl_l2n_backward_row_f32(const float* g, const float* y, double norm, double eps,
+                                  float* dx, Py_ssize_t n) noexcept nogil
     void mssl_row_bn_dx_f32(const float* g, const float* x, const float* ym, const double* mean,
                            const double* k, const double* c1, const double* rc2, float* dx,
                            Py_ssize_t n) noexcept nogil
@@ -101,6 +106,10 @@ cdef extern from "norm.h":
                                Py_ssize_t n) noexcept nogil
     void mssl_row_affine_f64(const double* x, const double* mean, const double* scale,
                             const double* shift, double* y, Py_ssize_t n, int relu) noexcept nogil
+    void mssl_l2n_forward_row_f64(const double* x, double eps, double* y, Py_ssize_t n,
+                                 double* norm_out) noexcept nogil
+    void mssl_l2n_backward_row_f64(const double* g, const double* y, double norm, double eps,
+                                  double* dx, Py_ssize_t n) noexcept nogil
     void mssl_row_bn_dx_f64(const double* g, const double* x, const double* ym, const double* mean,
                            const double* k, const double* c1, const double* rc2, double* dx,
                            Py_ssize_t n) noexcept nogil
@@ -285,6 +294,61 @@ def layer_norm_backward(grad_y, x, mean, rstd, weight, dx, dw, db):
                                             <double*>pdb, M, D)
     if err:
         raise MemoryError()
+
+
+# ---- L2 normalisation of rows -----------------------------------------------------------------
+
+cdef void _l2n_rows(const floating* x, double eps, floating* y, double* norm, Py_ssize_t M,
+                    Py_ssize_t D) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in prange(M, schedule="static", use_threads_if=THREADS > 1 and M * D >= PARALLEL_MIN,
+                    num_threads=THREADS):
+        if floating is float:
+            mssl_l2n_forward_row_f32(x + i * D, eps, y + i * D, D, norm + i)
+        else:
+            mssl_l2n_forward_row_f64(x + i * D, eps, y + i * D, D, norm + i)
+
+
+cdef void _l2n_backward_rows(const floating* g, const floating* y, const double* norm,
+                             double eps, floating* dx, Py_ssize_t M, Py_ssize_t D) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in prange(M, schedule="static", use_threads_if=THREADS > 1 and M * D >= PARALLEL_MIN,
+                    num_threads=THREADS):
+        if floating is float:
+            mssl_l2n_backward_row_f32(g + i * D, y + i * D, norm[i], eps, dx + i * D, D)
+        else:
+            mssl_l2n_backward_row_f64(g + i * D, y + i * D, norm[i], eps, dx + i * D, D)
+
+
+def l2_normalize_forward(x, double eps, y, norm):
+    """y (M, D) = each row of x over max(its L2 norm, eps); norm (M,) float64 = that divisor."""
+    cdef int t = float_type(NAME, x)
+    cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
+    cdef void* px = array_data(NAME, x, t, 2, M, D, 0, False)
+    cdef void* py = array_data(NAME, y, t, 2, M, D, 0, True)
+    cdef double* pn = <double*>array_data(NAME, norm, cnp.NPY_FLOAT64, 1, M, 0, 0, True)
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            _l2n_rows(<const float*>px, eps, <float*>py, pn, M, D)
+        else:
+            _l2n_rows(<const double*>px, eps, <double*>py, pn, M, D)
+
+
+def l2_normalize_backward(grad_y, y, norm, double eps, dx):
+    """dx (M, D) from grad_y and the forward's y (M, D) and norm (M,) float64."""
+    cdef int t = float_type(NAME, y)
+    cdef Py_ssize_t M = y.shape[0], D = y.shape[1]
+    cdef void* pg = array_data(NAME, grad_y, t, 2, M, D, 0, False)
+    cdef void* py = array_data(NAME, y, t, 2, M, D, 0, False)
+    cdef const double* pn = <const double*>array_data(NAME, norm, cnp.NPY_FLOAT64, 1, M, 0, 0,
+                                                      False)
+    cdef void* pdx = array_data(NAME, dx, t, 2, M, D, 0, True)
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            _l2n_backward_rows(<const float*>pg, <const float*>py, pn, eps, <float*>pdx, M, D)
+        else:
+            _l2n_backward_rows(<const double*>pg, <const double*>py, pn, eps, <double*>pdx, M,
+                               D)
 
 
 # ---- batch norm -----------------------------------------------------------------------------

@@ -134,3 +134,17 @@ def batch_norm_backward(grad_y, x, mean, rstd, weight=None, relu_output=None):
     k(cu.grid(x.size), (cu.THREADS,), (g, x, mean_d, rstd_d, w, has_w, sg_d, sgx_d,
                                    cu.f64(max(count, 1)), dx, cu.i32(c), cu.i32(l_), cu.i32(x.size)))
     return dx, dw, db
+
+
+def l2_normalize_forward(x, eps=1e-12):
+    """GPU :func:`minissl.kernels.norm.l2_normalize_forward`: the reference on CuPy's arrays
+    (a reduction and a division per row, which CuPy's own kernels already run on the device;
+    no CUDA kernel of our own)."""
+    cu.device_backend("l2_normalize_forward", x=x)
+    return R.l2_normalize_forward_ref(x, eps)
+
+
+def l2_normalize_backward(grad_y, y, norm, eps=1e-12):
+    """GPU :func:`minissl.kernels.norm.l2_normalize_backward`: the reference on CuPy's arrays."""
+    cu.device_backend("l2_normalize_backward", grad_y=grad_y, y=y, norm=norm)
+    return R.l2_normalize_backward_ref(grad_y, y, norm, eps)

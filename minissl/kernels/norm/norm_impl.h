@@ -133,6 +133,37 @@ MSSL_CLONES static void MSSL_FN(mssl_ln_forward_row)(const T* restrict x, const 
     }
 }
 
+/* L2 normalisation of one row: *norm_out = max(||x||_2, eps) (the norm's square summed in
+   double, in lanes), y_j = x_j / *norm_out. A NaN norm stays NaN, as NumPy's maximum has it. */
+MSSL_CLONES static void MSSL_FN(mssl_l2n_forward_row)(const T* restrict x, double eps,
+                                                 T* restrict y, Py_ssize_t n,
+                                                 double* norm_out) {
+    const double norm = sqrt(MSSL_FN(mssl_sum_sq_dev_inl)(x, 0.0, n));
+    const double d = norm < eps ? eps : norm;
+    *norm_out = d;
+    #pragma omp simd
+    for (Py_ssize_t j = 0; j < n; j++) y[j] = (T)(x[j] / d);
+}
+
+/* Its adjoint: dx_j = (g_j - y_j <g, y>) / norm, with <g, y> taken as 0 on a row whose norm
+   was clamped to eps (there y = x / eps does not depend on the direction of x). */
+MSSL_CLONES static void MSSL_FN(mssl_l2n_backward_row)(const T* restrict g, const T* restrict y,
+                                                  double norm, double eps, T* restrict dx,
+                                                  Py_ssize_t n) {
+    double proj = 0;
+    if (!(norm <= eps)) {
+        double acc[MSSL_LANES] = {0};
+        Py_ssize_t j = 0;
+        for (; j + MSSL_LANES <= n; j += MSSL_LANES)
+            #pragma omp simd
+            for (int k = 0; k < MSSL_LANES; k++) acc[k] += (double)g[j + k] * y[j + k];
+        for (int k = 0; j < n; j++, k++) acc[k] += (double)g[j] * y[j];
+        proj = mssl_lanes_total(acc);
+    }
+    #pragma omp simd
+    for (Py_ssize_t j = 0; j < n; j++) dx[j] = (T)((g[j] - y[j] * proj) / norm);
+}
+
 /* Column sums of rows 0..N-1 of a matrix with row stride ld, over n columns (batch norm with
    L = 1: the columns are the channels). Each column is summed over the rows in order, from
    zero, into ``acc`` (written, not added to). A strip of MSSL_LN_STRIP columns is summed at

@@ -86,3 +86,22 @@ def batch_norm_backward_ref(grad_y, x, mean, rstd, weight=None, relu_output=None
     dw = None if weight is None else sum_gx.reshape(-1).astype(weight.dtype)
     db = sum_g.reshape(-1).astype(x.dtype)
     return dx.astype(x.dtype), dw, db
+
+
+def l2_normalize_forward_ref(x, eps=1e-12):
+    """y = x / max(||x||_2, eps) for each row of x (M, D), computed in float64.
+
+    Returns (y in x's dtype, norm (M,) float64: the divisor max(||x_i||, eps))."""
+    xp = get_array_module(x)
+    x64 = x.astype(np.float64)
+    norm = xp.maximum(xp.sqrt((x64 * x64).sum(axis=1)), eps)
+    return (x64 / norm[:, None]).astype(x.dtype), norm
+
+
+def l2_normalize_backward_ref(grad_y, y, norm, eps=1e-12):
+    """dx = (g - y <g, y>) / norm for each row, with <g, y> taken as 0 on a row whose norm was
+    clamped to eps (norm <= eps: there y = x / eps does not depend on the direction of x)."""
+    xp = get_array_module(y)
+    g, y64 = grad_y.astype(np.float64), y.astype(np.float64)
+    proj = xp.where(norm <= eps, 0.0, (g * y64).sum(axis=1))
+    return ((g - y64 * proj[:, None]) / norm[:, None]).astype(y.dtype)
