@@ -16,19 +16,22 @@ the backward are float64) whose shapes the wrapper has checked, with every dimen
 - Layer norm runs rows in parallel. Its weight and bias gradients are sums over rows: each
   block of ``ROWS_PER_BLOCK`` rows (a fixed number, so the summation order never depends on
   the thread count) accumulates its own partial sums, which are added in block order. Within
-  a block the partial sums of 16 columns at a time stay in registers over the block's rows
-  and are stored once (``mssl_ln_backward_block``), not read and written back every row.
+  a block the partial sums of MSSL_LN_STRIP (32) columns at a time stay in registers over the
+  block's rows and are stored once (``mssl_ln_backward_block``), not read and written back
+  every row.
 - Batch norm over (N, C, L) with L > 1 (BatchNorm2d's case) reads its arrays in memory
   order, in blocks of ``IMAGES_PER_BLOCK`` images: each block gets every channel's mean and
   sum of squared deviations from that mean (two passes over the block, the second from the
   cache), and the blocks are merged in order with Chan, Golub and LeVeque's pairwise update,
   which forms no sum of squares either; the gradient sums are summed per block and the blocks
   added in order. (Reduced channel by channel, a thread read L values of every image, then
-  jumped a whole image ahead: 1.2-2x slower on the conv workload's shapes, docs/performance.md.)
-  Over an (N, C) matrix (L == 1, BatchNorm1d's case) the statistics are reduced row by row
-  instead so that the loads stay contiguous: lanes then hold channels, each summed
-  sequentially over n, 16 channels at a time in registers (``mssl_col_sums`` and its
-  siblings).
+  jumped a whole image ahead: up to 1.8x slower on the conv workload's shapes,
+  docs/performance.md.) Over an (N, C) matrix (L == 1, BatchNorm1d's case) the statistics are
+  reduced row by row instead so that the loads stay contiguous: lanes then hold channels,
+  each summed sequentially over n, MSSL_LN_STRIP (32) channels at a time in registers
+  (``mssl_col_sums`` and its siblings).
+- L2 normalisation runs rows in parallel, each row's squares (and, backward, its dot product
+  with the gradient) summed in double lanes.
 """
 cimport numpy as cnp
 from cython cimport floating
