@@ -17,7 +17,9 @@ Per image n (one thread owns it):
    G_n[:, block], whose runs are added back into the phase-split gradient buffer (the
    adjoint of steps 1-2), which is then unsplit into dx[n].
 The blocks keep colsT within BLOCK_BYTES, so it stays in the core's cache between the unfold
-and the product. Each dx[n] is computed by one thread in one fixed order; dW's images are
+and the product. The copies of steps 1-2 and the adds of their adjoint are C loops (conv.h,
+conv_impl.h) built for AVX-512, AVX2 and baseline x86-64 and picked at load time; a stride-2
+row is split into its two phases in one interleaved pass. Each dx[n] is computed by one thread in one fixed order; dW's images are
 summed in chunks fixed by the shape (not by the threads), then the chunks in order: the bits
 do not depend on the number of threads.
 """
@@ -32,6 +34,20 @@ cnp.import_array()
 include "minissl_threads.pxi"
 
 from minissl_blas cimport NO_TRANS, ROW_MAJOR, TRANS, dgemm_t, set_local_t, sgemm_t
+
+cdef extern from "conv.h":
+    void mssl_conv_unfold_tap_f32(const float* src, int64_t stride, float* tap, int64_t rows,
+                                  int64_t n) noexcept nogil
+    void mssl_conv_unfold_tap_f64(const double* src, int64_t stride, double* tap, int64_t rows,
+                                  int64_t n) noexcept nogil
+    void mssl_conv_fold_tap_f32(float* dst, int64_t stride, const float* tap, int64_t rows,
+                                int64_t n) noexcept nogil
+    void mssl_conv_fold_tap_f64(double* dst, int64_t stride, const double* tap, int64_t rows,
+                                int64_t n) noexcept nogil
+    void mssl_conv_split2_f32(float* row, float* p0, float* p1, int64_t w, int64_t pw,
+                              int to_phases) noexcept nogil
+    void mssl_conv_split2_f64(double* row, double* p0, double* p1, int64_t w, int64_t pw,
+                              int to_phases) noexcept nogil
 
 cdef sgemm_t SGEMM = NULL
 cdef dgemm_t DGEMM = NULL
@@ -77,20 +93,6 @@ cdef inline void _phase_range(const Geo* g, int64_t r, int64_t* lo, int64_t* hi)
     hi[0] = (g.W - 1 + g.pw - r) // g.sw + 1 if g.W - 1 + g.pw >= r else 0
 
 
-cdef inline void _gather2(real* dst, const real* src, int64_t n) noexcept nogil:
-    """dst[q] = src[2 q], q < n (one phase of a stride-2 row)."""
-    cdef int64_t q
-    for q in range(n):
-        dst[q] = src[2 * q]
-
-
-cdef inline void _scatter2(real* dst, const real* src, int64_t n) noexcept nogil:
-    """dst[2 q] = src[q], q < n (its adjoint)."""
-    cdef int64_t q
-    for q in range(n):
-        dst[2 * q] = src[q]
-
-
 cdef void _phases(const Geo* g, real* x, real* xs, bint to_buffer) noexcept nogil:
     """Between one image x (C, H, W) and its phase-split buffer, xs[c, h, r, q] = x_pad[c, h,
     q sw + r]: to the buffer (staging) or back (the adjoint). Only the positions that hold
@@ -101,6 +103,13 @@ cdef void _phases(const Geo* g, real* x, real* xs, bint to_buffer) noexcept nogi
     for c in range(g.C):
         for h in range(g.H):
             row = x + (c * g.H + h) * g.W
+            if g.sw == 2:   # both phases in one interleaved pass (conv_impl.h)
+                phase = xs + (c * g.Hp + h + g.ph) * 2 * g.Wq
+                if real is float:
+                    mssl_conv_split2_f32(row, phase, phase + g.Wq, g.W, g.pw, to_buffer)
+                else:
+                    mssl_conv_split2_f64(row, phase, phase + g.Wq, g.W, g.pw, to_buffer)
+                continue
             for r in range(g.sw):
                 phase = xs + ((c * g.Hp + h + g.ph) * g.sw + r) * g.Wq
                 _phase_range(g, r, &lo, &hi)
@@ -108,10 +117,6 @@ cdef void _phases(const Geo* g, real* x, real* xs, bint to_buffer) noexcept nogi
                     memcpy(phase + lo, row + lo - g.pw, (hi - lo) * sizeof(real))
                 elif g.sw == 1:
                     memcpy(row + lo - g.pw, phase + lo, (hi - lo) * sizeof(real))
-                elif g.sw == 2 and to_buffer:   # stride 2: a constant the compiler can
-                    _gather2(phase + lo, row + 2 * lo + r - g.pw, hi - lo)   # vectorise
-                elif g.sw == 2:
-                    _scatter2(row + 2 * lo + r - g.pw, phase + lo, hi - lo)
                 elif to_buffer:
                     for q in range(lo, hi):
                         phase[q] = row[q * g.sw + r - g.pw]
@@ -125,7 +130,8 @@ cdef void _taps(const Geo* g, real* xs, real* cols, int64_t oh0, int64_t oh1,
     """Unfold (``fold`` false): cols ((c, i, j), (oh - oh0) OW + ow) = the tap's run in xs,
     output rows oh0 .. oh1-1. Fold, its adjoint: add each run of cols back where it was read
     from."""
-    cdef int64_t c, i, j, oh, r, q, ow, n = (oh1 - oh0) * g.OW
+    cdef int64_t c, i, j, r, q, n = (oh1 - oh0) * g.OW
+    cdef int64_t stride = g.sh * g.sw * g.Wq     # from one output row's run to the next
     cdef real* run
     cdef real* tap
     for c in range(g.C):
@@ -133,13 +139,17 @@ cdef void _taps(const Geo* g, real* xs, real* cols, int64_t oh0, int64_t oh1,
             for j in range(g.kw):
                 r, q = (j * g.dw) % g.sw, (j * g.dw) // g.sw
                 tap = cols + ((c * g.kh + i) * g.kw + j) * n
-                for oh in range(oh0, oh1):
-                    run = xs + ((c * g.Hp + oh * g.sh + i * g.dh) * g.sw + r) * g.Wq + q
+                run = xs + ((c * g.Hp + oh0 * g.sh + i * g.dh) * g.sw + r) * g.Wq + q
+                if real is float:
                     if fold:
-                        for ow in range(g.OW):
-                            run[ow] += tap[(oh - oh0) * g.OW + ow]
+                        mssl_conv_fold_tap_f32(run, stride, tap, oh1 - oh0, g.OW)
                     else:
-                        memcpy(tap + (oh - oh0) * g.OW, run, g.OW * sizeof(real))
+                        mssl_conv_unfold_tap_f32(run, stride, tap, oh1 - oh0, g.OW)
+                else:
+                    if fold:
+                        mssl_conv_fold_tap_f64(run, stride, tap, oh1 - oh0, g.OW)
+                    else:
+                        mssl_conv_unfold_tap_f64(run, stride, tap, oh1 - oh0, g.OW)
 
 
 cdef tuple _s4(Py_ssize_t* s):

@@ -27,16 +27,7 @@ MSSL_INLINE double mssl_lanes_total(const double* a) {
 /* The kernels, written once for an element type T and instantiated for float (suffix f32)
    and double (f64) at the end. All arithmetic is in double; T is only loaded and stored.
    Pointers marked restrict never overlap (the wrapper allocates every output). */
-#define T float
-#define S f32
-#include "norm_impl.h"
-#undef T
-#undef S
-
-#define T double
-#define S f64
-#include "norm_impl.h"
-#undef T
-#undef S
+#define MSSL_IMPL "norm_impl.h"
+#include "minissl_instantiate.h"
 
 #endif
