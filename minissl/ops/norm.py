@@ -5,14 +5,12 @@ Batch norm (Ioffe & Szegedy 2015), per channel c over the N*L values of the batc
     dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),  dxhat = g * weight
 Layer norm (Ba et al. 2016) is the same algebra over the last dims of each row instead.
 """
-import math
-
 import numpy as np
 
 from ..autograd import Function, Tensor
 from ..backend import get_array_module
 from ..kernels import norm as _k
-from .activation import relu as relu_op
+from .activation import _rows, _unrows, relu as relu_op
 
 
 def _optional(*tensors):
@@ -192,32 +190,20 @@ class Normalize(Function):
     ``_backward`` (minissl/kernels/norm: one pass a row, sums in float64).
     """
 
-    __slots__ = ("dim", "eps", "y", "n")
+    __slots__ = ("dim", "eps", "y", "n", "moved")
 
     def __init__(self, dim, eps):
         self.dim, self.eps = dim, eps
 
     def forward(self, x):
-        rows = _rows(x, self.dim)
-        y, self.n = _k.l2_normalize_forward(rows, self.eps)
-        self.y = y
-        return _unrows(y, x.shape, self.dim)
+        rows, self.moved, _ = _rows(x, self.dim, "normalize")
+        self.y, self.n = _k.l2_normalize_forward(rows, self.eps)
+        return _unrows(self.y, self.moved, self.dim, x.ndim)
 
     def backward(self, g):
-        dx = _k.l2_normalize_backward(_rows(g, self.dim), self.y, self.n, self.eps)
-        return _unrows(dx, g.shape, self.dim)
-
-
-def _rows(a, dim):
-    """``a`` with axis ``dim`` moved last, as a matrix (rows = every other index)."""
-    a = get_array_module(a).moveaxis(a, dim, -1)
-    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
-
-
-def _unrows(rows, shape, dim):
-    """The inverse of ``_rows`` for an array of ``shape``."""
-    moved = shape[:dim] + shape[dim + 1:] + (shape[dim],)
-    return get_array_module(rows).moveaxis(rows.reshape(moved), -1, dim)
+        g2, _, _ = _rows(g, self.dim, "normalize")
+        dx = _k.l2_normalize_backward(g2, self.y, self.n, self.eps)
+        return _unrows(dx, self.moved, self.dim, g.ndim)
 
 
 def normalize(x, p=2, dim=1, eps=1e-12):
