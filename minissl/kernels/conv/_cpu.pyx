@@ -19,9 +19,9 @@ Per image n (one thread owns it):
 The blocks keep colsT within BLOCK_BYTES, so it stays in the core's cache between the unfold
 and the product. The copies of steps 1-2 and the adds of their adjoint are C loops (conv.h,
 conv_impl.h) built for AVX-512, AVX2 and baseline x86-64 and picked at load time; a stride-2
-row is split into its two phases in one interleaved pass. Each dx[n] is computed by one thread in one fixed order; dW's images are
-summed in chunks fixed by the shape (not by the threads), then the chunks in order: the bits
-do not depend on the number of threads.
+row is split into its two phases in one interleaved pass. Each dx[n] is computed by one
+thread in one fixed order; dW's images are summed in chunks fixed by the shape (not by the
+threads), then the chunks in order: the bits do not depend on the number of threads.
 """
 cimport numpy as cnp
 from cython.parallel cimport parallel, prange
